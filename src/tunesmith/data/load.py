@@ -1,0 +1,72 @@
+"""Load one file into canonical records, validating every row and locating every problem.
+
+`load_file(path, fmt="auto", columns={}, on_invalid="error")` returns a `LoadedFile` with the
+detected format, the records (each with `meta.source`/`meta.line`), and the invalid rows
+(`where`, `error`). With `on_invalid="error"` the first invalid row raises a `DataError`
+that says where it is and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.formats import RECORD_KIND, RowError, convert_row, detect_format, map_columns
+from tunesmith.data.readers import RawRow, read_rows
+from tunesmith.errors import DataError
+
+SKIP_HINT = "Fix the row, or set data.on_invalid: skip to drop invalid rows."
+
+
+@dataclass
+class InvalidRow:
+    where: str
+    error: str
+
+
+@dataclass
+class LoadedFile:
+    path: str
+    format: str
+    records: list[dict[str, Any]]
+    invalid: list[InvalidRow] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """Canonical record kind: chat, classification or text."""
+        return RECORD_KIND[self.format]
+
+
+def load_file(
+    path: str | Path,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    on_invalid: str = "error",
+    max_rows: int | None = None,
+) -> LoadedFile:
+    raw_rows: list[RawRow] = list(read_rows(path, max_rows=max_rows))
+    if not raw_rows:
+        raise DataError(f"{path}: no rows. Point the recipe at a file with data in it.")
+    values = [map_columns(r.value, columns or {}) for r in raw_rows]
+    if fmt == "auto":
+        fmt = detect_format([v for r, v in zip(raw_rows, values, strict=True) if r.error is None], str(path))
+    loaded = LoadedFile(str(path), fmt, [])
+    for raw, value in zip(raw_rows, values, strict=True):
+        error = raw.error
+        if error is None:
+            try:
+                record = convert_row(value, fmt)
+            except RowError as problem:
+                error = str(problem)
+            else:
+                record["meta"].update(source=raw.source, line=raw.line or raw.index + 1)
+                loaded.records.append(record)
+                continue
+        if on_invalid == "error":
+            raise DataError(f"{raw.where}: {error}. {SKIP_HINT}")
+        loaded.invalid.append(InvalidRow(raw.where, error))
+    if not loaded.records:
+        raise DataError(f"{path}: every row is invalid (first: {loaded.invalid[0].where}: "
+                        f"{loaded.invalid[0].error}). Check data.format and data.columns.")
+    return loaded

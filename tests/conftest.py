@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny Llama with a character-level tokenizer, built locally (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_char_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(string.printable) + [c for c in "éèàüößçñ€£"]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(chars)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+        bos_token="<|im_start|>", eos_token="<|im_end|>",
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama, hidden size 16, saved as safetensors with its char tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def chat_files(tmp_path) -> dict[str, Path]:
+    """Small Alpaca-format train/test files of a trivially learnable task (echo a colour code)."""
+    colours = ["red", "blue", "green", "black", "white", "pink"]
+    train = [{"instruction": f"code for {c} #{i}", "output": c[:2].upper()}
+             for i in range(8) for c in colours]
+    test = [{"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours]
+    return {"train": write_jsonl(tmp_path / "train.jsonl", train),
+            "test": write_jsonl(tmp_path / "test.jsonl", test)}
