@@ -121,6 +121,8 @@ class TrainConfig(_Section):
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     """`auto` is bf16 autocast where supported: on CUDA (Ampere+) and on the CPU, where it
     measured 1.5-2x faster than fp32 for SmolLM2 LoRA."""
+    group_by_length: bool = True
+    """Batch examples of similar length together: less padding, faster steps (order stays seeded)."""
     gradient_checkpointing: bool = False
     """Recompute activations to save memory; off because it costs throughput when memory is ample."""
     save_steps: int = Field(50, gt=0)

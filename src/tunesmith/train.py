@@ -129,6 +129,10 @@ def _callbacks(log_path: Path) -> list[Any]:
             logs = dict(logs or {})
             if "loss" in logs:
                 self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+                if not self.progress.console.is_terminal:  # no live bar in logs: print a line
+                    self.progress.console.print(
+                        f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                        f"{self.tokens_per_second(state):.0f} tok/s", highlight=False)
             entry = {"step": state.global_step, "epoch": state.epoch, **logs,
                      "tokens_seen": state.num_input_tokens_seen,
                      "tokens_per_second": self.tokens_per_second(state), "time": time.time()}
@@ -185,6 +189,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
         optim=OPTIMIZERS[cfg.optimizer],
         max_length=cfg.max_length,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",

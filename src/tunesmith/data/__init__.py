@@ -120,6 +120,21 @@ def run(recipe: Recipe, run_dir: RunDir) -> DataResult:
     return DataResult(splits, kind, stats)
 
 
+def print_stats(stats: dict[str, Any]) -> None:
+    """A short table of files, formats, valid and invalid rows, and split sizes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="data")
+    for column in ("file", "format", "valid", "invalid"):
+        table.add_column(column, justify="left" if column in ("file", "format") else "right")
+    for path, info in stats["files"].items():
+        table.add_row(path, info["format"], str(info["valid_rows"]), str(info["invalid_rows"]))
+    console = Console()
+    console.print(table)
+    console.print("splits: " + ", ".join(f"{k} {v}" for k, v in stats["splits"].items()))
+
+
 def load_splits(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
     """The splits a previous data stage wrote (train, val, test, eval sets)."""
     from tunesmith.rundir import read_jsonl

@@ -47,7 +47,7 @@ def detect_format(rows: list[Any], source: str) -> str:
     for row in rows[:DETECT_SAMPLE]:
         if not isinstance(row, dict):
             continue
-        keys_seen.update(row)
+        keys_seen.update(row.keys())
         for name, (required, _optional) in FORMATS.items():
             if all(key in row for key in required):
                 votes[name] += 1

@@ -104,8 +104,12 @@ def _convert_gguf(source: Path, filename: str, target: Path) -> None:
     Console(stderr=True).print(f"[bold]Converting embedded {filename} to safetensors once[/] -> {target}")
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
+    # The weights are plain float tensors now; drop the GGUF marks that Trainer and
+    # save_pretrained refuse.
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the weights are dequantized now; Trainer checks this
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -165,8 +169,10 @@ def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
 
 def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None) -> Any:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     location = location or model_location(cfg)
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a load that takes seconds is noise
     device = device or resolve_device(cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(

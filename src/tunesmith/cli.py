@@ -1,0 +1,140 @@
+"""The command line: one command per stage, `run` for the whole pipeline, and `demo`.
+
+    tunesmith demo
+    tunesmith run RECIPE [key.sub=value ...] [--resume]
+    tunesmith data inspect FILE [--recipe RECIPE]
+    tunesmith data prepare RECIPE [key.sub=value ...]
+    tunesmith train RECIPE [key.sub=value ...] [--resume]
+    tunesmith eval RECIPE [key.sub=value ...]
+
+Mistakes in input (recipe, data, model) print one located message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models with the best practices built in.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
+OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
+                              show_default=False)
+
+
+def _recipe(path: str | None, overrides: list[str] | None):
+    from tunesmith.recipe import load_recipe
+
+    return load_recipe(path, overrides or [])
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: str = typer.Argument(..., help="A data file or saved HF datasets dir."),
+    recipe: str | None = typer.Option(None, help="Recipe whose tokenizer, format and columns to use."),
+    overrides: list[str] | None = OverridesArg,
+) -> None:
+    """Detected format, counts, token lengths, invalid rows and examples of one file."""
+    from tunesmith.data.inspect import inspect_file, print_report
+
+    print_report(inspect_file(file, _recipe(recipe, overrides)))
+
+
+@data_app.command("prepare")
+def data_prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
+    """Validate, convert and split the recipe's data into runs/<run>/data/."""
+    from tunesmith import data
+    from tunesmith.rundir import open_run
+
+    parsed = _recipe(recipe, overrides)
+    result = data.run(parsed, open_run(parsed))
+    data.print_stats(result.stats)
+
+
+@app.command("train")
+def train_command(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+) -> None:
+    """Fine-tune (prepares the data first if the run has none)."""
+    from tunesmith import data, train
+    from tunesmith.rundir import open_run
+
+    parsed = _recipe(recipe, overrides)
+    run_dir = open_run(parsed)
+    if not (resume and run_dir.split("train").exists()):
+        data.print_stats(data.run(parsed, run_dir).stats)
+    result = train.run(parsed, run_dir, resume=resume)
+    console.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
+                  f"model in {result.model_dir}", highlight=False)
+
+
+@app.command("eval")
+def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
+    """Score the base and fine-tuned models on the same test / eval-set examples."""
+    from tunesmith import evaluate
+    from tunesmith.evaluate.table import print_summary
+    from tunesmith.rundir import open_run
+
+    parsed = _recipe(recipe, overrides)
+    run_dir = open_run(parsed)
+    print_summary(evaluate.run(parsed, run_dir).summary, run_dir)
+
+
+@app.command("run")
+def run_command(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    resume: bool = typer.Option(False, "--resume", help="Continue training from the last checkpoint."),
+) -> None:
+    """The whole pipeline: data -> train -> evaluate."""
+    from tunesmith import pipeline
+
+    pipeline.run(_recipe(recipe, overrides), resume=resume)
+
+
+@app.command("demo")
+def demo_command(
+    data_dir: str = typer.Option("data/demo", help="Where to write the generated demo data."),
+    overrides: list[str] | None = OverridesArg,
+) -> None:
+    """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2."""
+    import time
+    from importlib.resources import files
+
+    from tunesmith import pipeline
+    from tunesmith.demo import tickets
+
+    started = time.time()
+    paths = tickets.write(data_dir)
+    console.print(f"demo data written to {Path(data_dir)}/ "
+                  f"({', '.join(p.name for p in paths.values())})", highlight=False)
+    recipe_path = str(files("tunesmith.demo") / "recipe.yaml")
+    data_overrides = [f"data.train={paths['train']}", f"data.test={paths['test']}",
+                      f"data.eval_sets.ood={paths['ood']}"]
+    pipeline.run(_recipe(recipe_path, data_overrides + list(overrides or [])))
+    console.print(f"demo wall time: {time.time() - started:.0f} s")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except TunesmithError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

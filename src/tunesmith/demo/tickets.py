@@ -1,0 +1,225 @@
+"""Generate the demo task: support-ticket triage answered with one fixed JSON shape.
+
+    python -m tunesmith.demo.tickets data/demo        # what `tunesmith demo` runs first
+
+Each ticket is a user message; the answer is `{"category": ..., "priority": ...}`. Wording is
+varied from templates with a fixed seed, so the same files come out every time:
+
+- train.jsonl (OpenAI chat format): 560 tickets about "Planly", a project-management app,
+  plus planted problems for the data stage: 24 exact duplicates, 16 near duplicates
+  (one word changed) and 6 broken rows (bad JSON, missing or empty answers, an unknown role).
+- test.jsonl: 120 new Planly tickets in the same style (no ticket text shared with train).
+- ood.jsonl: 60 tickets about another product (a smart thermostat) in another tone (formal
+  letters and terse chat messages): out-of-domain.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+CATEGORIES = ["billing", "technical", "account", "feature_request", "security"]
+PRIORITIES = ["low", "medium", "high"]
+
+PLANLY_ISSUES = {
+    "billing": [
+        "I was charged twice for my {plan} subscription this month.",
+        "My invoice for {month} shows the wrong amount.",
+        "I'd like a refund for the {plan} plan, we never used it.",
+        "My card was declined when the {plan} plan tried to renew.",
+        "Can you explain the extra {amount} on my last invoice?",
+        "We were billed for {seats} seats but only have {seats_used} users.",
+        "How do I switch our {plan} plan from monthly to annual billing?",
+    ],
+    "technical": [
+        "The {feature} page crashes every time I {action}.",
+        "I get error {code} when syncing my {feature}.",
+        "Planly is extremely slow when loading the {feature}.",
+        "Exporting the {feature} to {fmt} gives me an empty file.",
+        "Notifications stopped working on my {device}.",
+        "The {feature} shows a blank screen after the latest update.",
+        "Attachments fail to upload in the {feature} with error {code}.",
+    ],
+    "account": [
+        "I can't log in since I changed my email address.",
+        "How do I add {name} as a new user to our workspace?",
+        "Please close my account and remove my profile.",
+        "The password reset link never arrives in my inbox.",
+        "I need to transfer workspace ownership to {name}.",
+        "How do I change the display name on my profile?",
+        "My account got locked after too many login attempts.",
+    ],
+    "feature_request": [
+        "It would be great if the {feature} could export to {fmt}.",
+        "Could you add a dark mode to the {device} app?",
+        "Please add an integration with {tool}.",
+        "Any plans to let us set recurring tasks in the {feature}?",
+        "We'd love keyboard shortcuts for the {feature}.",
+        "Please support {language} in the interface.",
+        "Could the {feature} show a progress chart per person?",
+    ],
+    "security": [
+        "I got a login alert from {country} that was not me.",
+        "I think someone accessed our workspace without permission.",
+        "A former employee, {name}, still seems to have access to our projects.",
+        "We received a phishing email pretending to be from Planly.",
+        "Someone changed our admin settings and nobody on the team did it.",
+        "I see API tokens in our workspace that none of us created.",
+        "Files in the {feature} were deleted by an account we don't recognise.",
+    ],
+}
+PLANLY_URGENCY = {
+    "low": ["No rush at all.", "Whenever you have a moment.", "Not urgent, just curious.",
+            "It can wait until next week.", "Low priority for us."],
+    "medium": ["Could you look into it this week?", "It's getting annoying, please check soon.",
+               "It slows us down a bit.", "Would appreciate a reply in the next few days."],
+    "high": ["This is urgent, our whole team is blocked!", "Please help ASAP!",
+             "We need this fixed right now, it's critical.", "Urgent: we are losing money every hour.",
+             "Top priority please, a client deadline is today."],
+}
+GREETINGS = ["Hi,", "Hello team,", "Hey there,", "Hi support,", "Good morning,", ""]
+SIGNOFFS = ["Thanks, {name}", "- {name}", "Cheers", "Best regards, {name}", "", "Thank you!"]
+SLOTS = {
+    "plan": ["Pro", "Team", "Business", "Starter"],
+    "month": ["January", "March", "June", "September", "November"],
+    "amount": ["$12", "$49", "$120", "$7.50"],
+    "seats": ["10", "25", "40"],
+    "seats_used": ["4", "12", "18"],
+    "feature": ["board view", "timeline", "calendar", "task list", "reports dashboard", "inbox"],
+    "action": ["drag a card", "open a task", "filter by assignee", "switch projects"],
+    "code": ["E401", "E503", "SYNC-22", "0x80070005", "ERR_TIMEOUT"],
+    "fmt": ["CSV", "PDF", "Excel", "JSON"],
+    "device": ["iPhone", "Android phone", "iPad", "Windows laptop", "Mac"],
+    "name": ["Maria", "Ahmed", "Chen", "Olivia", "Tom", "Priya", "Lukas"],
+    "tool": ["Slack", "Google Drive", "GitHub", "Outlook", "Zapier"],
+    "language": ["Portuguese", "Japanese", "Polish", "Arabic"],
+    "country": ["Brazil", "Vietnam", "Romania", "Canada"],
+}
+
+# Out-of-domain: a smart thermostat, written as formal letters or terse chat messages.
+HOMEHEAT_ISSUES = {
+    "billing": ["the monthly charge for the HomeHeat Care plan was taken twice from my account",
+                "I have been invoiced for a thermostat that I returned",
+                "the price on my statement for the HomeHeat Care plan is higher than agreed"],
+    "technical": ["the thermostat display freezes and the heating will not switch on",
+                  "the HomeHeat app cannot connect to the thermostat over wifi",
+                  "the temperature reading is five degrees off"],
+    "account": ["I cannot sign in to the HomeHeat app after moving house",
+                "I would like my partner to have a second login for our home",
+                "please remove my HomeHeat profile and personal details"],
+    "feature_request": ["it would be useful if the thermostat could follow a holiday schedule",
+                        "I would welcome a widget for the home screen of my phone",
+                        "please consider support for voice assistants in the HomeHeat app"],
+    "security": ["somebody unknown changed my thermostat schedule remotely",
+                 "I received a message claiming to be HomeHeat asking for my password",
+                 "the app lists a device in my home that I do not own"],
+}
+HOMEHEAT_URGENCY = {
+    "low": ["There is no hurry whatsoever.", "Please reply whenever it suits you."],
+    "medium": ["I would be grateful for a response within the next few days.",
+               "Kindly attend to this during the week."],
+    "high": ["This is an emergency, the house is freezing and there is a baby here.",
+             "I require immediate assistance, today."],
+}
+
+
+def answer(category: str, priority: str) -> str:
+    return json.dumps({"category": category, "priority": priority})
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    return template.format(**{k: rng.choice(v) for k, v in SLOTS.items()})
+
+
+def planly_ticket(rng: random.Random) -> tuple[str, str, str]:
+    category, priority = rng.choice(CATEGORIES), rng.choice(PRIORITIES)
+    issue = _fill(rng.choice(PLANLY_ISSUES[category]), rng)
+    urgency = rng.choice(PLANLY_URGENCY[priority])
+    body = [issue, urgency] if rng.random() < 0.75 else [urgency, issue]
+    parts = [rng.choice(GREETINGS), *body, _fill(rng.choice(SIGNOFFS), rng)]
+    text = " ".join(p for p in parts if p)
+    if rng.random() < 0.2:
+        text = text.lower()
+    return text, category, priority
+
+
+def homeheat_ticket(rng: random.Random) -> tuple[str, str, str]:
+    category, priority = rng.choice(CATEGORIES), rng.choice(PRIORITIES)
+    issue = rng.choice(HOMEHEAT_ISSUES[category])
+    urgency = rng.choice(HOMEHEAT_URGENCY[priority])
+    if rng.random() < 0.5:
+        name = rng.choice(SLOTS["name"])
+        text = (f"Dear Sir or Madam, I am writing to inform you that {issue}. {urgency} "
+                f"Yours faithfully, {name}")
+    else:
+        text = f"homeheat thermostat: {issue}. {urgency.lower()}"
+    return text, category, priority
+
+
+def chat_row(text: str, category: str, priority: str) -> dict:
+    return {"messages": [{"role": "user", "content": text},
+                         {"role": "assistant", "content": answer(category, priority)}]}
+
+
+def _near_copy(text: str, rng: random.Random) -> str:
+    """The same ticket with one filler word changed: a near duplicate, not an exact one."""
+    swaps = [("Hi,", "Hello,"), ("Thanks", "Many thanks"), ("please", "kindly"), ("the ", "our ")]
+    for old, new in rng.sample(swaps, len(swaps)):
+        if old in text:
+            return text.replace(old, new, 1)
+    return text + " Thanks again."
+
+
+def generate(seed: int = 7) -> dict[str, list]:
+    """The demo's files as lists of rows (broken rows of train as raw JSONL lines)."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+
+    def unique(make, count: int) -> list[tuple[str, str, str]]:
+        out = []
+        while len(out) < count:
+            ticket = make(rng)
+            if ticket[0] not in seen:
+                seen.add(ticket[0])
+                out.append(ticket)
+        return out
+
+    train = unique(planly_ticket, 560)
+    test = unique(planly_ticket, 120)
+    ood = unique(homeheat_ticket, 60)
+    train_rows: list = [chat_row(*t) for t in train]
+    train_rows += [chat_row(*t) for t in rng.sample(train, 24)]  # exact duplicates
+    train_rows += [chat_row(_near_copy(t[0], rng), t[1], t[2]) for t in rng.sample(train, 16)]
+    rng.shuffle(train_rows)
+    broken = [
+        '{"messages": [{"role": "user", "content": "My invoice is wrong"}, {"role": "assist',
+        json.dumps({"messages": [{"role": "user", "content": "The calendar crashes."}]}),
+        json.dumps({"messages": [{"role": "user", "content": "Refund please"},
+                                 {"role": "assistant", "content": ""}]}),
+        json.dumps({"messages": [{"role": "customer", "content": "Login broken"},
+                                 {"role": "assistant", "content": answer("account", "high")}]}),
+        json.dumps({"text": "stray row without messages"}),
+        json.dumps({"messages": "not a list"}),
+    ]
+    for position, line in zip(rng.sample(range(len(train_rows)), len(broken)), broken, strict=True):
+        train_rows.insert(position, line)
+    return {"train": train_rows, "test": [chat_row(*t) for t in test],
+            "ood": [chat_row(*t) for t in ood]}
+
+
+def write(out_dir: str | Path, seed: int = 7) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in generate(seed).items():
+        paths[name] = out / f"{name}.jsonl"
+        lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+        paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths
+
+
+if __name__ == "__main__":
+    for name, path in write(sys.argv[1] if len(sys.argv) > 1 else "data/demo").items():
+        print(f"{name}: {path}")

@@ -1,0 +1,66 @@
+"""The recipe: defaults, overrides, located errors, and every bundled recipe loads."""
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ConfigError
+from tunesmith.recipe import Recipe, dump_recipe, load_recipe, parse_override
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_defaults_are_complete_and_documented():
+    recipe = Recipe()
+    assert recipe.model.name == "embedded:smollm2-135m-instruct"
+    assert recipe.model.trust_remote_code is False
+    assert recipe.train.method == "lora"
+    for section in (Recipe, type(recipe.data), type(recipe.train), type(recipe.eval)):
+        for name, field in section.model_fields.items():
+            assert field.description or name in ("data", "model", "train", "eval", "output"), name
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_override("train.lr=3e-4") == (["train", "lr"], 3e-4)
+    assert parse_override("train.lora.targets=[q_proj,v_proj]") == (
+        ["train", "lora", "targets"], ["q_proj", "v_proj"])
+    recipe = load_recipe(None, ["train.lr=0.001", "train.lora.r=4", "data.train=a.jsonl"])
+    assert recipe.train.lr == 0.001 and recipe.train.lora.r == 4 and recipe.data.train == ["a.jsonl"]
+
+
+def test_typo_names_the_key_and_suggests_the_fix(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert str(error.value) == f'{path}: train.lrr: unknown key (did you mean "lr"?)'
+
+
+def test_all_errors_reported_at_once(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: -1\n  batch_size: zero\neval:\n  metric: bleu\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 3
+    assert any("train.lr" in line for line in lines)
+    assert any("train.batch_size" in line for line in lines)
+    assert any("eval.metric" in line for line in lines)
+
+
+def test_cross_field_check():
+    with pytest.raises(ConfigError, match="json_fields"):
+        load_recipe(None, ["eval.metric=json_fields"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(None, ["train.lr=0.005", "name=x"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_and_says_how_to_run_it(path):
+    assert path.read_text().startswith("# tunesmith "), "a recipe starts with the command that runs it"
+    load_recipe(path)
