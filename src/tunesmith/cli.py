@@ -132,7 +132,7 @@ def main() -> None:
     try:
         app()
     except TunesmithError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(2)
 
 

@@ -9,6 +9,7 @@ problems are reported at once, each naming its YAML key.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,12 +184,17 @@ class Recipe(_Section):
         return Path(self.output.dir) / (self.output.run_name or self.name)
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=3e-4` -> (["train", "lr"], 0.0003). Values are parsed as YAML scalars."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.lr=3e-4")
     value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     return key.strip().split("."), value
 
 
