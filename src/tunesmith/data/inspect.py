@@ -1,0 +1,97 @@
+"""`tunesmith data inspect FILE`: what is in one data file, without writing a run.
+
+Reports the detected format, row and turn counts, token-length percentiles (with the recipe's
+tokenizer), the invalid rows with their locations, and a few examples.
+"""
+
+from __future__ import annotations
+
+from statistics import quantiles
+from typing import Any
+
+from tunesmith.data.formats import as_chat
+from tunesmith.data.load import load_file
+from tunesmith.recipe import Recipe
+
+PERCENTILES = (50, 90, 99)
+
+
+def _token_lengths(records: list[dict], tokenizer: Any, recipe: Recipe) -> list[int]:
+    from tunesmith.models.chat import tokenize_record
+
+    return [len(tokenize_record(tokenizer, r, "all", 10**9, recipe.data.system_prompt)["input_ids"])
+            for r in records]
+
+
+def percentiles(values: list[int]) -> dict[str, float]:
+    if len(values) == 1:
+        return {f"p{p}": float(values[0]) for p in PERCENTILES} | {"max": float(values[0])}
+    cuts = quantiles(values, n=100, method="inclusive")
+    return {f"p{p}": cuts[p - 1] for p in PERCENTILES} | {"max": float(max(values))}
+
+
+def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
+                 examples: int = 3) -> dict[str, Any]:
+    """A report on one file. `tokenizer=None` loads the recipe model's tokenizer."""
+    loaded = load_file(path, recipe.data.format, recipe.data.columns, on_invalid="skip",
+                       max_rows=recipe.data.max_rows)
+    report: dict[str, Any] = {
+        "path": path,
+        "format": loaded.format,
+        "kind": loaded.kind,
+        "rows": len(loaded.records) + len(loaded.invalid),
+        "valid_rows": len(loaded.records),
+        "invalid_rows": len(loaded.invalid),
+        "invalid": [vars(i) for i in loaded.invalid],
+        "examples": loaded.records[:examples],
+    }
+    chats = [c for c in (as_chat(r) for r in loaded.records) if c is not None]
+    if chats and loaded.kind == "chat":
+        turns = [sum(m["role"] == "assistant" for m in c) for c in chats]
+        report["turns"] = {"assistant_turns_total": sum(turns), "mean_per_row": sum(turns) / len(turns),
+                           "max_per_row": max(turns),
+                           "multi_turn_rows": sum(t > 1 for t in turns)}
+    if loaded.kind == "classification":
+        labels: dict[str, int] = {}
+        for record in loaded.records:
+            labels[record["label"]] = labels.get(record["label"], 0) + 1
+        report["labels"] = dict(sorted(labels.items(), key=lambda kv: -kv[1]))
+    if tokenizer is None:
+        from tunesmith.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(recipe.model)
+    report["tokenizer"] = getattr(tokenizer, "name_or_path", "")
+    report["tokens"] = percentiles(_token_lengths(loaded.records, tokenizer, recipe))
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{report['path']}", show_header=False)
+    table.add_row("format", f"{report['format']} ({report['kind']} records)")
+    table.add_row("rows", f"{report['rows']} ({report['valid_rows']} valid, "
+                          f"{report['invalid_rows']} invalid)")
+    if "turns" in report:
+        t = report["turns"]
+        table.add_row("assistant turns", f"{t['assistant_turns_total']} "
+                      f"(mean {t['mean_per_row']:.2f}/row, max {t['max_per_row']}, "
+                      f"{t['multi_turn_rows']} multi-turn rows)")
+    if "labels" in report:
+        table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in report["labels"].items()))
+    tokens = report["tokens"]
+    table.add_row("tokens per row", "  ".join(f"{k} {v:.0f}" for k, v in tokens.items())
+                  + f"  ({report['tokenizer']})")
+    console.print(table)
+    for item in report["invalid"][:20]:
+        console.print(f"[red]invalid[/] {item['where']}: {item['error']}", highlight=False)
+    if report["invalid_rows"] > 20:
+        console.print(f"... and {report['invalid_rows'] - 20} more invalid rows")
+    for example in report["examples"]:
+        shown = {k: v for k, v in example.items() if k != "meta"}
+        console.print(f"[dim]{example['meta']['source']}:{example['meta']['line']}[/]",
+                      json.dumps(shown, ensure_ascii=False)[:400], highlight=False)
