@@ -1,0 +1,1 @@
+"""Base models: safe loading (hub, local, embedded) and chat tokenization."""
