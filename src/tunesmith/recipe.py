@@ -27,6 +27,109 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
 
 
+class CleanConfig(_Section):
+    enabled: bool = True
+    """Repair mojibake (ftfy), NFC, drop control characters, tidy whitespace and chat shape."""
+
+
+class FilterConfig(_Section):
+    enabled: bool = True
+    """Drop low-quality training rows (each filter counted, examples in the report)."""
+    min_tokens: int = Field(4, ge=0)
+    """Rows with fewer tokens (recipe tokenizer, whole conversation) are too short."""
+    max_tokens: int | None = Field(None, gt=0)
+    """Rows with more tokens are too long; None takes train.max_length."""
+    max_repeated_lines: float = Field(0.5, ge=0.0, le=1.0)
+    """Drop rows where more than this share of lines repeat an earlier line."""
+    max_repeated_ngrams: float = Field(0.5, ge=0.0, le=1.0)
+    """Drop rows where more than this share of word 3-grams repeat an earlier one."""
+    min_text_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    """Drop rows where less than this share of characters is text (letters, digits, punctuation)."""
+    copy_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Drop rows whose answer matches its prompt at this similarity or more (1 disables)."""
+    min_label_count: int = Field(2, ge=1)
+    """Drop rows whose label is seen fewer times than this (classification)."""
+
+
+class DedupConfig(_Section):
+    exact: bool = True
+    """Remove exact duplicates (after normalising case and whitespace); keep the first."""
+    near: bool = True
+    """Remove near duplicates (MinHash LSH, verified by exact Jaccard); keep one per cluster."""
+    shingle_size: int = Field(5, gt=0)
+    """Words per shingle."""
+    num_perm: int = Field(128, gt=0)
+    """MinHash permutations."""
+    bands: int = Field(16, gt=0)
+    """LSH bands (bands x rows <= num_perm); 16 x 8 finds 95% of pairs at Jaccard 0.8."""
+    rows: int = Field(8, gt=0)
+    """Signature rows per band."""
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """Jaccard similarity at or above which two rows are near duplicates."""
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> DedupConfig:
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands * self.rows}) exceeds num_perm ({self.num_perm})")
+        return self
+
+
+class LeakageConfig(_Section):
+    action: Literal["drop_from_train", "drop_from_eval", "flag"] = "drop_from_train"
+    """What to do with an eval row that (nearly) duplicates a train row: remove the train copy
+    (eval sets stay comparable across runs), remove the eval row, or only report it."""
+    ngram: int = Field(13, gt=0)
+    """Word n-gram size of the contamination overlap check."""
+    benchmark_files: list[str] = Field(default_factory=list)
+    """Extra files (e.g. public benchmarks) that no training row may overlap."""
+
+
+class PrivacyConfig(_Section):
+    mode: Literal["off", "mask", "drop"] = "off"
+    """E-mails, phone numbers, card numbers and IPs: leave, replace with <EMAIL> etc., or drop the row."""
+
+
+class BalanceConfig(_Section):
+    by: str = "auto"
+    """Stratum for splits and balancing: auto, none, label, answer, or meta.<key>."""
+    strategy: Literal["none", "cap", "oversample", "class_weights"] = "none"
+    """Rebalance training rows: cap per stratum, oversample small strata, or report class weights."""
+    cap: int | None = Field(None, gt=0)
+    """For strategy cap: the most rows kept per stratum."""
+
+    @field_validator("by")
+    @classmethod
+    def _known_stratum(cls, value: str) -> str:
+        if value not in ("auto", "none", "label", "answer") and not value.startswith("meta."):
+            raise ValueError("expected auto, none, label, answer or meta.<key>")
+        return value
+
+    @model_validator(mode="after")
+    def _cap_given(self) -> BalanceConfig:
+        if self.strategy == "cap" and self.cap is None:
+            raise ValueError("strategy cap needs balance.cap (rows per stratum)")
+        return self
+
+
+class AugmentConfig(_Section):
+    methods: list[Literal["random_deletion", "random_swap", "template"]] = Field(default_factory=list)
+    """Augmentations of the last user turn, added to train only; empty = off."""
+    copies: int = Field(1, gt=0)
+    """Augmented rows per training row and method."""
+    deletion_p: float = Field(0.1, gt=0.0, lt=1.0)
+    """random_deletion: chance of dropping each word."""
+    swaps: int = Field(1, gt=0)
+    """random_swap: word pairs swapped."""
+    templates: list[str] = Field(default_factory=list)
+    """template: rewrites of the prompt, each with a {text} slot, e.g. "Customer wrote: {text}"."""
+
+    @model_validator(mode="after")
+    def _templates_given(self) -> AugmentConfig:
+        if "template" in self.methods and not all("{text}" in t for t in self.templates or [""]):
+            raise ValueError("method template needs augment.templates, each with a {text} slot")
+        return self
+
+
 class DataConfig(_Section):
     train: list[str] = Field(default_factory=list)
     """Training file(s) or local HF `datasets` dirs: JSONL, JSON array, CSV, Parquet."""
@@ -52,6 +155,13 @@ class DataConfig(_Section):
     """Read at most this many rows per file (quick experiments)."""
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("train", mode="before")
     @classmethod

@@ -1,27 +1,36 @@
-"""The data stage: load and validate every file of the recipe, split, and write canonical JSONL.
+"""The data stage: load, validate, clean, filter, deduplicate, split leak-free, balance, augment.
 
     tunesmith data prepare recipes/demo.yaml      # writes runs/<run>/data/
-    tunesmith data inspect FILE                   # a report on one file, writes nothing
+    tunesmith data inspect FILE                   # the same checks on one file, writes nothing
 
-`run(recipe, run)` reads `data.train` (+ `val`, `test`, `eval_sets`), converts rows to the
-canonical records of DESIGN.md, holds out validation/test shares of train with a fixed seed
-(stratified by label for classification data), and writes `data/<split>.jsonl` and
-`data/stats.json`. It loads no model, so a bad row fails in seconds, not after a model load.
+`run(recipe, run_dir)` reads `data.train` (+ `val`, `test`, `eval_sets`), converts rows to the
+canonical records of DESIGN.md and then, in this order: normalises text and chat shape,
+scrubs personal data (opt-in), drops low-quality training rows, removes exact and near
+duplicates from train, holds out validation/test shares with a seeded stratified split,
+removes train/eval leakage, rebalances and augments the training split. It writes
+`data/<split>.jsonl`, `data/report.json` and `data/report.html`. It loads a tokenizer (for
+token lengths) but no model, so bad data fails in seconds.
 """
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.data import balance, leakage, privacy
+from tunesmith.data.augment import augment
+from tunesmith.data.clean import normalise_record
+from tunesmith.data.dedup import NearDupParams, exact_duplicate_groups, near_duplicate_clusters
+from tunesmith.data.filters import answers, drop_reason
 from tunesmith.data.load import LoadedFile, load_file
+from tunesmith.data.report import describe, print_report_summary, write_html
 from tunesmith.errors import DataError
 from tunesmith.recipe import Recipe
-from tunesmith.rundir import RunDir, write_json, write_jsonl
+from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
 
-MAX_INVALID_LISTED = 50
+MAX_LISTED = 50
+EXAMPLES_PER_REASON = 3
 
 
 @dataclass
@@ -31,6 +40,23 @@ class DataResult:
     kind: str
     """Record kind of the training data: chat, classification or text."""
     stats: dict[str, Any]
+    """Everything data/report.json holds."""
+
+
+def match_text(record: dict[str, Any]) -> str:
+    """What duplicate and leakage checks compare: every turn but the (shared) system prompt."""
+    if "messages" in record:
+        return "\n".join(m["content"] for m in record["messages"] if m["role"] != "system")
+    return record["text"]
+
+
+def where(record: dict[str, Any]) -> str:
+    return f"{record['meta'].get('source')}:{record['meta'].get('line')}"
+
+
+def near_params(recipe: Recipe) -> NearDupParams:
+    d = recipe.data.dedup
+    return NearDupParams(d.shingle_size, d.num_perm, d.bands, d.rows, d.threshold)
 
 
 def _load(recipe: Recipe, path: str) -> LoadedFile:
@@ -38,34 +64,161 @@ def _load(recipe: Recipe, path: str) -> LoadedFile:
     return load_file(path, cfg.format, cfg.columns, cfg.on_invalid, cfg.max_rows)
 
 
-def _hold_out(records: list[dict], fraction: float, seed: int, kind: str) -> tuple[list, list]:
-    """Split off `fraction` of records, stratified by label when records have labels."""
-    if fraction <= 0:
-        return records, []
-    rng = random.Random(seed)
-    strata: dict[str, list[int]] = defaultdict(list)
-    for i, record in enumerate(records):
-        strata[record.get("label", "") if kind == "classification" else ""].append(i)
-    held: set[int] = set()
-    for indices in strata.values():
-        rng.shuffle(indices)
-        held.update(indices[: round(len(indices) * fraction)])
-    if not held or len(held) == len(records):
-        raise DataError(
-            f"too few training rows ({len(records)}) to hold out {fraction:.0%}; "
-            "add data, or give data.val / data.test files."
-        )
-    return ([r for i, r in enumerate(records) if i not in held],
-            [r for i, r in enumerate(records) if i in held])
-
-
-def _tag_domain(records: list[dict], domain: str) -> list[dict]:
+def _scrub(records: list[dict], mode: str, counts: Counter) -> list[dict]:
+    kept = []
     for record in records:
-        record["meta"].setdefault("domain", domain)
-    return records
+        found: Counter = Counter()
+        if "messages" in record:
+            messages = []
+            for message in record["messages"]:
+                text, hits = privacy.scrub(message["content"])
+                found += hits
+                messages.append({**message, "content": text})
+            scrubbed = {**record, "messages": messages}
+        else:
+            text, hits = privacy.scrub(record["text"])
+            found += hits
+            scrubbed = {**record, "text": text}
+        counts.update(found)
+        if found and mode == "drop":
+            counts["rows_dropped"] += 1
+            continue
+        kept.append(scrubbed if mode == "mask" else record)
+    return kept
 
 
-def run(recipe: Recipe, run_dir: RunDir) -> DataResult:
+def _filter(records: list[dict], recipe: Recipe, tokenizer: Any, report: dict) -> list[dict]:
+    from tunesmith.models.chat import tokenize_record
+
+    cfg = recipe.data.filters
+    if cfg.max_tokens is None:
+        cfg = cfg.model_copy(update={"max_tokens": recipe.train.max_length})
+    labels = Counter(r["label"] for r in records if "label" in r)
+    kept, dropped = [], Counter()
+    examples: dict[str, list] = {}
+    for record in records:
+        tokens = len(tokenize_record(tokenizer, record, "all", 10**9,
+                                     recipe.data.system_prompt)["input_ids"])
+        reason = drop_reason(record, tokens, cfg, labels)
+        if reason is None:
+            kept.append(record)
+            continue
+        dropped[reason] += 1
+        shown = examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append({"where": where(record), "text": match_text(record)[:300], "tokens": tokens})
+    report["filters"] = {"dropped": dict(dropped), "examples": examples}
+    return kept
+
+
+def _dedup(records: list[dict], recipe: Recipe, report: dict) -> list[dict]:
+    cfg = recipe.data.dedup
+    texts = [match_text(r) for r in records]
+    removed: set[int] = set()
+    section: dict[str, Any] = {"exact_removed": 0, "near_removed": 0, "clusters": []}
+    if cfg.exact:
+        for group in exact_duplicate_groups(texts):
+            removed.update(group[1:])
+            section["exact_removed"] += len(group) - 1
+            section["clusters"].append(_cluster_entry("exact", group, records, texts))
+    if cfg.near:
+        for cluster in near_duplicate_clusters(texts, near_params(recipe)):
+            extra = [i for i in cluster[1:] if i not in removed]
+            if cluster[0] in removed or not extra:
+                continue
+            removed.update(extra)
+            section["near_removed"] += len(extra)
+            section["clusters"].append(_cluster_entry("near", cluster, records, texts))
+    section["clusters"].sort(key=lambda c: -c["size"])
+    section["clusters"] = section["clusters"][:MAX_LISTED]
+    section["answer_clusters"] = _answer_clusters(records, recipe)
+    report["dedup"] = section
+    return [r for i, r in enumerate(records) if i not in removed]
+
+
+def _cluster_entry(kind: str, members: list[int], records: list[dict], texts: list[str]) -> dict:
+    return {"kind": kind, "size": len(members), "kept": where(records[members[0]]),
+            "example": texts[members[0]][:200], "members": [where(records[i]) for i in members[:10]]}
+
+
+def _answer_clusters(records: list[dict], recipe: Recipe) -> list[dict]:
+    """Templated answers: the same (or nearly the same) assistant text across many rows.
+    Reported, not removed: repeated answers to different prompts can be legitimate."""
+    flat = [(i, a) for i, r in enumerate(records) for a in answers(r)]
+    if not flat:
+        return []
+    texts = [a for _, a in flat]
+    clusters = [("exact", g) for g in exact_duplicate_groups(texts)]
+    in_exact = {i for _, g in clusters for i in g}
+    clusters += [("near", c) for c in near_duplicate_clusters(texts, near_params(recipe))
+                 if not set(c) <= in_exact]
+    out = [{"kind": kind, "size": len(members), "example": texts[members[0]][:200],
+            "rows": len({flat[m][0] for m in members})} for kind, members in clusters]
+    return sorted(out, key=lambda c: -c["size"])[:MAX_LISTED]
+
+
+def _split(train: list[dict], recipe: Recipe, strata: str, report: dict) -> dict[str, list[dict]]:
+    cfg = recipe.data
+    splits: dict[str, list[dict]] = {}
+    total = len(train)
+    for name, given, fraction, offset in (("val", cfg.val, cfg.val_fraction, 0),
+                                          ("test", cfg.test, cfg.test_fraction, 1)):
+        if given or fraction <= 0:
+            continue
+        share = fraction * total / max(len(train), 1)  # fractions are of the whole train file
+        kept, held = balance.stratified_split(train, min(share, 0.9), strata, cfg.seed + offset)
+        if not held or not kept:
+            raise DataError(f"too few training rows ({len(train)}) to hold out {fraction:.0%} for "
+                            f"{name}; add data, or give data.{name} as a file.")
+        splits[name] = [train[i] for i in held]
+        train = [train[i] for i in kept]
+    splits["train"] = train
+    report["split"] = {"stratified_by": strata, "seed": cfg.seed}
+    return splits
+
+
+def _leakage(splits: dict[str, list[dict]], recipe: Recipe, report: dict) -> None:
+    cfg = recipe.data.leakage
+    section: dict[str, Any] = {"action": cfg.action, "sets": {}}
+    for name in [n for n in splits if n != "train"]:
+        train_texts = [match_text(r) for r in splits["train"]]
+        other_texts = [match_text(r) for r in splits[name]]
+        pairs = leakage.cross_duplicates(train_texts, other_texts, near_params(recipe))
+        leaked_train = sorted({i for i, _, _ in pairs})
+        leaked_other = sorted({j for _, j, _ in pairs})
+        entry = {
+            "duplicates_of_train": len(leaked_other),
+            "train_rows_involved": len(leaked_train),
+            "examples": [{"train": where(splits["train"][i]), name: where(splits[name][j]),
+                          "jaccard": round(s, 3)} for i, j, s in pairs[:10]],
+            "ngram_overlap": leakage.ngram_overlap(train_texts, other_texts, cfg.ngram),
+        }
+        if cfg.action == "drop_from_train" and leaked_train:
+            drop = set(leaked_train)
+            splits["train"] = [r for i, r in enumerate(splits["train"]) if i not in drop]
+            entry["removed_from_train"] = len(drop)
+        elif cfg.action == "drop_from_eval" and leaked_other:
+            drop = set(leaked_other)
+            splits[name] = [r for i, r in enumerate(splits[name]) if i not in drop]
+            entry["removed_from_" + name] = len(drop)
+        section["sets"][name] = entry
+    for path in cfg.benchmark_files:
+        bench = [match_text(r) for r in load_file(path, on_invalid="skip").records]
+        train_texts = [match_text(r) for r in splits["train"]]
+        pairs = leakage.cross_duplicates(train_texts, bench, near_params(recipe))
+        contaminated = {i for i, _, _ in pairs}
+        if cfg.action != "flag":
+            splits["train"] = [r for i, r in enumerate(splits["train"]) if i not in contaminated]
+        section["sets"][f"benchmark:{path}"] = {
+            "duplicates_of_train": len({j for _, j, _ in pairs}),
+            "train_rows_involved": len(contaminated),
+            "ngram_overlap": leakage.ngram_overlap(bench, train_texts, cfg.ngram),
+        }
+    report["leakage"] = section
+
+
+def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
+    """The data stage. `tokenizer=None` loads the recipe model's tokenizer (for token lengths)."""
     cfg = recipe.data
     if not cfg.train:
         raise DataError("data.train is empty: set it to your training file(s) in the recipe.")
@@ -78,67 +231,83 @@ def run(recipe: Recipe, run_dir: RunDir) -> DataResult:
     if len(kinds) > 1:
         raise DataError(f"data.train mixes record kinds {sorted(kinds)}; train on one kind at a time.")
     kind = kinds.pop()
-
-    splits: dict[str, list[dict]] = {}
-    train, val = _hold_out(train, 0 if cfg.val else cfg.val_fraction, cfg.seed, kind)
-    train, test = _hold_out(train, 0 if cfg.test else cfg.test_fraction, cfg.seed + 1, kind)
-    for name, path in (("val", cfg.val), ("test", cfg.test)):
-        if path:
-            files[path] = _load(recipe, path)
-    splits["train"] = train
-    splits["val"] = files[cfg.val].records if cfg.val else val
-    test_records = files[cfg.test].records if cfg.test else test
-    if test_records:
-        splits["test"] = _tag_domain(test_records, "in-domain")
-    for name, path in cfg.eval_sets.items():
+    for name in cfg.eval_sets:
         if name in ("train", "val", "test"):
             raise DataError(f"data.eval_sets.{name}: that name is taken by a split; pick another.")
-        files[path] = _load(recipe, path)
-        splits[name] = _tag_domain(files[path].records, name)
+    given: dict[str, list[dict]] = {}
     for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
-        if path and files[path].kind != kind:
+        if not path:
+            continue
+        files[path] = _load(recipe, path)
+        if files[path].kind != kind:
             raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use one kind.")
+        given[name] = files[path].records
 
-    stats = {
+    report: dict[str, Any] = {
         "kind": kind,
-        "files": {
-            path: {
-                "format": f.format,
-                "valid_rows": len(f.records),
-                "invalid_rows": len(f.invalid),
-                "invalid": [vars(i) for i in f.invalid[:MAX_INVALID_LISTED]],
-            }
-            for path, f in files.items()
-        },
-        "splits": {name: len(rows) for name, rows in splits.items()},
-        "seed": cfg.seed,
+        "files": {path: {"format": f.format, "valid_rows": len(f.records),
+                         "invalid_rows": len(f.invalid),
+                         "invalid": [vars(i) for i in f.invalid[:MAX_LISTED]]}
+                  for path, f in files.items()},
+        "loaded_train_rows": len(train),
     }
-    for name, rows in splits.items():
+    if cfg.clean.enabled:
+        counts: Counter = Counter()
+        train = [normalise_record(r, counts) for r in train]
+        given = {n: [normalise_record(r, counts) for r in rows] for n, rows in given.items()}
+        report["clean"] = dict(counts)
+    if cfg.privacy.mode != "off":
+        found: Counter = Counter()
+        train = _scrub(train, cfg.privacy.mode, found)
+        given = {n: _scrub(rows, cfg.privacy.mode, found) for n, rows in given.items()}
+        report["privacy"] = {"mode": cfg.privacy.mode, **found}
+    if cfg.filters.enabled:
+        if tokenizer is None:
+            from tunesmith.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(recipe.model)
+        train = _filter(train, recipe, tokenizer, report)
+    train = _dedup(train, recipe, report)
+    strata = balance.resolve_strata(train, cfg.balance.by)
+    splits = _split(train, recipe, strata, report)
+    for name, rows in given.items():
+        splits[name] = rows
+    for name in [n for n in splits if n not in ("train", "val")]:
+        for record in splits[name]:
+            record["meta"].setdefault("domain", "in-domain" if name == "test" else name)
+    _leakage(splits, recipe, report)
+    splits["train"], weights = balance.rebalance(splits["train"], cfg.balance.strategy, strata,
+                                                 cfg.balance.cap, cfg.seed)
+    report["balance"] = {"strategy": cfg.balance.strategy, "by": strata, "class_weights": weights,
+                         "distribution": {n: balance.distribution(rows, strata)
+                                          for n, rows in splits.items()} if strata != "none" else {}}
+    if cfg.augment.methods:
+        extra = augment(splits["train"], cfg.augment, cfg.seed)
+        splits["train"] = splits["train"] + extra
+        report["augment"] = {"methods": cfg.augment.methods, "rows_added": len(extra)}
+    if not splits["train"]:
+        raise DataError("no training rows left after cleaning and filtering; see data/report.json.")
+
+    ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
+    report["splits"] = {name: len(rows) for name, rows in ordered.items()}
+    report["describe"] = {name: describe(rows, tokenizer, recipe) for name, rows in ordered.items() if rows}
+    run_dir.data.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.data.glob("*.jsonl"):
+        stale.unlink()  # a split from an earlier prepare must not linger
+    for name, rows in ordered.items():
         write_jsonl(run_dir.split(name), rows)
-    write_json(run_dir.data / "stats.json", stats)
+    write_json(run_dir.data / "report.json", report)
+    write_html(report, run_dir.data / "report.html")
     run_dir.record("data", run_dir.data)
-    return DataResult(splits, kind, stats)
+    return DataResult(ordered, kind, report)
 
 
 def print_stats(stats: dict[str, Any]) -> None:
-    """A short table of files, formats, valid and invalid rows, and split sizes."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="data")
-    for column in ("file", "format", "valid", "invalid"):
-        table.add_column(column, justify="left" if column in ("file", "format") else "right")
-    for path, info in stats["files"].items():
-        table.add_row(path, info["format"], str(info["valid_rows"]), str(info["invalid_rows"]))
-    console = Console()
-    console.print(table)
-    console.print("splits: " + ", ".join(f"{k} {v}" for k, v in stats["splits"].items()))
+    print_report_summary(stats)
 
 
 def load_splits(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
     """The splits a previous data stage wrote (train, val, test, eval sets)."""
-    from tunesmith.rundir import read_jsonl
-
     if not run_dir.split("train").exists():
         raise DataError(f"{run_dir.root}: no prepared data. Run `tunesmith data prepare RECIPE` first.")
     return {p.stem: read_jsonl(p) for p in sorted(run_dir.data.glob("*.jsonl"))}

@@ -7,7 +7,7 @@ varied from templates with a fixed seed, so the same files come out every time:
 
 - train.jsonl (OpenAI chat format): 560 tickets about "Planly", a project-management app,
   plus planted problems for the data stage: 24 exact duplicates, 16 near duplicates
-  (one word changed) and 6 broken rows (bad JSON, missing or empty answers, an unknown role).
+  (punctuation changed or one word prepended) and 6 broken rows (bad JSON, missing or empty answers, an unknown role).
 - test.jsonl: 120 new Planly tickets in the same style (no ticket text shared with train).
 - ood.jsonl: 60 tickets about another product (a smart thermostat) in another tone (formal
   letters and terse chat messages): out-of-domain.
@@ -164,12 +164,11 @@ def chat_row(text: str, category: str, priority: str) -> dict:
 
 
 def _near_copy(text: str, rng: random.Random) -> str:
-    """The same ticket with one filler word changed: a near duplicate, not an exact one."""
-    swaps = [("Hi,", "Hello,"), ("Thanks", "Many thanks"), ("please", "kindly"), ("the ", "our ")]
-    for old, new in rng.sample(swaps, len(swaps)):
-        if old in text:
-            return text.replace(old, new, 1)
-    return text + " Thanks again."
+    """The same ticket with a small edit (changed punctuation, or one word prepended): a near
+    duplicate that exact matching misses, with Jaccard >= 0.85 on word 5-grams."""
+    if rng.random() < 0.5:
+        return text.replace(",", "", 1).rstrip(".!") + "!!"
+    return f"{rng.choice(['Hello!', 'Note:', 'So,'])} {text}"
 
 
 def generate(seed: int = 7) -> dict[str, list]:

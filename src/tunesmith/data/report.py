@@ -1,0 +1,218 @@
+"""The data report: numbers per split (lengths, diversity, labels), a terminal summary, and a
+self-contained HTML page with figures (PNG embedded as base64, no network needed)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from statistics import quantiles
+from typing import Any
+
+from tunesmith.data.balance import distribution, entropy_bits
+from tunesmith.data.filters import answers
+from tunesmith.rundir import write_text
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+HISTOGRAM_BINS = 20
+
+
+def _lengths(rows: list[dict], tokenizer: Any, recipe: Any) -> tuple[list[int], str]:
+    if tokenizer is None:  # filters off and no tokenizer loaded: count words instead
+        return [len(_WORD.findall(json.dumps(r.get("messages", r.get("text"))))) for r in rows], "words"
+    from tunesmith.models.chat import tokenize_record
+
+    return [len(tokenize_record(tokenizer, r, "all", 10**9, recipe.data.system_prompt)["input_ids"])
+            for r in rows], "tokens"
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over `texts` (diversity; 1.0 = nothing repeats)."""
+    grams: Counter = Counter()
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        grams.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return len(grams) / total if total else 0.0
+
+
+def describe(rows: list[dict], tokenizer: Any, recipe: Any) -> dict[str, Any]:
+    lengths, unit = _lengths(rows, tokenizer, recipe)
+    cuts = quantiles(lengths, n=100, method="inclusive") if len(lengths) > 1 else lengths * 99
+    counts, edges = _histogram(lengths)
+    outputs = [a for r in rows for a in answers(r)] or [r.get("text", "") for r in rows]
+    out: dict[str, Any] = {
+        "rows": len(rows),
+        "length_unit": unit,
+        "length": {"p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "max": max(lengths)},
+        "histogram": {"counts": counts, "edges": edges},
+        "distinct_1": distinct_n(outputs, 1),
+        "distinct_2": distinct_n(outputs, 2),
+    }
+    if rows and "label" in rows[0]:
+        labels = distribution(rows, "label")
+        out["labels"] = labels
+        out["label_entropy_bits"] = entropy_bits(labels)
+    groups = distribution(rows, "meta.group")
+    if set(groups) != {""}:
+        out["groups"] = groups
+    return out
+
+
+def _histogram(values: list[int]) -> tuple[list[int], list[float]]:
+    low, high = min(values), max(values)
+    width = max((high - low) / HISTOGRAM_BINS, 1)
+    counts = [0] * HISTOGRAM_BINS
+    for value in values:
+        counts[min(int((value - low) / width), HISTOGRAM_BINS - 1)] += 1
+    return counts, [low + i * width for i in range(HISTOGRAM_BINS + 1)]
+
+
+def print_report_summary(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="data")
+    for column in ("file", "format", "valid", "invalid"):
+        table.add_column(column, justify="left" if column in ("file", "format") else "right")
+    for path, info in report["files"].items():
+        table.add_row(path, info["format"], str(info["valid_rows"]), str(info["invalid_rows"]))
+    console.print(table)
+    lines = [f"loaded train rows {report['loaded_train_rows']}"]
+    if report.get("clean"):
+        lines.append("cleaned: " + ", ".join(f"{k} {v}" for k, v in report["clean"].items()))
+    if report.get("filters", {}).get("dropped"):
+        lines.append("filtered: " + ", ".join(f"{k} {v}" for k, v in report["filters"]["dropped"].items()))
+    dedup = report.get("dedup", {})
+    lines.append(f"duplicates removed: exact {dedup.get('exact_removed', 0)}, "
+                 f"near {dedup.get('near_removed', 0)}")
+    if dedup.get("answer_clusters"):
+        top = dedup["answer_clusters"][0]
+        lines.append(f"templated answers: {len(dedup['answer_clusters'])} clusters, largest "
+                     f"{top['size']}x {top['example'][:40]!r}")
+    for name, entry in report.get("leakage", {}).get("sets", {}).items():
+        lines.append(f"leakage {name}: {entry['duplicates_of_train']} near/exact copies of train, "
+                     f"{entry['ngram_overlap']['rows_with_overlap']} rows share a "
+                     f"{entry['ngram_overlap']['n']}-gram"
+                     + (f", {entry['removed_from_train']} train rows removed"
+                        if entry.get("removed_from_train") else ""))
+    if report.get("privacy"):
+        lines.append("privacy: " + ", ".join(f"{k} {v}" for k, v in report["privacy"].items()))
+    if report.get("augment"):
+        lines.append(f"augmented: +{report['augment']['rows_added']} train rows")
+    lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _figure_png(draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3))
+    draw(axis)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _length_figure(describe_by_split: dict[str, Any]) -> str:
+    def draw(axis):
+        for name, info in describe_by_split.items():
+            edges = info["histogram"]["edges"]
+            axis.stairs(info["histogram"]["counts"], edges, label=name)
+        axis.set_xlabel(next(iter(describe_by_split.values()))["length_unit"] + " per row")
+        axis.set_ylabel("rows")
+        axis.legend()
+    return _figure_png(draw)
+
+
+def _distribution_figure(distribution_by_split: dict[str, dict[str, int]]) -> str:
+    train = distribution_by_split.get("train", {})
+    keys = list(train)[:20]
+
+    def draw(axis):
+        axis.barh([k[:40] for k in keys], [train[k] for k in keys])
+        axis.invert_yaxis()
+        axis.set_xlabel("training rows")
+        axis.tick_params(axis="y", labelsize=7)
+    return _figure_png(draw)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_html(report: dict[str, Any], path: Path) -> None:
+    """A self-contained page: tables of every count, and the figures inline."""
+    sections = ["<h1>tunesmith data report</h1>"]
+    sections.append("<h2>Files</h2>" + _table(
+        [[p, f["format"], f["valid_rows"], f["invalid_rows"]] for p, f in report["files"].items()],
+        ["file", "format", "valid", "invalid"]))
+    invalid = [[i["where"], i["error"]] for f in report["files"].values() for i in f["invalid"]]
+    if invalid:
+        sections.append("<h3>Invalid rows</h3>" + _table(invalid, ["where", "error"]))
+    sections.append("<h2>Splits</h2>" + _table(
+        [[name, info["rows"], f"{info['length']['p50']:.0f}", f"{info['length']['p90']:.0f}",
+          f"{info['length']['max']:.0f}", f"{info['distinct_1']:.3f}", f"{info['distinct_2']:.3f}",
+          f"{info.get('label_entropy_bits', '')}"]
+         for name, info in report["describe"].items()],
+        ["split", "rows", "p50 length", "p90", "max", "distinct-1", "distinct-2", "label entropy"]))
+    if report["describe"]:
+        sections.append(f'<img alt="length histogram" src="data:image/png;base64,'
+                        f'{_length_figure(report["describe"])}">')
+    if report.get("clean"):
+        sections.append("<h2>Cleaning</h2>" + _table(list(report["clean"].items()), ["change", "rows"]))
+    filters = report.get("filters", {})
+    if filters:
+        sections.append("<h2>Quality filters</h2>" + _table(
+            list(filters["dropped"].items()) or [["(none)", 0]], ["filter", "dropped"]))
+        examples = [[reason, e["where"], e["text"]] for reason, items in filters["examples"].items()
+                    for e in items]
+        if examples:
+            sections.append(_table(examples, ["filter", "where", "text"]))
+    dedup = report.get("dedup", {})
+    sections.append(f"<h2>Duplicates</h2><p>exact removed: {dedup.get('exact_removed', 0)}, "
+                    f"near removed: {dedup.get('near_removed', 0)}</p>")
+    if dedup.get("clusters"):
+        sections.append(_table([[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]],
+                               ["kind", "size", "kept", "example"]))
+    if dedup.get("answer_clusters"):
+        sections.append("<h3>Templated answers (reported, not removed)</h3>" + _table(
+            [[c["kind"], c["size"], c["rows"], c["example"]] for c in dedup["answer_clusters"]],
+            ["kind", "answers", "rows", "example"]))
+    leakage = report.get("leakage", {})
+    if leakage.get("sets"):
+        sections.append(f"<h2>Leakage (action: {leakage['action']})</h2>" + _table(
+            [[name, e["duplicates_of_train"], e["train_rows_involved"],
+              e["ngram_overlap"]["rows_with_overlap"], f"{e['ngram_overlap']['ngram_share']:.3f}"]
+             for name, e in leakage["sets"].items()],
+            ["set", "copies of train", "train rows involved", "rows sharing an n-gram",
+             "n-gram share"]))
+    balance = report.get("balance", {})
+    if balance.get("distribution"):
+        sections.append(f"<h2>Balance (by {balance['by']}, strategy {balance['strategy']})</h2>")
+        sections.append(f'<img alt="distribution" src="data:image/png;base64,'
+                        f'{_distribution_figure(balance["distribution"])}">')
+        if balance.get("class_weights"):
+            sections.append(_table(list(balance["class_weights"].items()), ["stratum", "weight"]))
+    for key in ("privacy", "augment"):
+        if report.get(key):
+            sections.append(f"<h2>{key.title()}</h2><pre>{html.escape(json.dumps(report[key], indent=1))}</pre>")
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+             "padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}")
+    write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>data report</title>"
+                     f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
