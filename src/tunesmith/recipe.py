@@ -156,12 +156,19 @@ class DataConfig(_Section):
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
     clean: CleanConfig = Field(default_factory=CleanConfig)
+    """Text and chat-shape normalisation."""
     filters: FilterConfig = Field(default_factory=FilterConfig)
+    """Quality filters on training rows."""
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    """Exact and near-duplicate removal in train."""
     leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    """Train/eval leakage and benchmark contamination checks."""
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    """Personal-data scrubbing."""
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    """Strata for the split, and rebalancing of train."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Opt-in augmentation of the training split."""
 
     @field_validator("train", mode="before")
     @classmethod
@@ -284,10 +291,15 @@ class Recipe(_Section):
     description: str = ""
     """Free text: what this run is for. Carried to the model card."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """Where the data is and how it is checked, cleaned and split."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model and where it runs."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """How it is fine-tuned."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """How base and fine-tuned models are compared."""
     output: OutputConfig = Field(default_factory=OutputConfig)
+    """Where the run directory goes."""
 
     @property
     def run_dir(self) -> Path:

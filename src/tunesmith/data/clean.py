@@ -1,7 +1,7 @@
 """Normalise text and conversation shape, so later checks compare like with like.
 
 Text: mojibake repaired (ftfy), Unicode NFC, control characters removed (newlines and tabs
-kept), trailing spaces and runs of blank lines tidied. Conversations: empty turns dropped,
+kept), trailing spaces and runs of blank lines tidied (indentation kept). Conversations: empty turns dropped,
 system messages moved to the front (several are joined), consecutive turns of the same role
 merged, and trailing user turns with no answer dropped. Each change is counted.
 """
@@ -16,19 +16,23 @@ from typing import Any
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_SPACES = re.compile(r"[ \t]{2,}")
 
 
 def normalise_text(text: str, counts: Counter | None = None) -> str:
     import ftfy
 
-    fixed = ftfy.fix_text(text, normalization="NFC")
+    # Only repairs of broken text: curly quotes, ligatures, full-width characters and HTML
+    # entities are legitimate content and stay as they are.
+    fixed = ftfy.fix_text(text, normalization="NFC", uncurl_quotes=False, fix_latin_ligatures=False,
+                          fix_character_width=False, unescape_html=False,
+                          remove_control_chars=False)  # counted separately below
     if counts is not None and fixed != unicodedata.normalize("NFC", text):
         counts["mojibake_repaired"] += 1
     cleaned = _CONTROL.sub("", fixed)
     if counts is not None and cleaned != fixed:
         counts["control_characters_removed"] += 1
-    tidy = _SPACES.sub(" ", _BLANK_LINES.sub("\n\n", _TRAILING_SPACE.sub("\n", cleaned))).strip()
+    # Runs of spaces inside a line are kept: they are indentation in code and tables.
+    tidy = _BLANK_LINES.sub("\n\n", _TRAILING_SPACE.sub("\n", cleaned)).strip()
     if counts is not None and tidy != cleaned:
         counts["whitespace_normalised"] += 1
     return tidy

@@ -1,11 +1,14 @@
 """`tunesmith data inspect FILE`: what is in one data file, without writing a run.
 
 Reports the detected format, row and turn counts, token-length percentiles (with the recipe's
-tokenizer), the invalid rows with their locations, and a few examples.
+tokenizer), the invalid rows with their locations, a few examples, and the data stage's
+report on the file (cleaning, filters, duplicate and templated-answer clusters, diversity),
+computed in a temporary directory that is deleted afterwards.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from statistics import quantiles
 from typing import Any
 
@@ -62,7 +65,23 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
         tokenizer = load_tokenizer(recipe.model)
     report["tokenizer"] = getattr(tokenizer, "name_or_path", "")
     report["tokens"] = percentiles(_token_lengths(loaded.records, tokenizer, recipe))
+    report["data_report"] = _stage_report(path, recipe, tokenizer)
     return report
+
+
+def _stage_report(path: str, recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
+    """The data stage on this one file alone (no split), in a throw-away run dir."""
+    import tempfile
+
+    from tunesmith import data
+    from tunesmith.rundir import RunDir
+
+    single = recipe.data.model_copy(update={
+        "train": [path], "val": None, "test": None, "eval_sets": {}, "on_invalid": "skip",
+        "val_fraction": 0.0, "test_fraction": 0.0})
+    with tempfile.TemporaryDirectory() as scratch:
+        return data.run(recipe.model_copy(update={"data": single}), RunDir(Path(scratch)),
+                        tokenizer).stats
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -91,6 +110,9 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"[red]invalid[/] {item['where']}: {item['error']}", highlight=False)
     if report["invalid_rows"] > 20:
         console.print(f"... and {report['invalid_rows'] - 20} more invalid rows")
+    from tunesmith.data.report import print_report_summary
+
+    print_report_summary(report["data_report"])
     for example in report["examples"]:
         shown = {k: v for k, v in example.items() if k != "meta"}
         console.print(f"[dim]{example['meta']['source']}:{example['meta']['line']}[/]",
