@@ -9,8 +9,8 @@ from conftest import REAL, build_char_tokenizer, write_jsonl
 from tunesmith import data
 from tunesmith.data import balance, privacy
 from tunesmith.data.clean import normalise_messages, normalise_text
-from tunesmith.data.dedup import (NearDupParams, _Shingler, exact_duplicate_groups, jaccard,
-                                  near_duplicate_clusters)
+from tunesmith.data.dedup import (NearDupParams, exact_duplicate_groups, jaccard,
+                                  near_duplicate_clusters, shingle)
 from tunesmith.data.filters import repeated_ngram_fraction, text_character_fraction
 from tunesmith.data.leakage import ngram_overlap
 from tunesmith.demo import tickets
@@ -52,8 +52,10 @@ def test_exact_and_near_duplicates_with_known_jaccard():
     base = "the quick brown fox jumps over the lazy dog near the river bank today"
     texts = [base, base.upper() + "  ", base + " again", "completely different words in this one sentence here"]
     assert exact_duplicate_groups(texts) == [[0, 1]]
-    shingle = _Shingler(5)
-    assert jaccard(shingle(texts[0]), shingle(texts[2])) == pytest.approx(10 / 11)
+    shingles = shingle(texts, 5)
+    assert len(shingles[0]) == 10 and len(shingles[2]) == 11
+    assert jaccard(shingles[0], shingles[2]) == pytest.approx(10 / 11)
+    assert len(shingle(["two words"], 5)[0]) == 1  # shorter than a shingle: one shingle
     assert near_duplicate_clusters(texts, NearDupParams(threshold=0.8)) == [[0, 1, 2]]
     assert near_duplicate_clusters(texts, NearDupParams(threshold=0.95)) == [[0, 1]]
 

@@ -38,7 +38,7 @@ class NearDupParams:
     rows: int = 8
     threshold: float = 0.8
     seed: int = 1
-    chunk_docs: int = 2048
+    chunk_docs: int = 1024
 
 
 def normalise_for_match(text: str) -> str:
@@ -54,47 +54,80 @@ def exact_duplicate_groups(texts: list[str]) -> list[list[int]]:
     return [members for members in groups.values() if len(members) > 1]
 
 
-class _Shingler:
-    """Word ids from a growing vocabulary, and 64-bit hashes of word n-grams."""
+@dataclass
+class Shingles:
+    """Every document's sorted, unique 64-bit word n-gram hashes, stored flat with offsets."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.vocab: dict[str, int] = {}
-        rng = np.random.default_rng(12345)
-        self.mix = rng.integers(1, 1 << 62, size=size, dtype=np.uint64) | np.uint64(1)
+    hashes: np.ndarray
+    offsets: np.ndarray
 
-    def __call__(self, text: str) -> np.ndarray:
-        vocab = self.vocab
-        ids = np.fromiter((vocab.setdefault(w, len(vocab) + 1) for w in _WORD.findall(text.lower())),
-                          dtype=np.uint64)
-        if len(ids) == 0:
-            return np.zeros(0, dtype=np.uint64)
-        if len(ids) < self.size:  # shorter than one shingle: the whole text is the shingle
-            ids = np.pad(ids, (0, self.size - len(ids)))
-        windows = np.lib.stride_tricks.sliding_window_view(ids, self.size)
-        with np.errstate(over="ignore"):
-            hashes = (windows * self.mix).sum(axis=1, dtype=np.uint64)
-            hashes ^= hashes >> np.uint64(29)
-        return np.unique(hashes)
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.hashes[self.offsets[index]:self.offsets[index + 1]]
 
 
-def minhash_signatures(shingle_sets: list[np.ndarray], params: NearDupParams) -> np.ndarray:
+def shingle(texts: list[str], size: int) -> Shingles:
+    """Word n-gram hashes of all texts at once: words become integer ids (one dict pass), and
+    n-gram hashes are computed for every position of the concatenated id array in `size`
+    vectorised multiply-adds. A text shorter than `size` words is one (zero-padded) shingle."""
+    vocab: dict[str, int] = {}
+    add = vocab.setdefault
+    ids: list[int] = []
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for index, text in enumerate(texts):
+        words = _WORD.findall(text.lower())
+        if not words:
+            continue
+        ids.extend([add(w, len(vocab) + 1) for w in words])
+        if len(words) < size:
+            ids.extend([0] * (size - len(words)))
+        lengths[index] = max(len(words), size)
+    flat = np.array(ids, dtype=np.uint64)
+    starts = np.concatenate(([0], np.cumsum(lengths)))
+    counts = np.where(lengths > 0, lengths - size + 1, 0)
+    if counts.sum() == 0:
+        return Shingles(np.zeros(0, dtype=np.uint64), np.zeros(len(texts) + 1, dtype=np.int64))
+    mix = np.random.default_rng(12345).integers(1, 1 << 62, size=size, dtype=np.uint64) | np.uint64(1)
+    windows = len(flat) - size + 1
+    with np.errstate(over="ignore"):
+        hashes = flat[:windows] * mix[0]
+        for k in range(1, size):
+            hashes += flat[k:k + windows] * mix[k]
+        hashes ^= hashes >> np.uint64(29)
+    doc = np.repeat(np.arange(len(texts)), counts)
+    position = starts[doc] + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    hashes = hashes[position]
+    order = np.lexsort((hashes, doc))
+    doc, hashes = doc[order], hashes[order]
+    keep = np.ones(len(hashes), dtype=bool)
+    keep[1:] = (doc[1:] != doc[:-1]) | (hashes[1:] != hashes[:-1])
+    doc, hashes = doc[keep], hashes[keep]
+    offsets = np.searchsorted(doc, np.arange(len(texts) + 1))
+    return Shingles(hashes, offsets)
+
+
+def minhash_signatures(shingles: Shingles, params: NearDupParams) -> np.ndarray:
     """(documents x num_perm) uint32 MinHash signatures; empty documents get all-max rows."""
     rng = np.random.default_rng(params.seed)
     a = rng.integers(1, 1 << 61, size=params.num_perm, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, 1 << 61, size=params.num_perm, dtype=np.uint64)
-    signatures = np.full((len(shingle_sets), params.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    for start in range(0, len(shingle_sets), params.chunk_docs):
-        chunk = shingle_sets[start:start + params.chunk_docs]
-        lengths = np.array([len(s) for s in chunk])
-        nonempty = np.flatnonzero(lengths)
+    n = len(shingles)
+    signatures = np.full((n, params.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    lengths = np.diff(shingles.offsets)
+    for start in range(0, n, params.chunk_docs):
+        stop = min(start + params.chunk_docs, n)
+        nonempty = start + np.flatnonzero(lengths[start:stop])
         if len(nonempty) == 0:
             continue
-        flat = np.concatenate([chunk[i] for i in nonempty])
-        offsets = np.concatenate(([0], np.cumsum(lengths[nonempty])[:-1]))
-        with np.errstate(over="ignore"):
-            permuted = (flat[:, None] * a + b) >> np.uint64(32)  # multiply-shift universal hash
-        signatures[start + nonempty] = np.minimum.reduceat(permuted.astype(np.uint32), offsets, axis=0)
+        flat = shingles.hashes[shingles.offsets[start]:shingles.offsets[stop]]
+        local = shingles.offsets[nonempty] - shingles.offsets[start]
+        with np.errstate(over="ignore"):  # permutations x shingles: rows are contiguous
+            permuted = np.multiply.outer(a, flat)
+            permuted += b[:, None]
+            permuted >>= np.uint64(32)
+        signatures[nonempty] = np.minimum.reduceat(permuted.astype(np.uint32), local, axis=1).T
     return signatures
 
 
@@ -103,27 +136,25 @@ def _candidate_pairs(signatures: np.ndarray, params: NearDupParams) -> np.ndarra
     n = len(signatures)
     pairs: list[np.ndarray] = []
     weights = np.random.default_rng(7).integers(1, 1 << 62, size=params.rows, dtype=np.uint64)
-    valid = signatures[:, 0] != np.iinfo(np.uint32).max  # empty documents match nothing
+    valid = np.flatnonzero(signatures[:, 0] != np.iinfo(np.uint32).max)  # empty docs match nothing
     for band in range(params.bands):
-        block = signatures[:, band * params.rows:(band + 1) * params.rows].astype(np.uint64)
+        block = signatures[valid, band * params.rows:(band + 1) * params.rows].astype(np.uint64)
         with np.errstate(over="ignore"):
-            keys = (block * weights).sum(axis=1, dtype=np.uint64) ^ np.uint64(band)
-        order = np.argsort(keys[valid], kind="stable")
-        members = np.flatnonzero(valid)[order]
-        sorted_keys = keys[members]
+            keys = (block * weights).sum(axis=1, dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        members, sorted_keys = valid[order], keys[order]
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
         starts = np.concatenate(([0], boundaries))
-        ends = np.concatenate((boundaries, [len(members)]))
-        multi = np.flatnonzero(ends - starts > 1)
-        for s, e in zip(starts[multi], ends[multi], strict=True):
-            bucket = members[s:e]
-            if len(bucket) <= ALL_PAIRS_BUCKET_LIMIT:
-                i, j = np.triu_indices(len(bucket), k=1)
+        sizes = np.diff(np.concatenate((starts, [len(members)])))
+        two = starts[sizes == 2]  # the common case, done in bulk
+        pairs.append(np.stack([members[two], members[two + 1]], axis=1))
+        for s, size in zip(starts[sizes > 2], sizes[sizes > 2], strict=True):
+            bucket = members[s:s + size]
+            if size <= ALL_PAIRS_BUCKET_LIMIT:
+                i, j = np.triu_indices(size, k=1)
                 pairs.append(np.stack([bucket[i], bucket[j]], axis=1))
             else:
-                pairs.append(np.stack([np.full(len(bucket) - 1, bucket[0]), bucket[1:]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
+                pairs.append(np.stack([np.full(size - 1, bucket[0]), bucket[1:]], axis=1))
     allpairs = np.sort(np.concatenate(pairs), axis=1).astype(np.int64)
     codes = np.unique(allpairs[:, 0] * n + allpairs[:, 1])
     return np.stack([codes // n, codes % n], axis=1)
@@ -158,8 +189,7 @@ def _union_find_clusters(n: int, pairs: list[tuple[int, int]]) -> list[list[int]
 
 def similar_pairs(texts: list[str], params: NearDupParams = NearDupParams()) -> list[tuple[int, int, float]]:
     """Verified pairs (i, j, jaccard) with Jaccard >= params.threshold."""
-    shingle = _Shingler(params.shingle_size)
-    shingle_sets = [shingle(t) for t in texts]
+    shingle_sets = shingle(texts, params.shingle_size)
     signatures = minhash_signatures(shingle_sets, params)
     verified = []
     for i, j in _candidate_pairs(signatures, params):
