@@ -21,7 +21,6 @@ import re
 import resource
 import time
 
-
 from tunesmith.data.dedup import NearDupParams, similar_pairs
 
 PARAMS = NearDupParams(shingle_size=5, num_perm=128, bands=16, rows=8, threshold=0.8)
@@ -121,7 +120,8 @@ def measure(name: str, method, docs: list[str]) -> tuple[set, float, float]:
 def quality(found: set, truth: set, docs: list[str]) -> tuple[float, float]:
     """Recall over planted close pairs; precision over everything found, checked exactly."""
     recall = len(found & truth) / len(truth)
-    correct = sum(1 for i, j in found if (i, j) in truth or exact_jaccard(docs[i], docs[j]) >= PARAMS.threshold)
+    correct = sum(1 for i, j in found
+                  if (i, j) in truth or exact_jaccard(docs[i], docs[j]) >= PARAMS.threshold)
     precision = correct / len(found) if found else 1.0
     return recall, precision
 

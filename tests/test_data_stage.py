@@ -9,8 +9,13 @@ from conftest import REAL, build_char_tokenizer, write_jsonl
 from tunesmith import data
 from tunesmith.data import balance, privacy
 from tunesmith.data.clean import normalise_messages, normalise_text
-from tunesmith.data.dedup import (NearDupParams, exact_duplicate_groups, jaccard,
-                                  near_duplicate_clusters, shingle)
+from tunesmith.data.dedup import (
+    NearDupParams,
+    exact_duplicate_groups,
+    jaccard,
+    near_duplicate_clusters,
+    shingle,
+)
 from tunesmith.data.filters import repeated_ngram_fraction, text_character_fraction
 from tunesmith.data.leakage import ngram_overlap
 from tunesmith.demo import tickets
@@ -50,7 +55,8 @@ def test_filters_on_hand_made_rows():
 
 def test_exact_and_near_duplicates_with_known_jaccard():
     base = "the quick brown fox jumps over the lazy dog near the river bank today"
-    texts = [base, base.upper() + "  ", base + " again", "completely different words in this one sentence here"]
+    texts = [base, base.upper() + "  ", base + " again",
+             "completely different words in this one sentence here"]
     assert exact_duplicate_groups(texts) == [[0, 1]]
     shingles = shingle(texts, 5)
     assert len(shingles[0]) == 10 and len(shingles[2]) == 11

@@ -97,8 +97,14 @@ def _trim_log(log: Path, after_step: int) -> None:
 
 
 def _callbacks(log_path: Path) -> list[Any]:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):

@@ -168,7 +168,8 @@ def _openai(row: dict) -> dict:
             if message["weight"] not in (0, 1):
                 raise RowError(f"messages[{number}].weight must be 0 or 1 (openai format)")
             if role != "assistant":
-                raise RowError(f"messages[{number}].weight is only allowed on assistant turns (openai format)")
+                raise RowError(f"messages[{number}].weight is only allowed on assistant turns "
+                               "(openai format)")
             converted["weight"] = int(message["weight"])
         messages.append(converted)
     return {"messages": _checked_chat(messages, "openai", "messages")}
@@ -192,7 +193,8 @@ def _prompt_completion(row: dict) -> dict:
 def _classification(row: dict) -> dict:
     label = row["label"]
     if isinstance(label, bool) or not isinstance(label, str | int):
-        raise RowError(f'"label" must be text or an integer, got {type(label).__name__} (classification format)')
+        raise RowError(f'"label" must be text or an integer, got {type(label).__name__} '
+                       "(classification format)")
     if not str(label).strip():
         raise RowError('empty "label" (classification format)')
     return {"text": _text_field(row, "text", "classification"), "label": str(label)}

@@ -135,9 +135,8 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
         reader = csv.DictReader(handle, delimiter=delimiter)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV (no header row). The first line must name the columns.")
-        index = 0
         start_line = reader.line_num + 1
-        for record in reader:
+        for index, record in enumerate(reader):
             extra = record.pop(None, None)
             row: dict[str, Any] = {k: _maybe_json_cell(v) for k, v in record.items()}
             if extra:
@@ -145,7 +144,6 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
                              error=f"{len(extra)} more cell(s) than the header has columns")
             else:
                 yield RawRow(str(path), index, start_line, row)
-            index += 1
             start_line = reader.line_num + 1
 
 

@@ -210,7 +210,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
             sections.append(_table(list(balance["class_weights"].items()), ["stratum", "weight"]))
     for key in ("privacy", "augment"):
         if report.get(key):
-            sections.append(f"<h2>{key.title()}</h2><pre>{html.escape(json.dumps(report[key], indent=1))}</pre>")
+            dumped = html.escape(json.dumps(report[key], indent=1))
+            sections.append(f"<h2>{key.title()}</h2><pre>{dumped}</pre>")
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
              "padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}")

@@ -7,7 +7,8 @@ varied from templates with a fixed seed, so the same files come out every time:
 
 - train.jsonl (OpenAI chat format): 560 tickets about "Planly", a project-management app,
   plus planted problems for the data stage: 24 exact duplicates, 16 near duplicates
-  (punctuation changed or one word prepended) and 6 broken rows (bad JSON, missing or empty answers, an unknown role).
+  (punctuation changed or one word prepended) and 6 broken rows (bad JSON, missing or
+  empty answers, an unknown role).
 - test.jsonl: 120 new Planly tickets in the same style (no ticket text shared with train).
 - ood.jsonl: 60 tickets about another product (a smart thermostat) in another tone (formal
   letters and terse chat messages): out-of-domain.

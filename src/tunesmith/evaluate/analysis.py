@@ -1,0 +1,75 @@
+"""Error analysis and generalisation checks.
+
+- `error_class(prediction, reference, ...)`: why an answer is wrong, one of
+  empty, truncated, format_error, wrong_label, extra_text, wrong_answer (or correct).
+- `worst_examples(rows, ...)`: the lowest-scoring examples of a set, for people to read.
+- `top_confusions(confusion)`: the most frequent (expected -> predicted) label mistakes.
+- `loss_curves(log)`: train and validation loss per step from train/log.jsonl, and the gap.
+- `memorisation_rate(predictions, train_answers)`: how often a generation reproduces a
+  training answer verbatim although its prompt was held out (only answers that are not
+  short, templated labels count, since those are expected to repeat).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tunesmith.evaluate.metrics import field_value, normalise, parse_json_object
+
+MEMORISATION_MIN_CHARS = 40
+
+
+def error_class(prediction: str, reference: str, correct: bool, max_new_tokens_hit: bool,
+                label_field: str | None) -> str:
+    if correct:
+        return "correct"
+    if not prediction.strip():
+        return "empty"
+    if max_new_tokens_hit:
+        return "truncated"
+    expects_json = parse_json_object(reference) is not None
+    if expects_json and parse_json_object(prediction) is None:
+        return "format_error"
+    if normalise(reference) in normalise(prediction):
+        return "extra_text"
+    if label_field is not None or not expects_json:
+        if field_value(prediction, label_field) != field_value(reference, label_field):
+            return "wrong_label"
+    return "wrong_answer"
+
+
+def worst_examples(rows: list[dict[str, Any]], score_key: str, count: int = 5) -> list[dict[str, Any]]:
+    ranked = sorted(rows, key=lambda r: (r.get(score_key) or 0.0, r["index"]))
+    return [{k: r.get(k) for k in ("set", "index", "prompt", "reference", "finetuned_prediction",
+                                   score_key, "finetuned_error")} for r in ranked[:count]]
+
+
+def top_confusions(confusion: dict[str, Any], count: int = 5) -> list[dict[str, Any]]:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    pairs = [(matrix[i][j], labels[i], labels[j]) for i in range(len(matrix))
+             for j in range(len(matrix[i])) if i != j and matrix[i][j]]
+    return [{"expected": e, "predicted": p, "count": n} for n, e, p in sorted(pairs, reverse=True)[:count]]
+
+
+def loss_curves(log: list[dict[str, Any]]) -> dict[str, Any]:
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
+    out: dict[str, Any] = {"train": train, "val": val}
+    if train and val:
+        recent = [loss for _, loss in train[-3:]]
+        out["final_train_loss"] = sum(recent) / len(recent)
+        out["final_val_loss"] = val[-1][1]
+        out["gap"] = out["final_val_loss"] - out["final_train_loss"]
+    return out
+
+
+def memorisation_rate(predictions: list[str], train_answers: list[str]) -> dict[str, Any]:
+    """Share of generations that equal a (long, non-templated) training answer verbatim."""
+    counts = Counter(normalise(a) for a in train_answers)
+    distinctive = {a for a, n in counts.items() if n == 1 and len(a) >= MEMORISATION_MIN_CHARS}
+    checked = [normalise(p) for p in predictions if len(normalise(p)) >= MEMORISATION_MIN_CHARS]
+    copied = sum(1 for p in checked if p in distinctive)
+    return {"checked": len(checked), "verbatim_train_answers": copied,
+            "rate": copied / len(checked) if checked else 0.0,
+            "min_chars": MEMORISATION_MIN_CHARS}

@@ -1,0 +1,67 @@
+"""Confidence intervals and paired tests for evaluation numbers.
+
+    bootstrap_ci([1, 0, 1, 1])                 -> (low, high) of the mean, 95%
+    paired_bootstrap([0, 1, 1], [1, 1, 1])     -> delta, (low, high), p-value (two-sided)
+    mcnemar([0, 1, 1, 0], [1, 1, 1, 1])        -> exact McNemar p-value for paired 0/1 scores
+
+The bootstrap resamples examples with replacement (seeded, so reports are reproducible);
+`statistic` may be any function of the resampled indices, e.g. corpus BLEU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import comb
+
+import numpy as np
+
+RESAMPLES = 1000
+SEED = 0
+
+
+def bootstrap_ci(values: Sequence[float] | None = None, statistic: Callable | None = None,
+                 n: int | None = None, level: float = 0.95, resamples: int = RESAMPLES
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `values`, or of `statistic(indices)` over n items."""
+    if statistic is None:
+        array = np.asarray(values, dtype=float)
+        n = len(array)
+        if n == 0:
+            return (float("nan"), float("nan"))
+        draws = np.random.default_rng(SEED).integers(0, n, size=(resamples, n))
+        means = array[draws].mean(axis=1)
+    else:
+        draws = np.random.default_rng(SEED).integers(0, n, size=(resamples, n))
+        means = np.array([statistic(row) for row in draws])
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_bootstrap(base: Sequence[float], tuned: Sequence[float], level: float = 0.95,
+                     resamples: int = RESAMPLES) -> dict[str, float]:
+    """Mean difference tuned - base over the same examples, its CI, and a two-sided p-value
+    (share of resampled deltas on the other side of zero, doubled)."""
+    a, b = np.asarray(base, dtype=float), np.asarray(tuned, dtype=float)
+    diff = b - a
+    draws = np.random.default_rng(SEED).integers(0, len(diff), size=(resamples, len(diff)))
+    deltas = diff[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    observed = float(diff.mean())
+    if observed == 0:
+        p = 1.0
+    else:
+        p = min(1.0, 2 * float(np.mean(deltas <= 0) if observed > 0 else np.mean(deltas >= 0)))
+    return {"delta": observed, "ci_low": float(np.percentile(deltas, tail)),
+            "ci_high": float(np.percentile(deltas, 100 - tail)), "p_value": p}
+
+
+def mcnemar(base: Sequence[float], tuned: Sequence[float]) -> dict[str, float]:
+    """Exact McNemar test on paired right/wrong scores: only discordant pairs count."""
+    base_only = sum(1 for a, b in zip(base, tuned, strict=True) if a >= 0.5 > b)
+    tuned_only = sum(1 for a, b in zip(base, tuned, strict=True) if b >= 0.5 > a)
+    discordant = base_only + tuned_only
+    if discordant == 0:
+        return {"base_only_right": 0, "tuned_only_right": 0, "p_value": 1.0}
+    smaller = min(base_only, tuned_only)
+    p = sum(comb(discordant, k) for k in range(smaller + 1)) / 2 ** discordant
+    return {"base_only_right": base_only, "tuned_only_right": tuned_only, "p_value": min(1.0, 2 * p)}
