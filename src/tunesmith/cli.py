@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import QualityGateError, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models with the best practices built in.")
@@ -131,6 +131,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
+    except QualityGateError as error:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]failed:[/] {error}", highlight=False)
+        sys.exit(1)
     except TunesmithError as error:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(2)

@@ -19,3 +19,8 @@ class DataError(TunesmithError):
 
 class ModelError(TunesmithError):
     """A model or tokenizer cannot be found or loaded safely."""
+
+
+class QualityGateError(TunesmithError):
+    """A result crossed a threshold the recipe set to fail the run (e.g. a bias gap).
+    The results are written before it is raised; the CLI exits with code 1."""

@@ -257,11 +257,29 @@ class TrainConfig(_Section):
     """Seed for weight init of the adapter and data order."""
 
 
+class BiasConfig(_Section):
+    enabled: bool = True
+    """Run counterfactual bias probes on the test set (terms from the bundled lexicon)."""
+    max_prompts: int = Field(24, gt=0)
+    """Probe at most this many prompts per dimension (each is answered once per group)."""
+    max_gap: float = Field(0.1, ge=0.0, le=1.0)
+    """Largest allowed difference of the metric between groups of a dimension."""
+    on_gap: Literal["warn", "fail"] = "warn"
+    """When a gap exceeds max_gap: warn in the report, or fail the run (exit code 1)."""
+    lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    """Extra or replacement dimensions: {dimension: {group: [aligned terms]}}."""
+
+
 class EvalConfig(_Section):
-    metric: Literal["exact_match", "json_fields", "none"] = "exact_match"
-    """Task metric on generations: exact match of the answer, or accuracy of parsed JSON fields."""
+    metric: Literal["exact_match", "json_fields", "token_f1", "rouge_l", "json_valid", "none"] = (
+        "exact_match")
+    """Primary task metric on generations (tables, paired tests, bias gaps). BLEU, chrF, ROUGE-L,
+    token F1 and JSON validity are always reported beside it."""
     json_fields: list[str] = Field(default_factory=list)
     """For `json_fields`: the keys compared; a prediction scores only if every key matches."""
+    label_field: str | None = None
+    """JSON field that holds a label (e.g. category) for accuracy/P/R/F1 and a confusion matrix;
+    classification data uses the whole answer as the label."""
     baseline: bool = True
     """Also score the base model on the same examples with the same prompt and decoding."""
     max_new_tokens: int = Field(64, gt=0)
@@ -270,6 +288,12 @@ class EvalConfig(_Section):
     """Prompts per generation batch (batched is ~6x faster than one at a time on the CPU)."""
     max_examples: int | None = Field(None, gt=0)
     """Score at most this many examples per set (quick checks)."""
+    forgetting_probe: bool = True
+    """Score both models on a bundled set of 20 general questions, to catch forgetting."""
+    worst_examples: int = Field(5, ge=0)
+    """How many lowest-scoring examples per set to list for error analysis."""
+    bias: BiasConfig = Field(default_factory=BiasConfig)
+    """Counterfactual bias probes and their threshold."""
 
     @model_validator(mode="after")
     def _fields_for_json_metric(self) -> EvalConfig:
