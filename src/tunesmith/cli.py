@@ -6,6 +6,8 @@
     tunesmith data prepare RECIPE [key.sub=value ...]
     tunesmith train RECIPE [key.sub=value ...] [--resume]
     tunesmith eval RECIPE [key.sub=value ...]
+    tunesmith report RUN_DIR
+    tunesmith compare RUN_A RUN_B [...] [--html PAGE]
 
 Mistakes in input (recipe, data, model) print one located message and exit with code 2.
 """
@@ -83,13 +85,47 @@ def train_command(
 @app.command("eval")
 def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
     """Score the base and fine-tuned models on the same test / eval-set examples."""
-    from tunesmith import evaluate
+    from tunesmith import evaluate, report
     from tunesmith.evaluate.table import print_summary
     from tunesmith.rundir import open_run
 
     parsed = _recipe(recipe, overrides)
     run_dir = open_run(parsed)
-    print_summary(evaluate.run(parsed, run_dir).summary, run_dir)
+    try:
+        summary = evaluate.run(parsed, run_dir).summary
+    finally:
+        if (run_dir.eval / "summary.json").exists():
+            report.run(run_dir)
+    print_summary(summary, run_dir)
+
+
+@app.command("report")
+def report_command(run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo.")) -> None:
+    """Rebuild the model card (README.md) and report.html of a run from its directory."""
+    from tunesmith import report
+    from tunesmith.errors import ConfigError
+    from tunesmith.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    if not run.recipe.exists():
+        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml).")
+    result = report.run(run)
+    console.print(f"model card: {result.card}\nreport: {result.html}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    run_dirs: list[str] = typer.Argument(..., help="Two or more evaluated run directories."),
+    html: str | None = typer.Option(None, "--html", help="Also write a comparison page here."),
+) -> None:
+    """Recipe differences and metric deltas (paired CIs) between runs."""
+    from tunesmith.report.compare import compare, print_comparison, write_comparison_html
+
+    result = compare(run_dirs)
+    print_comparison(result)
+    if html:
+        write_comparison_html(result, Path(html))
+        console.print(f"comparison page: {html}", highlight=False)
 
 
 @app.command("run")

@@ -3,9 +3,7 @@ self-contained HTML page with figures (PNG embedded as base64, no network needed
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import re
 from collections import Counter
@@ -15,6 +13,7 @@ from typing import Any
 
 from tunesmith.data.balance import distribution, entropy_bits
 from tunesmith.data.filters import answers
+from tunesmith.report.figures import figure_png, html_table, page
 from tunesmith.rundir import write_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -110,21 +109,6 @@ def print_report_summary(report: dict[str, Any]) -> None:
         console.print(line, highlight=False)
 
 
-def _figure_png(draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3))
-    draw(axis)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _length_figure(describe_by_split: dict[str, Any]) -> str:
     def draw(axis):
         for name, info in describe_by_split.items():
@@ -133,7 +117,7 @@ def _length_figure(describe_by_split: dict[str, Any]) -> str:
         axis.set_xlabel(next(iter(describe_by_split.values()))["length_unit"] + " per row")
         axis.set_ylabel("rows")
         axis.legend()
-    return _figure_png(draw)
+    return figure_png(draw)
 
 
 def _distribution_figure(distribution_by_split: dict[str, dict[str, int]]) -> str:
@@ -145,26 +129,19 @@ def _distribution_figure(distribution_by_split: dict[str, dict[str, int]]) -> st
         axis.invert_yaxis()
         axis.set_xlabel("training rows")
         axis.tick_params(axis="y", labelsize=7)
-    return _figure_png(draw)
-
-
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return figure_png(draw)
 
 
 def write_html(report: dict[str, Any], path: Path) -> None:
     """A self-contained page: tables of every count, and the figures inline."""
     sections = ["<h1>tunesmith data report</h1>"]
-    sections.append("<h2>Files</h2>" + _table(
+    sections.append("<h2>Files</h2>" + html_table(
         [[p, f["format"], f["valid_rows"], f["invalid_rows"]] for p, f in report["files"].items()],
         ["file", "format", "valid", "invalid"]))
     invalid = [[i["where"], i["error"]] for f in report["files"].values() for i in f["invalid"]]
     if invalid:
-        sections.append("<h3>Invalid rows</h3>" + _table(invalid, ["where", "error"]))
-    sections.append("<h2>Splits</h2>" + _table(
+        sections.append("<h3>Invalid rows</h3>" + html_table(invalid, ["where", "error"]))
+    sections.append("<h2>Splits</h2>" + html_table(
         [[name, info["rows"], f"{info['length']['p50']:.0f}", f"{info['length']['p90']:.0f}",
           f"{info['length']['max']:.0f}", f"{info['distinct_1']:.3f}", f"{info['distinct_2']:.3f}",
           f"{info.get('label_entropy_bits', '')}"]
@@ -174,28 +151,28 @@ def write_html(report: dict[str, Any], path: Path) -> None:
         sections.append(f'<img alt="length histogram" src="data:image/png;base64,'
                         f'{_length_figure(report["describe"])}">')
     if report.get("clean"):
-        sections.append("<h2>Cleaning</h2>" + _table(list(report["clean"].items()), ["change", "rows"]))
+        sections.append("<h2>Cleaning</h2>" + html_table(list(report["clean"].items()), ["change", "rows"]))
     filters = report.get("filters", {})
     if filters:
-        sections.append("<h2>Quality filters</h2>" + _table(
+        sections.append("<h2>Quality filters</h2>" + html_table(
             list(filters["dropped"].items()) or [["(none)", 0]], ["filter", "dropped"]))
         examples = [[reason, e["where"], e["text"]] for reason, items in filters["examples"].items()
                     for e in items]
         if examples:
-            sections.append(_table(examples, ["filter", "where", "text"]))
+            sections.append(html_table(examples, ["filter", "where", "text"]))
     dedup = report.get("dedup", {})
     sections.append(f"<h2>Duplicates</h2><p>exact removed: {dedup.get('exact_removed', 0)}, "
                     f"near removed: {dedup.get('near_removed', 0)}</p>")
     if dedup.get("clusters"):
-        sections.append(_table([[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]],
+        sections.append(html_table([[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]],
                                ["kind", "size", "kept", "example"]))
     if dedup.get("answer_clusters"):
-        sections.append("<h3>Templated answers (reported, not removed)</h3>" + _table(
+        sections.append("<h3>Templated answers (reported, not removed)</h3>" + html_table(
             [[c["kind"], c["size"], c["rows"], c["example"]] for c in dedup["answer_clusters"]],
             ["kind", "answers", "rows", "example"]))
     leakage = report.get("leakage", {})
     if leakage.get("sets"):
-        sections.append(f"<h2>Leakage (action: {leakage['action']})</h2>" + _table(
+        sections.append(f"<h2>Leakage (action: {leakage['action']})</h2>" + html_table(
             [[name, e["duplicates_of_train"], e["train_rows_involved"],
               e["ngram_overlap"]["rows_with_overlap"], f"{e['ngram_overlap']['ngram_share']:.3f}"]
              for name, e in leakage["sets"].items()],
@@ -207,13 +184,9 @@ def write_html(report: dict[str, Any], path: Path) -> None:
         sections.append(f'<img alt="distribution" src="data:image/png;base64,'
                         f'{_distribution_figure(balance["distribution"])}">')
         if balance.get("class_weights"):
-            sections.append(_table(list(balance["class_weights"].items()), ["stratum", "weight"]))
+            sections.append(html_table(list(balance["class_weights"].items()), ["stratum", "weight"]))
     for key in ("privacy", "augment"):
         if report.get(key):
             dumped = html.escape(json.dumps(report[key], indent=1))
             sections.append(f"<h2>{key.title()}</h2><pre>{dumped}</pre>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-             "padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}")
-    write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>data report</title>"
-                     f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+    write_text(path, page("data report", "".join(sections)))

@@ -1,0 +1,146 @@
+"""Bias probes with biased and unbiased fakes, the model card, the run report in headless
+Chromium, and `tunesmith compare` on two runs with different learning rates."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from tunesmith import data, evaluate, report, train
+from tunesmith.errors import QualityGateError
+from tunesmith.evaluate.bias import LEXICON, counterfactuals
+from tunesmith.recipe import load_recipe
+from tunesmith.rundir import open_run
+
+NAMES = ["Tom", "Maria", "Priya", "Chen", "Ahmed", "Kwame"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """A tiny trained run whose test prompts are signed with names (so probes have work)."""
+    tmp = tmp_path_factory.mktemp("bias")
+    rows = [{"instruction": f"refund request from {name} number {i}", "output": "billing"}
+            for i in range(4) for name in NAMES]
+    test = [{"instruction": f"my card failed, thanks {name}", "output": "billing"} for name in NAMES]
+    recipe = load_recipe(None, [
+        f"model.name={tiny_model_dir}", f"data.train={write_jsonl(tmp / 'train.jsonl', rows)}",
+        f"data.test={write_jsonl(tmp / 'test.jsonl', test)}", f"output.dir={tmp / 'runs'}",
+        "name=bias", "train.max_steps=2", "train.batch_size=4", "eval.max_new_tokens=4",
+        "eval.forgetting_probe=false", "data.val_fraction=0.2", "data.dedup.near=false"])
+    run_dir = open_run(recipe)
+    data.run(recipe, run_dir)
+    train.run(recipe, run_dir)
+    return recipe, run_dir
+
+
+class NameBiased:
+    """Right answer unless the prompt contains a name from the 'arabic' or 'african' groups."""
+
+    def __init__(self, model, tokenizer):
+        pass
+
+    def generate(self, prompts, label):
+        unfair = set(LEXICON["name_origin"]["arabic"] + LEXICON["name_origin"]["african"])
+        return ["spam" if unfair & set(p[-1]["content"].replace(",", " ").split()) else "billing"
+                for p in prompts]
+
+
+class Fair:
+    def __init__(self, model, tokenizer):
+        pass
+
+    def generate(self, prompts, label):
+        return ["billing" for _ in prompts]
+
+
+def test_counterfactual_swaps_keep_case_and_position():
+    copies = counterfactuals("He paid. Thanks, Tom", LEXICON["gender"])
+    assert copies == {"male": "He paid. Thanks, Tom", "female": "She paid. Thanks, Olivia"}
+    assert counterfactuals("no terms here", LEXICON["gender"]) is None
+
+
+def test_biased_fake_shows_a_gap_and_fails_the_threshold(trained_run):
+    recipe, run_dir = trained_run
+    failing = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={
+        "bias": recipe.eval.bias.model_copy(update={"on_gap": "fail", "max_gap": 0.1})})})
+    with pytest.raises(QualityGateError, match="name_origin gap"):
+        evaluate.run(failing, run_dir, generator_factory=NameBiased)
+    summary = json.loads((run_dir.eval / "summary.json").read_text())  # written before failing
+    origin = summary["bias"]["dimensions"]["name_origin"]
+    assert origin["prompts"] == 6
+    assert origin["per_group"]["arabic"] == 0.0 and origin["per_group"]["hispanic"] == 1.0
+    assert origin["gap"] == 1.0 and origin["changed_share"] == 1.0 and origin["exceeds_max_gap"]
+
+
+def test_unbiased_fake_shows_no_gap(trained_run):
+    recipe, run_dir = trained_run
+    summary = evaluate.run(recipe, run_dir, generator_factory=Fair).summary
+    for result in summary["bias"]["dimensions"].values():
+        assert result["gap"] == 0.0 and result["changed_share"] == 0.0
+    assert not summary["warnings"]
+    test = summary["sets"]["test"]
+    assert test["finetuned"] == 1.0 and test["finetuned_ci"] == [1.0, 1.0]
+    assert test["paired"]["delta"] == 0.0 and test["errors"] == {"correct": 6}
+
+
+def test_model_card_and_report(trained_run, tmp_path):
+    recipe, run_dir = trained_run
+    evaluate.run(recipe, run_dir, generator_factory=Fair)
+    result = report.run(run_dir)
+    card = result.card.read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "unknown" and front["tags"][0] == "tunesmith"
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 1.0
+    for heading in ("## Intended use", "## Out-of-scope use", "## Training data", "## Evaluation",
+                    "### Bias probes", "## Limitations", "## Responsible use", "## License"):
+        assert heading in card
+    assert "100.0% [100.0, 100.0]" in card  # the CI is in the card
+    page = result.html.read_text()
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
+                    reason="make test installs Debian chromium (and CI requires it)")
+def test_report_renders_in_headless_chromium(trained_run, tmp_path):
+    recipe, run_dir = trained_run
+    evaluate.run(recipe, run_dir, generator_factory=Fair)
+    page = report.run(run_dir).html
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Base vs fine-tuned" in dom.stdout and "100.0%" in dom.stdout
+    console_errors = [line for line in dom.stderr.splitlines()
+                      if "CONSOLE" in line and ("Uncaught" in line or "ERROR" in line)]
+    assert not console_errors
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1100,2000", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_compare_two_learning_rates(trained_run, tmp_path):
+    recipe, run_dir = trained_run
+    evaluate.run(recipe, run_dir, generator_factory=Fair)
+    other = recipe.model_copy(update={
+        "train": recipe.train.model_copy(update={"lr": 0.05}),
+        "output": recipe.output.model_copy(update={"run_name": "bias-lr"})})
+    other_dir = open_run(other)
+    data.run(other, other_dir)
+    train.run(other, other_dir)
+    evaluate.run(other, other_dir, generator_factory=NameBiased)
+    page = tmp_path / "compare.html"
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "compare", str(run_dir.root),
+                             str(other_dir.root), "--html", str(page)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train.lr" in result.stdout and "0.0002" in result.stdout and "0.05" in result.stdout
+    assert "-33.3 pts" in result.stdout  # NameBiased misroutes the 2 of 6 test prompts signed Ahmed, Kwame
+    assert "(reference)" in result.stdout and page.exists()
