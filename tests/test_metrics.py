@@ -32,7 +32,8 @@ def test_json_validity_and_fields():
     assert json_valid('Sure! {"category": "billing"} hope it helps') == 1.0
     assert json_valid("category: billing") == 0.0
     reference = '{"category": "billing", "priority": "high"}'
-    assert json_fields('{"priority": "high", "category": "billing"}', reference, ["category", "priority"]) == 1
+    swapped = '{"priority": "high", "category": "billing"}'
+    assert json_fields(swapped, reference, ["category", "priority"]) == 1
     assert json_fields('{"category": "billing", "priority": "low"}', reference, ["category"]) == 1
     assert json_fields('{"category": "billing", "priority": "low"}', reference, ["priority"]) == 0
 
@@ -93,6 +94,7 @@ def test_error_classes():
 def test_memorisation_counts_only_distinctive_answers():
     train = ["a long distinctive answer that appears once in training data", "short", "short"]
     result = analysis.memorisation_rate(
-        ["a long distinctive answer that appears once in training data", "another long answer that was never seen in training"],
+        ["a long distinctive answer that appears once in training data",
+         "another long answer that was never seen in training"],
         train)
     assert result == {"checked": 2, "verbatim_train_answers": 1, "rate": 0.5, "min_chars": 40}

@@ -164,7 +164,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
     sections.append(f"<h2>Duplicates</h2><p>exact removed: {dedup.get('exact_removed', 0)}, "
                     f"near removed: {dedup.get('near_removed', 0)}</p>")
     if dedup.get("clusters"):
-        sections.append(html_table([[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]],
+        clusters = [[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]]
+        sections.append(html_table(clusters,
                                ["kind", "size", "kept", "example"]))
     if dedup.get("answer_clusters"):
         sections.append("<h3>Templated answers (reported, not removed)</h3>" + html_table(

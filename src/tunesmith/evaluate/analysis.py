@@ -33,9 +33,9 @@ def error_class(prediction: str, reference: str, correct: bool, max_new_tokens_h
         return "format_error"
     if normalise(reference) in normalise(prediction):
         return "extra_text"
-    if label_field is not None or not expects_json:
-        if field_value(prediction, label_field) != field_value(reference, label_field):
-            return "wrong_label"
+    labelled = label_field is not None or not expects_json
+    if labelled and field_value(prediction, label_field) != field_value(reference, label_field):
+        return "wrong_label"
     return "wrong_answer"
 
 

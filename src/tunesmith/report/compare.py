@@ -38,7 +38,8 @@ def _load(path: Path) -> dict[str, Any]:
     if not run.recipe.exists() or not summary.exists():
         raise ConfigError(f"{path}: not an evaluated run directory (needs recipe.yaml and "
                           "eval/summary.json). Run `tunesmith eval` on it first.")
-    predictions = read_jsonl(run.eval / "predictions.jsonl") if (run.eval / "predictions.jsonl").exists() else []
+    predictions_file = run.eval / "predictions.jsonl"
+    predictions = read_jsonl(predictions_file) if predictions_file.exists() else []
     return {"name": Path(path).name, "recipe": _flatten(yaml.safe_load(run.recipe.read_text())),
             "summary": read_json(summary), "predictions": predictions}
 
@@ -109,12 +110,14 @@ def print_comparison(result: dict[str, Any]) -> None:
     for key, values in result["recipe_diff"].items():
         recipe.add_row(key, *[str(v) for v in values])
     console.print(recipe if result["recipe_diff"] else "recipes are identical")
-    table = Table(title=f"fine-tuned {result['metric']}: delta vs {result['runs'][0]} (95% CI; * = significant)")
+    table = Table(title=f"fine-tuned {result['metric']}: delta vs {result['runs'][0]} "
+                        "(95% CI; * = significant)")
     for column in ("set", "run", "score", "delta"):
         table.add_column(column)
     for set_name, entries in result["sets"].items():
         for entry in entries:
-            table.add_row(set_name, entry["run"], pct(entry.get("value"), entry.get("ci")), _delta_cell(entry))
+            table.add_row(set_name, entry["run"], pct(entry.get("value"), entry.get("ci")),
+                          _delta_cell(entry))
     console.print(table)
     console.print("validation perplexity: " + ", ".join(
         f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in result["validation_perplexity"].items()),
