@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -165,6 +166,8 @@ def demo_command(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 renames (gradient -> activation checkpointing) that the user cannot act on
+    warnings.filterwarnings("ignore", message=".*will be removed in v6.*", category=FutureWarning)
     try:
         app()
     except QualityGateError as error:

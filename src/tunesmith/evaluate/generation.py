@@ -31,6 +31,7 @@ class HFGenerator:
 
     def generate(self, prompts: list[list[dict]], label: str) -> list[str]:
         import torch
+        from rich.console import Console
         from rich.progress import Progress
 
         texts = [render_prompt(self.tokenizer, p) for p in prompts]
@@ -43,7 +44,8 @@ class HFGenerator:
                     else contextlib.nullcontext())
         self.model.eval()
         started = time.time()
-        with Progress(transient=True) as progress, torch.inference_mode(), autocast:
+        with Progress(transient=True, disable=not Console().is_terminal) as progress, \
+                torch.inference_mode(), autocast:
             task = progress.add_task(f"generate {label}", total=len(texts))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
