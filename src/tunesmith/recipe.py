@@ -209,6 +209,13 @@ class LoraConfig(_Section):
     """Module names to adapt, or `all-linear` for every linear layer but the output head."""
 
 
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many validation checks without improvement; None turns it off."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """An improvement smaller than this does not count."""
+
+
 class TrainConfig(_Section):
     method: Literal["lora", "full"] = "lora"
     """`lora`: train small adapter matrices (default); `full`: update every weight."""
@@ -251,6 +258,14 @@ class TrainConfig(_Section):
     """Log loss, learning rate and throughput every N steps."""
     eval_steps: int | None = Field(None, gt=0)
     """Compute validation loss every N steps; None evaluates once per epoch."""
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    """Stop when validation loss stops improving (needs validation data)."""
+    max_val_train_gap: float | None = Field(0.5, gt=0.0)
+    """Warn (logged, in the report) when validation loss exceeds train loss by more than this."""
+    l1: float = Field(0.0, ge=0.0)
+    """L1 penalty: coefficient x sum of |w| over the trainable weights, added to the loss."""
+    model_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Dropout inside the model (attention/hidden, where its config has such fields); None keeps it."""
     merge: bool = False
     """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
     seed: int = 42

@@ -36,6 +36,8 @@ class TrainResult:
     train_loss: float | None
     tokens_per_second: float
     runtime_seconds: float
+    final_eval_loss: float | None = None
+    guards: list[dict[str, Any]] | None = None
 
 
 def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
@@ -75,6 +77,26 @@ def _wrap_lora(model: Any, recipe: Recipe) -> Any:
     return get_peft_model(model, config)
 
 
+def l1_penalised_loss(model: Any, coefficient: float):
+    """A `compute_loss_func`: the usual token cross-entropy plus coefficient x sum |w| of the
+    trainable weights (an L1 penalty that Trainer does not offer). It costs TRL one extra
+    no-grad forward per step for its token metrics, so it is only used when train.l1 > 0."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs.logits[:, :-1].float()
+        targets = labels[:, 1:].to(logits.device)
+        total = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        penalty = sum(p.abs().sum() for p in params)
+        return total / torch.as_tensor(count, device=logits.device).clamp(min=1) + coefficient * penalty
+
+    return loss
+
+
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """Newest checkpoint whose trainer_state.json exists (Trainer writes it last); a checkpoint
     cut short by a crash is removed so that Trainer neither resumes from nor rotates it."""
@@ -94,6 +116,52 @@ def _trim_log(log: Path, after_step: int) -> None:
     lines = [line for line in log.read_text().splitlines()
              if line.strip() and json.loads(line).get("step", 0) <= after_step]
     log.write_text("".join(line + "\n" for line in lines))
+
+
+def _guard_callback(recipe: Recipe, events: list[dict[str, Any]]) -> Any:
+    """Early stopping on validation loss and the train/validation gap alarm; every firing is
+    appended to `events` (and so to train/summary.json and the report)."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    cfg = recipe.train
+    console = Console(stderr=True)
+
+    class OverfittingGuards(TrainerCallback):
+        best: float | None = None
+        checks_without_improvement = 0
+        last_train_loss: float | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.last_train_loss = logs["loss"]
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            val = (metrics or {}).get("eval_loss")
+            if val is None:
+                return
+            if (cfg.max_val_train_gap is not None and self.last_train_loss is not None
+                    and val - self.last_train_loss > cfg.max_val_train_gap):
+                message = (f"validation loss {val:.4f} exceeds train loss {self.last_train_loss:.4f} "
+                           f"by {val - self.last_train_loss:.4f} > train.max_val_train_gap "
+                           f"{cfg.max_val_train_gap} at step {state.global_step}: overfitting?")
+                events.append({"guard": "gap_alarm", "step": state.global_step, "message": message})
+                console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            patience = cfg.early_stopping.patience
+            if patience is None:
+                return
+            if self.best is None or val < self.best - cfg.early_stopping.min_delta:
+                self.best, self.checks_without_improvement = val, 0
+                return
+            self.checks_without_improvement += 1
+            if self.checks_without_improvement >= patience:
+                control.should_training_stop = True
+                message = (f"early stopping at step {state.global_step}: validation loss {val:.4f} has not "
+                           f"improved on {self.best:.4f} for {patience} checks")
+                events.append({"guard": "early_stopping", "step": state.global_step, "message": message})
+                console.print(message, highlight=False)
+
+    return OverfittingGuards()
 
 
 def _callbacks(log_path: Path) -> list[Any]:
@@ -152,7 +220,10 @@ def _callbacks(log_path: Path) -> list[Any]:
     return [RichProgress()]
 
 
-def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
+def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: tuple = (),
+        splits: dict[str, list[dict]] | None = None) -> TrainResult:
+    """Train; `extra_callbacks` (e.g. the tune stage's pruning) and `splits` (e.g. a CV fold)
+    let other stages reuse the same training path."""
     import datasets
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
@@ -161,7 +232,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-    splits = load_splits(run_dir)
+    splits = splits if splits is not None else load_splits(run_dir)
     cfg = recipe.train
     location = model_location(recipe.model)
     device = resolve_device(recipe.model)
@@ -169,7 +240,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
     train_set = tokenized_dataset(tokenizer, splits["train"], recipe)
     val_set = tokenized_dataset(tokenizer, splits["val"], recipe) if splits.get("val") else None
 
-    model = load_model(recipe.model, location, device)
+    model = load_model(recipe.model, location, device, dropout=cfg.model_dropout)
     if cfg.method == "lora":
         model = _wrap_lora(model, recipe)
 
@@ -211,8 +282,11 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
         report_to="none",
         disable_tqdm=True,
     )
+    guard_events: list[dict[str, Any]] = []
+    callbacks = [*_callbacks(run_dir.train_log), _guard_callback(recipe, guard_events), *extra_callbacks]
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-                         processing_class=tokenizer, callbacks=_callbacks(run_dir.train_log))
+                         processing_class=tokenizer, callbacks=callbacks,
+                         compute_loss_func=l1_penalised_loss(model, cfg.l1) if cfg.l1 > 0 else None)
     trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its prints
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -246,8 +320,11 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False) -> TrainResult:
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "train_examples": len(train_set),
         "val_examples": len(val_set) if val_set is not None else 0,
+        "guards": guard_events,
+        "final_eval_loss": next((e["eval_loss"] for e in reversed(state.log_history) if "eval_loss" in e),
+                                None),
     }
     write_json(run_dir.root / "train" / "summary.json", summary)
     run_dir.record("train", run_dir.model, run_dir.root / "train")
     return TrainResult(run_dir.model, state.global_step, output.training_loss,
-                       tokens_per_second, runtime)
+                       tokens_per_second, runtime, summary["final_eval_loss"], guard_events)

@@ -167,16 +167,27 @@ def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None) -> Any:
-    from transformers import AutoModelForCausalLM
+DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+                  "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None,
+               dropout: float | None = None) -> Any:
+    """The model on its device; `dropout` sets every dropout field its config has."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     location = location or model_location(cfg)
     hf_logging.disable_progress_bar()  # a per-tensor bar for a load that takes seconds is noise
     device = device or resolve_device(cfg)
+    overrides: dict[str, Any] = {}
+    if dropout is not None:
+        config = AutoConfig.from_pretrained(location, **_hub_kwargs(cfg))
+        overrides = {name: dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg)
+            location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
+            **overrides,
         )
     except OSError as error:
         raise ModelError(
