@@ -27,8 +27,11 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report rendering test will be skipped"; }
 
+# The two-worker tuning test needs PostgreSQL: started here when possible (CI requires it).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	@if [ -z "$$TUNESMITH_TEST_PG_URL" ]; then \
+	  TUNESMITH_TEST_PG_URL=$$(bash scripts/postgres.sh 2>/dev/null || true); fi; \
+	  export TUNESMITH_TEST_PG_URL; $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

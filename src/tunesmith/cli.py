@@ -6,6 +6,7 @@
     tunesmith data prepare RECIPE [key.sub=value ...]
     tunesmith train RECIPE [key.sub=value ...] [--resume]
     tunesmith eval RECIPE [key.sub=value ...]
+    tunesmith tune RECIPE [--storage URL --study NAME --trials N]
     tunesmith report RUN_DIR
     tunesmith compare RUN_A RUN_B [...] [--html PAGE]
 
@@ -98,6 +99,27 @@ def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = Override
         if (run_dir.eval / "summary.json").exists():
             report.run(run_dir)
     print_summary(summary, run_dir)
+
+
+@app.command("tune")
+def tune_command(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    storage: str | None = typer.Option(None, help="Optuna storage URL, e.g. postgresql://user@host/db."),
+    study: str | None = typer.Option(None, help="Study name shared by all workers."),
+    trials: int | None = typer.Option(None, help="Trials for this worker (default tune.trials)."),
+) -> None:
+    """Search hyperparameters (tune.space); writes tune/trials.csv and tune/best.yaml."""
+    from tunesmith import tune
+    from tunesmith.rundir import open_run
+
+    parsed = _recipe(recipe, overrides)
+    result = tune.run(parsed, open_run(parsed), storage=storage, study_name=study, trials=trials)
+    console.print(f"{result.trials} trials ({result.pruned} pruned); best validation loss "
+                  f"{result.best_value} with {result.best_params}", highlight=False)
+    console.print(f"replay the best: tunesmith run {result.best_recipe}", highlight=False)
+    if parsed.tune.cv_folds >= 2 and result.best_params:
+        tune.retrain_best(result.best_recipe)
 
 
 @app.command("report")

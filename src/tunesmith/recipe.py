@@ -317,6 +317,78 @@ class EvalConfig(_Section):
         return self
 
 
+class ParamSpace(_Section):
+    type: Literal["float", "int", "categorical"]
+    """Kind of the parameter."""
+    low: float | None = None
+    """Lower bound (float, int)."""
+    high: float | None = None
+    """Upper bound (float, int)."""
+    log: bool = False
+    """Sample on a log scale (float, int), e.g. for learning rates."""
+    choices: list[Any] | None = None
+    """Values of a categorical parameter."""
+    grid: list[Any] | None = None
+    """Values a float/int parameter takes in a grid search (else the grid uses low and high)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParamSpace:
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("a categorical parameter needs choices")
+        if self.type != "categorical" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"a {self.type} parameter needs low <= high")
+        if self.log and self.type != "categorical" and (self.low or 0) <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+    def grid_values(self) -> list[Any]:
+        if self.type == "categorical":
+            return list(self.choices or [])
+        return list(self.grid) if self.grid else [self.low, self.high]
+
+
+class TuneConfig(_Section):
+    strategy: Literal["grid", "random", "bayesian"] = "bayesian"
+    """grid: every combination; random; bayesian: multivariate TPE."""
+    space: dict[str, ParamSpace] = Field(default_factory=dict)
+    """Recipe keys to search, e.g. `train.lr: {type: float, low: 1e-5, high: 1e-3, log: true}`."""
+    trials: int | None = Field(8, gt=0)
+    """Trials this worker runs (a grid stops when it is exhausted); None: until the timeout."""
+    timeout_minutes: float | None = Field(None, gt=0)
+    """Wall-time budget of this worker."""
+    objective: Literal["eval_loss"] = "eval_loss"
+    """What a trial is scored by: the validation loss (answer tokens), reported during training."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether a lower or higher objective is better."""
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    """Stop unpromising trials early on their intermediate validation loss."""
+    cv_folds: int = Field(0, ge=0)
+    """k >= 2: score each trial as mean +- std over k folds of train; then retrain the best on all of
+    train and evaluate it once on test."""
+    storage: str | None = None
+    """Optuna storage URL; None keeps the study in SQLite in the run dir. postgresql://... lets many
+    workers on many machines share one study."""
+    study: str | None = None
+    """Study name (shared by workers); defaults to the recipe name."""
+    heartbeat_seconds: int = Field(30, gt=0)
+    """Workers beat this often; a trial whose worker stops beating is failed and retried."""
+    retries: int = Field(1, ge=0)
+    """How many times a failed (e.g. crashed worker's) trial is retried."""
+    seed: int = 42
+    """Sampler seed."""
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        for key in space:
+            try:
+                recipe_from_dict(apply_overrides({}, [f"{key}=0"]))
+            except ConfigError as error:
+                if "unknown key" in str(error):
+                    raise ValueError(f"{key} is not a recipe key") from None
+        return space
+
+
 class OutputConfig(_Section):
     dir: str = "runs"
     """Parent directory of run directories."""
@@ -337,6 +409,8 @@ class Recipe(_Section):
     """How it is fine-tuned."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """How base and fine-tuned models are compared."""
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """Hyperparameter search (`tunesmith tune`)."""
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Where the run directory goes."""
 

@@ -1,0 +1,122 @@
+"""The tune stage on the tiny model: strategies, pruning, cross-validation, best.yaml, and two
+worker processes sharing one study on a real PostgreSQL server (started by scripts/postgres.sh)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tunesmith import tune
+from tunesmith.recipe import load_recipe
+from tunesmith.rundir import open_run, read_json
+
+SPACE = ("tune.space={train.lr: {type: float, low: 0.001, high: 0.05, log: true, grid: [0.001, 0.05]}, "
+         "train.lora.r: {type: categorical, choices: [2, 4]}}")
+
+
+def tune_recipe(tmp_path, model_dir, chat_files, *extra):
+    return load_recipe(None, [
+        f"model.name={model_dir}", f"data.train={chat_files['train']}", f"output.dir={tmp_path / 'runs'}",
+        "name=tiny-tune", "train.batch_size=4", "train.max_steps=8", "train.eval_steps=2",
+        "train.logging_steps=2", "train.save_steps=1000", "data.val_fraction=0.25", SPACE, *extra])
+
+
+@pytest.mark.parametrize("strategy", ["grid", "random", "bayesian"])
+def test_each_strategy_runs_and_writes_a_replayable_best(tmp_path, tiny_model_dir, chat_files, strategy):
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, f"tune.strategy={strategy}",
+                         "tune.trials=4", "tune.pruner=none")
+    run_dir = open_run(recipe)
+    result = tune.run(recipe, run_dir)
+    assert result.trials == 4 and result.best_value is not None
+    rows = list(csv.DictReader((run_dir.root / "tune" / "trials.csv").open()))
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    if strategy == "grid":  # 2 x 2 grid: every combination exactly once
+        combos = {(float(r["params_train.lr"]), int(float(r["params_train.lora.r"]))) for r in rows}
+        assert combos == {(0.001, 2), (0.001, 4), (0.05, 2), (0.05, 4)}
+    best = load_recipe(result.best_recipe)  # a complete, valid recipe
+    assert best.train.lr == result.best_params["train.lr"]
+    assert best.output.run_name == "tiny-tune-best" and not best.tune.space
+    assert result.best_recipe.read_text().startswith("# tunesmith run ")
+    summary = read_json(run_dir.root / "tune" / "summary.json")
+    assert summary["completed"] == 4 and "history.png" in summary["figures"]
+
+
+def test_pruning_prunes(tmp_path, tiny_model_dir, chat_files):
+    # lr 1e-6 cannot move the loss, lr 0.05 can: after the first trials set the median, the
+    # slow ones are stopped early
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=grid", "tune.pruner=median",
+                         "tune.space={train.lr: {type: float, low: 1e-6, high: 0.05, grid: "
+                         "[0.05, 0.04, 1e-6, 2e-6, 3e-6]}}", "train.max_steps=16", "tune.trials=5")
+    result = tune.run(recipe, open_run(recipe))
+    assert result.pruned >= 1
+    summary = read_json(recipe.run_dir / "tune" / "summary.json")
+    assert summary["training_steps_used"] < 5 * 16
+
+
+def test_cross_validation_gives_mean_and_std(tmp_path, tiny_model_dir, chat_files):
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.cv_folds=3", "tune.trials=2",
+                         "tune.pruner=none", "train.max_steps=4")
+    run_dir = open_run(recipe)
+    tune.run(recipe, run_dir)
+    summary = read_json(run_dir.root / "tune" / "summary.json")
+    attrs = summary["best_user_attrs"]
+    assert attrs["cv_mean"] == pytest.approx(summary["best_value"])
+    assert attrs["cv_std"] >= 0 and attrs["steps"] == 3 * 4
+
+
+def test_cv_folds_partition_the_training_rows():
+    records = [{"label": str(i % 2), "meta": {}, "id": i} for i in range(20)]
+    folds = tune.cv_folds(records, 4, "label", seed=1)
+    validated = sorted(r["id"] for _, val in folds for r in val)
+    assert validated == list(range(20))
+    assert all(len(train) + len(val) == 20 for train, val in folds)
+
+
+def test_empty_space_is_a_clear_error(tmp_path, tiny_model_dir, chat_files):
+    from tunesmith.errors import ConfigError
+
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={chat_files['train']}",
+                                f"output.dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="tune.space is empty"):
+        tune.run(recipe, open_run(recipe))
+
+
+PG_URL = os.environ.get("TUNESMITH_TEST_PG_URL")
+
+
+@pytest.mark.skipif(not PG_URL and not os.environ.get("CI"),
+                    reason="needs PostgreSQL: scripts/postgres.sh starts one (CI runs it)")
+def test_two_workers_share_one_postgres_study(tmp_path, tiny_model_dir, chat_files):
+    assert PG_URL, "CI must start PostgreSQL (scripts/postgres.sh) and export TUNESMITH_TEST_PG_URL"
+    recipe_path = tmp_path / "r.yaml"
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none")
+    recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    study = f"two-workers-{os.getpid()}"
+    command = [sys.executable, "-m", "tunesmith", "tune", str(recipe_path), "--storage", PG_URL,
+               "--study", study, "--trials", "3"]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    import optuna
+
+    loaded = optuna.load_study(study_name=study, storage=PG_URL)
+    assert len(loaded.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in loaded.trials)
+    assert len({t.user_attrs["worker"] for t in loaded.trials}) == 2, "both workers ran trials"
+
+
+def test_tune_writes_nothing_secret(tmp_path, tiny_model_dir, chat_files):
+    """A storage URL with a password is never echoed in an error."""
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.trials=1")
+    bad = "postgresql://user:s3cret@127.0.0.1:1/nowhere"
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        tune.run(recipe, open_run(recipe), storage=bad)
+    assert "s3cret" not in str(error.value) and "cannot connect" in str(error.value)
+
