@@ -120,3 +120,17 @@ def test_tune_writes_nothing_secret(tmp_path, tiny_model_dir, chat_files):
         tune.run(recipe, open_run(recipe), storage=bad)
     assert "s3cret" not in str(error.value) and "cannot connect" in str(error.value)
 
+
+
+def test_best_yaml_replays_through_the_cli(tmp_path, tiny_model_dir, chat_files):
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.trials=2", "tune.pruner=none",
+                         f"data.test={chat_files['test']}", "eval.max_new_tokens=3",
+                         "eval.forgetting_probe=false")
+    result = tune.run(recipe, open_run(recipe))
+    replay = subprocess.run([sys.executable, "-m", "tunesmith", "run", str(result.best_recipe)],
+                            capture_output=True, text=True, timeout=600)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    best_run = tmp_path / "runs" / "tiny-tune-best"
+    assert (best_run / "eval" / "summary.json").exists() and (best_run / "README.md").exists()
+    replayed = yaml.safe_load((best_run / "recipe.yaml").read_text())
+    assert replayed["train"]["lr"] == result.best_params["train.lr"]

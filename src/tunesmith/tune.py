@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,8 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
         data.run(recipe, run_dir)
     splits = data.load_splits(run_dir)
     if not splits.get("val") and cfg.cv_folds < 2:
-        raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, or tune.cv_folds.")
+        raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
+                          "or tune.cv_folds.")
     study = optuna.create_study(storage=_storage(cfg, run_dir, storage), sampler=_sampler(cfg),
                                 pruner=_pruner(cfg), study_name=study_name or cfg.study or recipe.name,
                                 direction=cfg.direction, load_if_exists=True)

@@ -4,6 +4,7 @@ matrix, per-group bias chart, and the data summary. Built from the run directory
 
 from __future__ import annotations
 
+import base64
 import html
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,17 @@ def build_report(run_dir: RunDir) -> str:
     if train:
         parts.append(f"<p>{train['steps']} steps, {train['tokens_per_second']:.0f} tokens/s on "
                      f"{train['device']} ({train['mixed_precision']}).</p>")
+        if train.get("guards"):
+            fired = [[g["guard"], g["step"], g["message"]] for g in train["guards"]]
+            parts.append("<h3>Overfitting guards that fired</h3>"
+                         + html_table(fired, ["guard", "step", "message"]))
+    tune_summary = _optional(run_dir.root / "tune" / "summary.json")
+    if tune_summary:
+        parts.append(f"<h2>Hyperparameter search</h2><p>{html.escape(tune_summary['card_text'])}</p>")
+        for figure in tune_summary.get("figures", []):
+            png = run_dir.root / "tune" / figure
+            if png.exists():
+                parts.append(img(figure, base64.b64encode(png.read_bytes()).decode()))
     for name, row in sets.items():
         labels = row["metrics"].get("finetuned", {}).get("labels")
         parts.append(f"<h2>Errors: {html.escape(name)}</h2>")
