@@ -175,6 +175,14 @@ class DataConfig(_Section):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("eval_sets")
+    @classmethod
+    def _names_free(cls, sets: dict[str, str]) -> dict[str, str]:
+        taken = sorted(set(sets) & {"train", "val", "test"})
+        if taken:
+            raise ValueError(f"{taken[0]} is taken by a split; give the eval set another name")
+        return sets
+
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
         held_out = (0 if self.val else self.val_fraction) + (0 if self.test else self.test_fraction)

@@ -231,9 +231,6 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     if len(kinds) > 1:
         raise DataError(f"data.train mixes record kinds {sorted(kinds)}; train on one kind at a time.")
     kind = kinds.pop()
-    for name in cfg.eval_sets:
-        if name in ("train", "val", "test"):
-            raise DataError(f"data.eval_sets.{name}: that name is taken by a split; pick another.")
     given: dict[str, list[dict]] = {}
     for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
         if not path:
