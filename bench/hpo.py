@@ -57,7 +57,7 @@ def main() -> None:
     for name, s in (("full grid (4 lr x 2 r)", grid), ("TPE + median pruning", tpe)):
         table.add_row(name, str(s["trials"]), str(s["pruned"]), str(s["training_steps_used"]),
                       f"{s['trial_epochs']:.2f}", f"{s['best_value']:.4f}", str(s["best_params"]))
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     loss_ratio = tpe["best_value"] / grid["best_value"]
     compute_ratio = tpe["training_steps_used"] / grid["training_steps_used"]

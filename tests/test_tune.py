@@ -134,3 +134,43 @@ def test_best_yaml_replays_through_the_cli(tmp_path, tiny_model_dir, chat_files)
     assert (best_run / "eval" / "summary.json").exists() and (best_run / "README.md").exists()
     replayed = yaml.safe_load((best_run / "recipe.yaml").read_text())
     assert replayed["train"]["lr"] == result.best_params["train.lr"]
+
+
+def test_a_killed_workers_trial_is_reaped_and_retried(tmp_path, tiny_model_dir, chat_files):
+    """kill -9 a worker mid-trial: the next worker fails the stale trial (no heartbeat) and
+    runs it again with the same values."""
+    import signal
+    import time
+
+    import optuna
+
+    recipe_path = tmp_path / "r.yaml"
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none",
+                         "tune.heartbeat_seconds=1", "train.max_steps=300")
+    recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, "-m", "tunesmith", "tune", str(recipe_path), "--storage", storage,
+               "--study", "reap", "--trials", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        try:
+            trials = optuna.load_study(study_name="reap", storage=storage).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            break
+        time.sleep(0.2)
+    time.sleep(2)  # well into training
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    trials = optuna.load_study(study_name="reap", storage=storage).trials
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    retried = next(t for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert retried.params == failed.params
