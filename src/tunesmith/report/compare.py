@@ -20,7 +20,8 @@ from tunesmith.report.card import pct
 from tunesmith.report.figures import html_table, page
 from tunesmith.rundir import RunDir, read_json, read_jsonl, write_text
 
-IGNORED_KEYS = ("output.run_name", "output.dir")
+IGNORED_PREFIXES = ("output.", "tune.")
+"""Where a run is written and how a search was set up do not change what a run trained."""
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -55,7 +56,7 @@ def compare(paths: list[str | Path]) -> dict[str, Any]:
     runs = [_load(Path(p)) for p in paths]
     keys = sorted(set().union(*(r["recipe"] for r in runs)))
     diff = {k: [r["recipe"].get(k) for r in runs] for k in keys
-            if k not in IGNORED_KEYS and len({repr(r["recipe"].get(k)) for r in runs}) > 1}
+            if not k.startswith(IGNORED_PREFIXES) and len({repr(r["recipe"].get(k)) for r in runs}) > 1}
     first = runs[0]
     sets: dict[str, list[dict[str, Any]]] = {}
     for set_name in first["summary"]["sets"]:
