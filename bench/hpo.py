@@ -31,7 +31,8 @@ def search(recipe_path: str, out: Path, paths: dict, steps: int, strategy: str, 
     recipe = load_recipe(recipe_path, [
         f"data.train={paths['train']}", f"data.test={paths['test']}", f"data.eval_sets.ood={paths['ood']}",
         f"output.dir={out}", f"name=hpo-{strategy}", f"train.max_steps={steps}", "train.eval_steps=5",
-        f"tune.strategy={strategy}", f"tune.pruner={pruner}", f"tune.trials={trials}"])
+        f"tune.strategy={strategy}", f"tune.pruner={pruner}", f"tune.trials={trials}",
+        "tune.startup_trials=2"])
     run_dir = open_run(recipe)
     tune.run(recipe, run_dir)
     summary = read_json(run_dir.root / "tune" / "summary.json")

@@ -370,6 +370,11 @@ class TuneConfig(_Section):
     """Whether a lower or higher objective is better."""
     pruner: Literal["none", "median", "hyperband"] = "median"
     """Stop unpromising trials early on their intermediate validation loss."""
+    eval_steps: int = Field(10, gt=0)
+    """Trials compute validation loss every N steps (what pruning decides on), unless
+    train.eval_steps is set."""
+    startup_trials: int = Field(3, ge=1)
+    """Random trials before TPE starts modelling the space (bayesian)."""
     cv_folds: int = Field(0, ge=0)
     """k >= 2: score each trial as mean +- std over k folds of train; then retrain the best on all of
     train and evaluate it once on test."""

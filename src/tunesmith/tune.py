@@ -61,7 +61,7 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], run_name: str, out_dir:
     raw["output"] = {"dir": str(out_dir), "run_name": run_name}
     if recipe.tune.pruner != "none" and raw["train"]["eval_steps"] is None:
         # pruning needs validation losses while training, not only at the end of an epoch
-        raw["train"]["eval_steps"] = 2 * raw["train"]["logging_steps"]
+        raw["train"]["eval_steps"] = recipe.tune.eval_steps
     raw["tune"] = {}
     return recipe_from_dict(raw, f"trial {run_name}")
 
@@ -73,8 +73,7 @@ def _sampler(cfg: Any) -> Any:
         return optuna.samplers.GridSampler({k: s.grid_values() for k, s in cfg.space.items()}, seed=cfg.seed)
     if cfg.strategy == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
-                                      n_startup_trials=max(2, min(5, (cfg.trials or 10) // 3)))
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=cfg.startup_trials)
 
 
 def _pruner(cfg: Any) -> Any:
