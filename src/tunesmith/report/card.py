@@ -87,7 +87,6 @@ def build_card(run_dir: RunDir) -> str:
     import jinja2
 
     recipe = yaml.safe_load(run_dir.recipe.read_text(encoding="utf-8"))
-    manifest = _optional_json(run_dir.manifest).get("artifacts", {})
     data_report = _optional_json(run_dir.data / "report.json")
     train = _optional_json(run_dir.root / "train" / "summary.json")
     evaluation = _optional_json(run_dir.eval / "summary.json")
@@ -161,4 +160,4 @@ def build_card(run_dir: RunDir) -> str:
         validation={k: f"{v['perplexity']:.2f}" for k, v in validation.items()} if validation else None,
         generalisation="; ".join(generalisation) + "." if generalisation else "",
         forgetting=forgetting_text, bias=_bias_text(evaluation.get("bias")), limitations=limitations,
-        license=license_name, manifest=manifest)
+        license=license_name)
