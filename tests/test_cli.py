@@ -65,3 +65,12 @@ def test_pickle_weights_refused(tmp_path, chat_files):
     recipe.write_text(f"data:\n  train: {chat_files['train']}\nmodel:\n  name: {model_dir}\n"
                       f"output:\n  dir: {tmp_path}/runs\n")
     assert_clean_error(tunesmith("train", str(recipe), cwd=tmp_path), "never loads pickle")
+
+
+def test_eval_before_train(tmp_path, chat_files, tiny_model_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  train: {chat_files['train']}\n  test: {chat_files['test']}\n"
+                      f"model:\n  name: {tiny_model_dir}\noutput:\n  dir: {tmp_path}/runs\n")
+    assert tunesmith("data", "prepare", str(recipe), cwd=tmp_path).returncode == 0
+    assert_clean_error(tunesmith("eval", str(recipe), cwd=tmp_path), "no trained model",
+                       "tunesmith train RECIPE")

@@ -26,7 +26,7 @@ from importlib.resources import files
 from typing import Any
 
 from tunesmith.data import load_splits
-from tunesmith.errors import QualityGateError
+from tunesmith.errors import ModelError, QualityGateError
 from tunesmith.evaluate import analysis, bias
 from tunesmith.evaluate.generation import Generator, HFGenerator
 from tunesmith.evaluate.metrics import score, set_scores
@@ -85,6 +85,10 @@ def _models(recipe: Recipe, run_dir: RunDir) -> tuple[Any, Any, Any]:
     memory, and the baseline is exactly the model we started from."""
     from peft import PeftModel
 
+    expected = "adapter_config.json" if recipe.train.method == "lora" else "config.json"
+    if not (run_dir.model / expected).exists():
+        raise ModelError(f"{run_dir.model}: no trained model ({expected} missing). Run "
+                         "`tunesmith train RECIPE` (or `tunesmith run RECIPE`) first.")
     device = resolve_device(recipe.model)
     location = model_location(recipe.model)
     tokenizer = load_tokenizer(recipe.model, str(run_dir.model))

@@ -158,7 +158,7 @@ def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
     location = location or model_location(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **_hub_kwargs(cfg))
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, offline hub, malformed repo id
         raise ModelError(f"model.name {cfg.name}: cannot load its tokenizer ({error}).") from None
     if cfg.chat_template:
         tokenizer.chat_template = cfg.chat_template
@@ -189,7 +189,7 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
             location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
             **overrides,
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, offline hub, malformed repo id
         raise ModelError(
             f"model.name {cfg.name}: cannot load it ({error}). Check the hub id / path, "
             "your network, and that the repo has safetensors weights."
