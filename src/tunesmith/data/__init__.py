@@ -24,7 +24,7 @@ from tunesmith.data.clean import normalise_record
 from tunesmith.data.dedup import NearDupParams, exact_duplicate_groups, near_duplicate_clusters
 from tunesmith.data.filters import answers, drop_reason
 from tunesmith.data.load import LoadedFile, load_file
-from tunesmith.data.report import describe, print_report_summary, write_html
+from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.errors import DataError
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
@@ -87,9 +87,7 @@ def _scrub(records: list[dict], mode: str, counts: Counter) -> list[dict]:
     return kept
 
 
-def _filter(records: list[dict], recipe: Recipe, tokenizer: Any, report: dict) -> list[dict]:
-    from tunesmith.models.chat import tokenize_record
-
+def _filter(records: list[dict], recipe: Recipe, length: LengthCounter, report: dict) -> list[dict]:
     cfg = recipe.data.filters
     if cfg.max_tokens is None:
         cfg = cfg.model_copy(update={"max_tokens": recipe.train.max_length})
@@ -97,8 +95,7 @@ def _filter(records: list[dict], recipe: Recipe, tokenizer: Any, report: dict) -
     kept, dropped = [], Counter()
     examples: dict[str, list] = {}
     for record in records:
-        tokens = len(tokenize_record(tokenizer, record, "all", 10**9,
-                                     recipe.data.system_prompt)["input_ids"])
+        tokens = length(record)
         reason = drop_reason(record, tokens, cfg, labels)
         if reason is None:
             kept.append(record)
@@ -180,28 +177,32 @@ def _split(train: list[dict], recipe: Recipe, strata: str, report: dict) -> dict
 def _leakage(splits: dict[str, list[dict]], recipe: Recipe, report: dict) -> None:
     cfg = recipe.data.leakage
     section: dict[str, Any] = {"action": cfg.action, "sets": {}}
-    for name in [n for n in splits if n != "train"]:
-        train_texts = [match_text(r) for r in splits["train"]]
-        other_texts = [match_text(r) for r in splits[name]]
-        pairs = leakage.cross_duplicates(train_texts, other_texts, near_params(recipe))
+    names = [n for n in splits if n != "train"]
+    train, train_texts = splits["train"], [match_text(r) for r in splits["train"]]
+    other_texts = {name: [match_text(r) for r in splits[name]] for name in names}
+    pairs_by_set = leakage.cross_duplicates_by_set(train_texts, other_texts, near_params(recipe))
+    dropped: set[int] = set()  # train rows removed for an earlier set no longer count
+    for name in names:
+        pairs = [(i, j, s) for i, j, s in pairs_by_set[name] if i not in dropped]
         leaked_train = sorted({i for i, _, _ in pairs})
         leaked_other = sorted({j for _, j, _ in pairs})
         entry = {
             "duplicates_of_train": len(leaked_other),
             "train_rows_involved": len(leaked_train),
-            "examples": [{"train": where(splits["train"][i]), name: where(splits[name][j]),
+            "examples": [{"train": where(train[i]), name: where(splits[name][j]),
                           "jaccard": round(s, 3)} for i, j, s in pairs[:10]],
-            "ngram_overlap": leakage.ngram_overlap(train_texts, other_texts, cfg.ngram),
+            "ngram_overlap": leakage.ngram_overlap(
+                [t for i, t in enumerate(train_texts) if i not in dropped], other_texts[name], cfg.ngram),
         }
         if cfg.action == "drop_from_train" and leaked_train:
-            drop = set(leaked_train)
-            splits["train"] = [r for i, r in enumerate(splits["train"]) if i not in drop]
-            entry["removed_from_train"] = len(drop)
+            dropped.update(leaked_train)
+            entry["removed_from_train"] = len(leaked_train)
         elif cfg.action == "drop_from_eval" and leaked_other:
             drop = set(leaked_other)
             splits[name] = [r for i, r in enumerate(splits[name]) if i not in drop]
             entry["removed_from_" + name] = len(drop)
         section["sets"][name] = entry
+    splits["train"] = [r for i, r in enumerate(train) if i not in dropped]
     for path in cfg.benchmark_files:
         bench = [match_text(r) for r in load_file(path, on_invalid="skip").records]
         train_texts = [match_text(r) for r in splits["train"]]
@@ -258,12 +259,13 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         train = _scrub(train, cfg.privacy.mode, found)
         given = {n: _scrub(rows, cfg.privacy.mode, found) for n, rows in given.items()}
         report["privacy"] = {"mode": cfg.privacy.mode, **found}
-    if cfg.filters.enabled:
-        if tokenizer is None:
-            from tunesmith.models.loading import load_tokenizer
+    if cfg.filters.enabled and tokenizer is None:
+        from tunesmith.models.loading import load_tokenizer
 
-            tokenizer = load_tokenizer(recipe.model)
-        train = _filter(train, recipe, tokenizer, report)
+        tokenizer = load_tokenizer(recipe.model)
+    length = LengthCounter(tokenizer, cfg.system_prompt)
+    if cfg.filters.enabled:
+        train = _filter(train, recipe, length, report)
     train = _dedup(train, recipe, report)
     strata = balance.resolve_strata(train, cfg.balance.by)
     splits = _split(train, recipe, strata, report)
@@ -287,7 +289,7 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
 
     ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
     report["splits"] = {name: len(rows) for name, rows in ordered.items()}
-    report["describe"] = {name: describe(rows, tokenizer, recipe) for name, rows in ordered.items() if rows}
+    report["describe"] = {name: describe(rows, length) for name, rows in ordered.items() if rows}
     run_dir.data.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.data.glob("*.jsonl"):
         stale.unlink()  # a split from an earlier prepare must not linger

@@ -19,9 +19,24 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 def cross_duplicates(train: list[str], other: list[str], params: NearDupParams
                      ) -> list[tuple[int, int, float]]:
     """Pairs (train index, other index, similarity) at or above params.threshold."""
-    pairs = similar_pairs(train + other, params)
-    cut = len(train)
-    return [(i, j - cut, s) for i, j, s in pairs if i < cut <= j]
+    return cross_duplicates_by_set(train, {"other": other}, params)["other"]
+
+
+def cross_duplicates_by_set(train: list[str], others: dict[str, list[str]], params: NearDupParams
+                            ) -> dict[str, list[tuple[int, int, float]]]:
+    """`cross_duplicates` for several sets in one pass, so train is shingled once."""
+    texts, starts = list(train), {}
+    for name, rows in others.items():
+        starts[name] = len(texts)
+        texts += rows
+    found: dict[str, list[tuple[int, int, float]]] = {name: [] for name in others}
+    ordered = sorted(starts.items(), key=lambda item: item[1])
+    for i, j, similarity in similar_pairs(texts, params):
+        if i >= len(train) or j < len(train):
+            continue  # within train, or between two eval sets
+        name, start = next((n, s) for n, s in reversed(ordered) if j >= s)
+        found[name].append((i, j - start, similarity))
+    return found
 
 
 def _ngrams(text: str, n: int) -> set[int]:

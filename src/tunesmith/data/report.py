@@ -20,13 +20,27 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 HISTOGRAM_BINS = 20
 
 
-def _lengths(rows: list[dict], tokenizer: Any, recipe: Any) -> tuple[list[int], str]:
-    if tokenizer is None:  # filters off and no tokenizer loaded: count words instead
-        return [len(_WORD.findall(json.dumps(r.get("messages", r.get("text"))))) for r in rows], "words"
-    from tunesmith.models.chat import tokenize_record
+class LengthCounter:
+    """Length of a record in tokens of the recipe's tokenizer (words when there is none),
+    remembered by content: the filters and every split's report ask about the same rows."""
 
-    return [len(tokenize_record(tokenizer, r, "all", 10**9, recipe.data.system_prompt)["input_ids"])
-            for r in rows], "tokens"
+    def __init__(self, tokenizer: Any, system_prompt: str | None) -> None:
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        self.unit = "words" if tokenizer is None else "tokens"
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, record: dict[str, Any]) -> int:
+        content = [record.get("messages"), record.get("text"), record.get("label")]
+        key = json.dumps(content, ensure_ascii=False, sort_keys=True)
+        if key not in self._seen:
+            if self.tokenizer is None:
+                self._seen[key] = len(_WORD.findall(key))
+            else:
+                from tunesmith.models.chat import tokenize_record
+
+                self._seen[key] = len(tokenize_record(self.tokenizer, record, "all", 10**9,
+                                                      self.system_prompt)["input_ids"])
+        return self._seen[key]
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -39,8 +53,8 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
-def describe(rows: list[dict], tokenizer: Any, recipe: Any) -> dict[str, Any]:
-    lengths, unit = _lengths(rows, tokenizer, recipe)
+def describe(rows: list[dict], length: LengthCounter) -> dict[str, Any]:
+    lengths, unit = [length(r) for r in rows], length.unit
     cuts = quantiles(lengths, n=100, method="inclusive") if len(lengths) > 1 else lengths * 99
     counts, edges = _histogram(lengths)
     outputs = [a for r in rows for a in answers(r)] or [r.get("text", "") for r in rows]

@@ -47,11 +47,11 @@ class EvalResult:
     predictions: list[dict[str, Any]]
 
 
-def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe,
-                     batch_size: int = 8) -> float:
+def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe) -> float:
     """Token-weighted mean cross-entropy over the loss-masked tokens of `records`."""
     import torch
 
+    batch_size = recipe.eval.batch_size
     rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
                             recipe.data.system_prompt) for r in records]
     device = next(model.parameters()).device
