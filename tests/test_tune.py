@@ -56,6 +56,37 @@ def test_pruning_prunes(tmp_path, tiny_model_dir, chat_files):
     assert summary["training_steps_used"] < 5 * 16
 
 
+def test_step_budget_starts_a_trial_only_while_a_full_one_fits(tmp_path, tiny_model_dir, chat_files):
+    # 8-step trials in a 20-step budget: two fit (16), a third could reach 24
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none",
+                         "tune.trials=null", "tune.max_training_steps=20")
+    result = tune.run(recipe, open_run(recipe))
+    summary = read_json(recipe.run_dir / "tune" / "summary.json")
+    assert result.trials == 2 and summary["training_steps_used"] == 16
+    assert summary["budget"]["max_training_steps"] == 20
+
+
+def test_a_repeated_configuration_is_not_trained_again(tmp_path, tiny_model_dir, chat_files):
+    # a one-point space: the sampler can only repeat it; trials 2 and 3 reuse trial 0's loss
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=bayesian", "tune.pruner=none",
+                         "tune.trials=3", "tune.space={train.lora.r: {type: categorical, choices: [2]}}")
+    run_dir = open_run(recipe)
+    tune.run(recipe, run_dir)
+    rows = list(csv.DictReader((run_dir.root / "tune" / "trials.csv").open()))
+    summary = read_json(run_dir.root / "tune" / "summary.json")
+    assert summary["training_steps_used"] == 8 and summary["duplicates"] == 2
+    assert len({r["value"] for r in rows}) == 1
+    assert [r["user_attrs_duplicate_of"] for r in rows] == ["", "0.0", "0.0"]
+
+
+def test_a_search_without_a_budget_is_refused(tmp_path, tiny_model_dir, chat_files):
+    from tunesmith.errors import ConfigError
+
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.trials=null")
+    with pytest.raises(ConfigError, match="no budget"):
+        tune.run(recipe, open_run(recipe))
+
+
 def test_cross_validation_gives_mean_and_std(tmp_path, tiny_model_dir, chat_files):
     recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.cv_folds=3", "tune.trials=2",
                          "tune.pruner=none", "train.max_steps=4")

@@ -364,6 +364,9 @@ class TuneConfig(_Section):
     """Trials this worker runs (a grid stops when it is exhausted); None: until the timeout."""
     timeout_minutes: float | None = Field(None, gt=0)
     """Wall-time budget of this worker."""
+    max_training_steps: int | None = Field(None, gt=0)
+    """Compute budget of the study, in optimizer steps summed over all trials (pruned ones count
+    the steps they ran): a new trial starts only while a full-length trial still fits."""
     objective: Literal["eval_loss"] = "eval_loss"
     """What a trial is scored by: the validation loss (answer tokens), reported during training."""
     direction: Literal["minimize", "maximize"] = "minimize"

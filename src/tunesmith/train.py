@@ -144,7 +144,8 @@ def _guard_callback(recipe: Recipe, events: list[dict[str, Any]]) -> Any:
                     and val - self.last_train_loss > cfg.max_val_train_gap):
                 message = (f"validation loss {val:.4f} exceeds train loss {self.last_train_loss:.4f} "
                            f"by {val - self.last_train_loss:.4f} > train.max_val_train_gap "
-                           f"{cfg.max_val_train_gap} at step {state.global_step}: overfitting?")
+                           f"{cfg.max_val_train_gap} at step {state.global_step}: overfitting "
+                           "(or an unstable run, if the train loss is high as well).")
                 events.append({"guard": "gap_alarm", "step": state.global_step, "message": message})
                 console.print(f"[yellow]warning:[/] {message}", highlight=False)
             patience = cfg.early_stopping.patience

@@ -151,6 +151,11 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
     def objective(trial: optuna.Trial) -> float:
         params = {key: _suggest(trial, key, space, cfg.strategy) for key, space in cfg.space.items()}
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if done.params == params:  # samplers repeat points of discrete spaces: no need to train again
+                trial.set_user_attr("duplicate_of", done.number)
+                trial.set_user_attr("steps", 0)
+                return done.value
         name = f"trial-{trial.number}"
         candidate = trial_recipe(recipe, params, name, trials_dir)
         trial_dir = RunDir(trials_dir / name)
@@ -193,16 +198,16 @@ def _figures(study: Any, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     import optuna.visualization.matplotlib as plots
 
     written = []
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for name, plot in (("history", plots.plot_optimization_history),
                        ("importances", plots.plot_param_importances),
                        ("parallel", plots.plot_parallel_coordinate)):
         try:
-            axis = plot(study)
+            with warnings.catch_warnings():  # experimental plots; degenerate axes of tiny studies
+                warnings.simplefilter("ignore")
+                axis = plot(study)
         except Exception:  # e.g. importances need 2+ completed trials with varying values
             continue
         figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
@@ -212,6 +217,32 @@ def _figures(study: Any, out: Path) -> list[str]:
         plt.close(figure)
         written.append(f"{name}.png")
     return written
+
+
+def steps_used(study: Any) -> int:
+    """Optimizer steps of every finished trial in the study (all workers; pruned trials included)."""
+    return sum(t.user_attrs.get("steps", 0) for t in study.get_trials(deepcopy=False))
+
+
+class _StepBudget:
+    """tune.max_training_steps: start a trial only while a full-length one still fits.
+
+    A full-length trial is the longest any trial has run so far, or train.max_steps before the first.
+    """
+
+    def __init__(self, limit: int | None, max_steps: int | None):
+        self.limit, self.max_steps = limit, max_steps
+
+    def fits(self, study: Any) -> bool:
+        if self.limit is None:
+            return True
+        longest = max([t.user_attrs.get("steps", 0) for t in study.get_trials(deepcopy=False)]
+                      + [self.max_steps or 0])
+        return steps_used(study) + longest <= self.limit
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if not self.fits(study):
+            study.stop()
 
 
 def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name: str | None = None,
@@ -232,10 +263,17 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
     study = optuna.create_study(storage=_storage(cfg, run_dir, storage), sampler=_sampler(cfg),
                                 pruner=_pruner(cfg), study_name=study_name or cfg.study or recipe.name,
                                 direction=cfg.direction, load_if_exists=True)
+    n_trials = trials or cfg.trials
+    if n_trials is None and cfg.timeout_minutes is None and cfg.max_training_steps is None \
+            and cfg.strategy != "grid":
+        raise ConfigError("tune has no budget: set tune.trials, tune.timeout_minutes or "
+                          "tune.max_training_steps.")
     started = time.time()
-    study.optimize(_objective(recipe, run_dir, splits), n_trials=trials or cfg.trials,
-                   timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
-                   catch=(RuntimeError,))
+    budget = _StepBudget(cfg.max_training_steps, recipe.train.max_steps)
+    if budget.fits(study):
+        study.optimize(_objective(recipe, run_dir, splits), n_trials=n_trials,
+                       timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
+                       catch=(RuntimeError,), callbacks=[budget])
     return _write_outputs(recipe, run_dir, study, time.time() - started)
 
 
@@ -255,11 +293,13 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
     best_path = out / "best.yaml"
     write_text(best_path, f"# tunesmith run {best_path}\n# best of {len(complete)} completed trials "
                           f"({cfg.strategy}), validation loss {best_value}\n" + dump_recipe(best))
-    compute = sum(t.user_attrs.get("steps", 0) for t in study.trials)
+    compute = steps_used(study)
     summary = {
         "strategy": cfg.strategy, "pruner": cfg.pruner, "cv_folds": cfg.cv_folds,
         "space": {k: v.model_dump(exclude_none=True) for k, v in cfg.space.items()},
-        "budget": {"trials": cfg.trials, "timeout_minutes": cfg.timeout_minutes},
+        "budget": {"trials": cfg.trials, "timeout_minutes": cfg.timeout_minutes,
+                   "max_training_steps": cfg.max_training_steps},
+        "duplicates": sum("duplicate_of" in t.user_attrs for t in study.trials),
         "trials": len(study.trials), "completed": len(complete), "pruned": pruned,
         "failed": sum(s == optuna.trial.TrialState.FAIL for s in states),
         "best_value": best_value, "best_params": best_params,
