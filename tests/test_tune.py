@@ -56,6 +56,20 @@ def test_pruning_prunes(tmp_path, tiny_model_dir, chat_files):
     assert summary["training_steps_used"] < 5 * 16
 
 
+def test_a_trial_is_pruned_before_its_last_evaluation_not_at_it():
+    import optuna
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for _ in range(2):  # two finished trials set the median: 1.0 at step 5, 0.5 at step 10
+        good = study.ask()
+        good.report(1.0, 5)
+        good.report(0.5, 10)
+        study.tell(good, 0.5)
+    worse = study.ask()
+    assert tune.report(worse, 2.0, 5, last_step=10) is True       # worse than the median mid-run
+    assert tune.report(worse, 2.0, 10, last_step=10) is False     # its full cost is paid: keep it
+
+
 def test_step_budget_starts_a_trial_only_while_a_full_one_fits(tmp_path, tiny_model_dir, chat_files):
     # 8-step trials in a 20-step budget: two fit (16), a third could reach 24
     recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none",

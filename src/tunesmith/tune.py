@@ -44,13 +44,28 @@ class TuneResult:
     pruned: int
 
 
-def _suggest(trial: Any, key: str, space: Any, strategy: str) -> Any:
-    if strategy == "grid" or space.type == "categorical":
-        values = space.grid_values()
-        return trial.suggest_categorical(key, values)
-    if space.type == "int":
-        return trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
-    return trial.suggest_float(key, space.low, space.high, log=space.log)
+def suggest(trial: Any, cfg: Any) -> dict[str, Any]:
+    """The trial's values for every key of tune.space (grid: the listed grid values)."""
+    params = {}
+    for key, space in cfg.space.items():
+        if cfg.strategy == "grid" or space.type == "categorical":
+            params[key] = trial.suggest_categorical(key, space.grid_values())
+        elif space.type == "int":
+            params[key] = trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
+        else:
+            params[key] = trial.suggest_float(key, space.low, space.high, log=space.log)
+    return params
+
+
+def repeat_of(trial: Any, params: dict[str, Any]) -> Any:
+    """A completed trial with exactly these values: samplers repeat points of discrete spaces, and a
+    repeat is answered from the study instead of training again."""
+    import optuna
+
+    for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if done.params == params:
+            return done
+    return None
 
 
 def trial_recipe(recipe: Recipe, params: dict[str, Any], run_name: str, out_dir: Path) -> Recipe:
@@ -66,17 +81,19 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], run_name: str, out_dir:
     return recipe_from_dict(raw, f"trial {run_name}")
 
 
-def _sampler(cfg: Any) -> Any:
+def sampler(cfg: Any) -> Any:
     import optuna
 
     if cfg.strategy == "grid":
         return optuna.samplers.GridSampler({k: s.grid_values() for k, s in cfg.space.items()}, seed=cfg.seed)
     if cfg.strategy == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=cfg.startup_trials)
+    # constant_liar: trials still running on other workers count as bad, so workers spread out
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=cfg.startup_trials,
+                                      constant_liar=True)
 
 
-def _pruner(cfg: Any) -> Any:
+def pruner(cfg: Any) -> Any:
     import optuna
 
     if cfg.pruner == "median":
@@ -110,6 +127,13 @@ def _storage(cfg: Any, run_dir: RunDir, url: str | None) -> Any:
                           "(pip install 'tunesmith[distributed]' for PostgreSQL).") from None
 
 
+def report(trial: Any, value: float, step: int, last_step: int) -> bool:
+    """Report an intermediate validation loss; True if the pruner stops the trial here. The last
+    evaluation is never pruned: the trial has cost its full steps by then and counts as complete."""
+    trial.report(value, step)
+    return step < last_step and bool(trial.should_prune())
+
+
 def _pruning_callback(trial: Any) -> Any:
     from transformers import TrainerCallback
 
@@ -120,8 +144,7 @@ def _pruning_callback(trial: Any) -> Any:
             value = (metrics or {}).get("eval_loss")
             if value is None:
                 return
-            trial.report(value, state.global_step)
-            if trial.should_prune():
+            if report(trial, value, state.global_step, state.max_steps):
                 self.pruned = True
                 control.should_training_stop = True
 
@@ -149,13 +172,12 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
     strata = resolve_strata(splits["train"], recipe.data.balance.by)
 
     def objective(trial: optuna.Trial) -> float:
-        params = {key: _suggest(trial, key, space, cfg.strategy) for key, space in cfg.space.items()}
+        params = suggest(trial, cfg)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if done.params == params:  # samplers repeat points of discrete spaces: no need to train again
-                trial.set_user_attr("duplicate_of", done.number)
-                trial.set_user_attr("steps", 0)
-                return done.value
+        if (done := repeat_of(trial, params)) is not None:
+            trial.set_user_attr("duplicate_of", done.number)
+            trial.set_user_attr("steps", 0)
+            return done.value
         name = f"trial-{trial.number}"
         candidate = trial_recipe(recipe, params, name, trials_dir)
         trial_dir = RunDir(trials_dir / name)
@@ -169,8 +191,7 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
                     result = train.run(candidate, trial_dir, splits={"train": fold_train, "val": fold_val})
                     losses.append(result.final_eval_loss)
                     steps += result.steps
-                    trial.report(statistics.fmean(losses), fold)
-                    if trial.should_prune():
+                    if report(trial, statistics.fmean(losses), fold, cfg.cv_folds - 1):
                         trial.set_user_attr("steps", steps)
                         raise optuna.TrialPruned()
                 trial.set_user_attr("cv_mean", statistics.fmean(losses))
@@ -224,7 +245,7 @@ def steps_used(study: Any) -> int:
     return sum(t.user_attrs.get("steps", 0) for t in study.get_trials(deepcopy=False))
 
 
-class _StepBudget:
+class StepBudget:
     """tune.max_training_steps: start a trial only while a full-length one still fits.
 
     A full-length trial is the longest any trial has run so far, or train.max_steps before the first.
@@ -260,8 +281,8 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
     if not splits.get("val") and cfg.cv_folds < 2:
         raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
                           "or tune.cv_folds.")
-    study = optuna.create_study(storage=_storage(cfg, run_dir, storage), sampler=_sampler(cfg),
-                                pruner=_pruner(cfg), study_name=study_name or cfg.study or recipe.name,
+    study = optuna.create_study(storage=_storage(cfg, run_dir, storage), sampler=sampler(cfg),
+                                pruner=pruner(cfg), study_name=study_name or cfg.study or recipe.name,
                                 direction=cfg.direction, load_if_exists=True)
     n_trials = trials or cfg.trials
     if n_trials is None and cfg.timeout_minutes is None and cfg.max_training_steps is None \
@@ -269,7 +290,7 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
         raise ConfigError("tune has no budget: set tune.trials, tune.timeout_minutes or "
                           "tune.max_training_steps.")
     started = time.time()
-    budget = _StepBudget(cfg.max_training_steps, recipe.train.max_steps)
+    budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
     if budget.fits(study):
         study.optimize(_objective(recipe, run_dir, splits), n_trials=n_trials,
                        timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
