@@ -70,6 +70,22 @@ def test_a_trial_is_pruned_before_its_last_evaluation_not_at_it():
     assert tune.report(worse, 2.0, 10, last_step=10) is False     # its full cost is paid: keep it
 
 
+def test_a_training_run_does_not_depend_on_what_ran_before_it(tmp_path, tiny_model_dir, chat_files):
+    # a tune trial and its replay from best.yaml must score the same: the adapter's random init is
+    # seeded by the recipe, not by the process's RNG state
+    import torch
+
+    from tunesmith import data, train
+
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "train.max_steps=4")
+    run_dir = open_run(recipe)
+    data.run(recipe, run_dir)
+    first = train.run(recipe, run_dir).final_eval_loss
+    torch.rand(1000)  # whatever else ran in between
+    second = train.run(recipe, run_dir).final_eval_loss
+    assert first == second
+
+
 def test_step_budget_starts_a_trial_only_while_a_full_one_fits(tmp_path, tiny_model_dir, chat_files):
     # 8-step trials in a 20-step budget: two fit (16), a third could reach 24
     recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none",

@@ -226,6 +226,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
     """Train; `extra_callbacks` (e.g. the tune stage's pruning) and `splits` (e.g. a CV fold)
     let other stages reuse the same training path."""
     import datasets
+    import transformers
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
@@ -241,6 +242,9 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
     train_set = tokenized_dataset(tokenizer, splits["train"], recipe)
     val_set = tokenized_dataset(tokenizer, splits["val"], recipe) if splits.get("val") else None
 
+    # seed before the adapter's random initialisation, not only in Trainer: a run's result must not
+    # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
+    transformers.set_seed(cfg.seed)
     model = load_model(recipe.model, location, device, dropout=cfg.model_dropout)
     if cfg.method == "lora":
         model = _wrap_lora(model, recipe)

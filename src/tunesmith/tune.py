@@ -160,8 +160,11 @@ def cv_folds(records: list[dict], k: int, strata: str, seed: int) -> list[tuple[
         folds.append([remaining[i] for i in kept])
         remaining = [remaining[i] for i in chosen]
     folds.append(remaining)
-    return [([r for j, r in enumerate(records) if j not in set(fold)], [records[j] for j in fold])
-            for fold in folds]
+    pairs = []
+    for fold in folds:
+        held_out = set(fold)
+        pairs.append(([r for j, r in enumerate(records) if j not in held_out], [records[j] for j in fold]))
+    return pairs
 
 
 def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
@@ -333,7 +336,9 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
         f"{cfg.strategy} search ({cfg.pruner} pruning"
         + (f", {cfg.cv_folds}-fold cross-validation" if cfg.cv_folds >= 2 else "")
         + f") over {', '.join(cfg.space)}: {len(study.trials)} trials ({len(complete)} completed, "
-        f"{pruned} pruned), {compute} training steps in all. Best validation loss {best_value} with "
+        f"{pruned} pruned, {summary['duplicates']} repeats answered from the study), {compute} training "
+        f"steps in all" + (f" (budget {cfg.max_training_steps})" if cfg.max_training_steps else "")
+        + f". Best validation loss {best_value} with "
         + ", ".join(f"{k} = {v}" for k, v in best_params.items()) + ".")
     write_json(out / "summary.json", summary)
     run_dir.record("tune", out / "trials.csv", best_path, out / "summary.json")
