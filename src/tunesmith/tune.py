@@ -6,7 +6,10 @@
 Every trial is a full training run with the trial's values written into the recipe (any
 recipe key can be searched, `tune.space`), scored by its validation loss. Strategies: grid
 (every combination), random, bayesian (multivariate TPE). The median or Hyperband pruner
-stops a trial early on the validation loss it reports while training. With `tune.cv_folds:
+stops a trial early on the validation loss it reports while training (never at its last
+evaluation). Budgets: trials, wall time, and optimizer steps over the whole study
+(`tune.max_training_steps`); values a completed trial already had are answered from the study
+instead of trained again. With `tune.cv_folds:
 k` a trial is scored as the mean over k folds of train (std recorded), and the best values
 are then retrained on all of train and evaluated once on test. Workers on several machines
 share a study through an RDB storage; each beats a heartbeat, and a trial whose worker dies
