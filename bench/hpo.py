@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -58,17 +57,11 @@ def demo_recipe(out: Path, paths: dict, steps: int, strategy: str, pruner: str, 
 
 
 def search(recipe: Recipe) -> tuple[dict, object]:
-    import optuna
-
     run_dir = open_run(recipe)
-    started = time.time()
-    tune.run(recipe, run_dir)
+    result = tune.run(recipe, run_dir)
     summary = read_json(run_dir.root / "tune" / "summary.json")
-    summary["wall"] = time.time() - started
     summary["train_rows"] = read_json(run_dir.data / "report.json")["splits"]["train"]
-    study = optuna.load_study(study_name=recipe.name,
-                              storage=f"sqlite:///{run_dir.root / 'tune' / 'study.db'}")
-    return summary, study
+    return summary, result.study
 
 
 def replay(table: dict, cfg, budget: int, max_steps: int, seed: int) -> dict:
@@ -130,7 +123,7 @@ def main() -> None:
     for name, s in (("full grid (6 lr x 2 r x 2 dropout)", grid), ("TPE + median pruning, live", tpe)):
         best = ", ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in s["best_params"].items())
         result.add_row(name, str(s["trials"]), str(s["pruned"]), str(s["training_steps_used"]),
-                       f"{s['training_steps_used'] * epochs:.2f}", f"{s['wall'] / 60:.1f} min",
+                       f"{s['training_steps_used'] * epochs:.2f}", f"{s['seconds'] / 60:.1f} min",
                        f"{s['best_value']:.4f}", f"{s['best_value'] / grid['best_value']:.4f}", best)
     ratios = [r["best_value"] / grid["best_value"] for r in replays]
     steps = [r["steps"] for r in replays]

@@ -361,7 +361,8 @@ class TuneConfig(_Section):
     space: dict[str, ParamSpace] = Field(default_factory=dict)
     """Recipe keys to search, e.g. `train.lr: {type: float, low: 1e-5, high: 1e-3, log: true}`."""
     trials: int | None = Field(8, gt=0)
-    """Trials this worker runs (a grid stops when it is exhausted); None: until the timeout."""
+    """Trials this worker runs (a grid stops when it is exhausted); None: until the timeout or the
+    step budget."""
     timeout_minutes: float | None = Field(None, gt=0)
     """Wall-time budget of this worker."""
     max_training_steps: int | None = Field(None, gt=0)

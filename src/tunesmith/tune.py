@@ -45,6 +45,8 @@ class TuneResult:
     best_recipe: Path
     trials: int
     pruned: int
+    study: Any = None
+    """The Optuna study (all trials, their intermediate losses and attributes)."""
 
 
 def suggest(trial: Any, cfg: Any) -> dict[str, Any]:
@@ -345,7 +347,7 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
         + ", ".join(f"{k} = {v}" for k, v in best_params.items()) + ".")
     write_json(out / "summary.json", summary)
     run_dir.record("tune", out / "trials.csv", best_path, out / "summary.json")
-    return TuneResult(best_value, best_params, best_path, len(study.trials), pruned)
+    return TuneResult(best_value, best_params, best_path, len(study.trials), pruned, study)
 
 
 def retrain_best(best_path: Path) -> RunDir:
