@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tunesmith import data, evaluate, train
+from tunesmith import data, evaluate, pipeline, train
 from tunesmith.data.inspect import inspect_file
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.recipe import load_recipe
@@ -31,11 +31,11 @@ def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
     assert report["tokens"]["max"] >= report["tokens"]["p50"] > 10
 
     run_dir = open_run(recipe)
-    prepared = data.run(recipe, run_dir)
+    prepared = pipeline.prepare(recipe)
     assert {k: len(v) for k, v in prepared.splits.items()} == {"train": 42, "val": 6, "test": 6}
     base_weights = sha256_file(next(tiny_model_dir.glob("*.safetensors")))
 
-    result = train.run(recipe, run_dir)
+    result = pipeline.fine_tune(recipe)
     assert result.steps == 22  # ceil(42 / 4) = 11 steps per epoch, 2 epochs
     # only LoRA weights changed: the base file is untouched, the adapter holds only LoRA
     # tensors, and LoRA B (initialised to zero) has moved.
@@ -50,7 +50,8 @@ def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
     assert [e["step"] for e in log if "loss" in e] == list(range(2, 23, 2))
     assert any("eval_loss" in e for e in log)
 
-    outcome = evaluate.run(recipe, run_dir)
+    assert not run_dir.checkpoints.exists(), "checkpoints go once the model is committed"
+    outcome = pipeline.evaluate_run(recipe)
     summary = read_json(run_dir.eval / "summary.json")
     assert summary == json.loads(json.dumps(outcome.summary))
     assert summary["sets"]["test"]["examples"] == 6
@@ -60,8 +61,11 @@ def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
     assert len(predictions) == 6
     assert {"base_prediction", "finetuned_prediction", "reference"} <= set(predictions[0])
     manifest = read_json(run_dir.manifest)["artifacts"]
-    assert {"recipe.yaml", "data/train.jsonl", "model/adapter_model.safetensors",
-            "train/log.jsonl", "eval/summary.json"} <= set(manifest)
+    assert {"data/train.jsonl", "model/adapter_model.safetensors", "train/log.jsonl",
+            "eval/summary.json", "README.md"} <= set(manifest)
+    for name, entry in manifest.items():  # the manifest tells the truth about every file
+        assert sha256_file(run_dir.root / name) == entry["sha256"], name
+    assert sorted(read_json(run_dir.manifest)["stages"]) == ["data", "eval", "report", "train"]
 
 
 def test_evaluation_scores_a_fake_generator(tmp_path, tiny_model_dir, chat_files):
@@ -99,7 +103,7 @@ def test_resume_after_kill_9(tmp_path, tiny_model_dir, chat_files):
         "  eval_steps: 1000\n"
     )
     command = [sys.executable, "-m", "tunesmith", "train", str(recipe_path)]
-    checkpoints = tmp_path / "runs" / "crash" / "checkpoints"
+    checkpoints = tmp_path / "runs" / "crash" / ".work" / "checkpoints"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
@@ -107,7 +111,8 @@ def test_resume_after_kill_9(tmp_path, tiny_model_dir, chat_files):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (tmp_path / "runs" / "crash" / "train" / "summary.json").exists()
+    assert not (tmp_path / "runs" / "crash" / "train").exists()
+    assert not (tmp_path / "runs" / "crash" / "manifest.json").exists(), "nothing committed"
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from conftest import write_jsonl
-from tunesmith import data, evaluate, report, train
-from tunesmith.errors import QualityGateError
+from tunesmith import evaluate, pipeline, report
 from tunesmith.evaluate.bias import LEXICON, counterfactuals
 from tunesmith.recipe import load_recipe
 from tunesmith.rundir import open_run
@@ -32,10 +31,8 @@ def trained_run(tmp_path_factory, tiny_model_dir):
         f"data.test={write_jsonl(tmp / 'test.jsonl', test)}", f"output.dir={tmp / 'runs'}",
         "name=bias", "train.max_steps=2", "train.batch_size=4", "eval.max_new_tokens=4",
         "eval.forgetting_probe=false", "data.val_fraction=0.2", "data.dedup.near=false"])
-    run_dir = open_run(recipe)
-    data.run(recipe, run_dir)
-    train.run(recipe, run_dir)
-    return recipe, run_dir
+    pipeline.fine_tune(recipe)
+    return recipe, open_run(recipe)
 
 
 class NameBiased:
@@ -68,9 +65,9 @@ def test_biased_fake_shows_a_gap_and_fails_the_threshold(trained_run):
     recipe, run_dir = trained_run
     failing = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={
         "bias": recipe.eval.bias.model_copy(update={"on_gap": "fail", "max_gap": 0.1})})})
-    with pytest.raises(QualityGateError, match="name_origin gap"):
-        evaluate.run(failing, run_dir, generator_factory=NameBiased)
-    summary = json.loads((run_dir.eval / "summary.json").read_text())  # written before failing
+    result = evaluate.run(failing, run_dir, generator_factory=NameBiased)
+    assert "name_origin gap" in result.gate_failure  # the caller raises it after committing
+    summary = json.loads((run_dir.eval / "summary.json").read_text())
     origin = summary["bias"]["dimensions"]["name_origin"]
     assert origin["prompts"] == 6
     assert origin["per_group"]["arabic"] == 0.0 and origin["per_group"]["hispanic"] == 1.0
@@ -132,9 +129,8 @@ def test_compare_two_learning_rates(trained_run, tmp_path):
     other = recipe.model_copy(update={
         "train": recipe.train.model_copy(update={"lr": 0.05}),
         "output": recipe.output.model_copy(update={"run_name": "bias-lr"})})
+    pipeline.fine_tune(other)
     other_dir = open_run(other)
-    data.run(other, other_dir)
-    train.run(other, other_dir)
     evaluate.run(other, other_dir, generator_factory=NameBiased)
     page = tmp_path / "compare.html"
     result = subprocess.run([sys.executable, "-m", "tunesmith", "compare", str(run_dir.root),

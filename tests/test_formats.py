@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REAL, write_jsonl
-from tunesmith.data.formats import as_chat, convert_row, detect_format
+from tunesmith.data.formats import check_record, as_chat, convert_row, detect_format
 from tunesmith.data.load import load_file
 from tunesmith.errors import DataError
 
@@ -38,7 +38,7 @@ def test_openai_keeps_weights_and_rejects_bad_ones():
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0},
         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b", "weight": 1}]}, "openai")
     assert [m.get("weight") for m in record["messages"]] == [None, 0, None, 1]
-    with pytest.raises(ValueError, match=r"messages\[1\].weight must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"messages\[1\].weight is 0.5; tunesmith trains a turn fully"):
         convert_row({"messages": [{"role": "user", "content": "q"},
                                   {"role": "assistant", "content": "a", "weight": 0.5}]}, "openai")
 
@@ -55,14 +55,14 @@ def test_prompt_completion_text_and_classification():
 @pytest.mark.parametrize("row,fmt,message", [
     ({"instruction": "x"}, "alpaca", 'missing "output" (alpaca format)'),
     ({"instruction": "x", "output": ""}, "alpaca", 'empty "output" (alpaca format)'),
-    ({"conversations": [{"from": "bot", "value": "x"}]}, "sharegpt", "expected human, gpt or system"),
+    ({"conversations": [{"from": "bot", "value": "x"}]}, "sharegpt", "expected human, gpt, system, function_call"),
     ({"messages": [{"role": "user", "content": "q"}]}, "openai", "no non-empty assistant turn"),
     ({"text": "t", "label": ""}, "classification", 'empty "label"'),
     (["a", "list"], "text", "expected an object"),
 ])
 def test_invalid_rows_say_what_is_wrong(row, fmt, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        convert_row(row, fmt)
+        check_record(convert_row(row, fmt))
 
 
 def test_detection_by_majority_and_undetectable_names_the_closest():

@@ -9,31 +9,45 @@
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
     tunesmith report RUN_DIR
     tunesmith compare RUN_A RUN_B [...] [--html PAGE]
+    tunesmith --debug COMMAND ...        (tracebacks of internal errors)
 
-Mistakes in input (recipe, data, model) print one located message and exit with code 2.
+Exit codes (the contract of errors.py, enforced in `main`): 0 done; 1 a quality gate failed
+(results written); 2 a mistake in the input, printed as one line that says what, where and how
+to fix it; 3 a bug in tunesmith; 130 interrupted. A failed or interrupted command leaves the
+run directory as it was.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
+import click
 import typer
-from rich.console import Console
 
-from tunesmith.errors import QualityGateError, TunesmithError
+from tunesmith.console import out, problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune language models with the best practices built in.")
+                  rich_markup_mode=None, help="Fine-tune language models with the best practices built in.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
 app.add_typer(data_app, name="data")
-console = Console()
 
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
                               show_default=False)
+BUG_REPORT = ("This is a bug in tunesmith, not in your input: please report it with the output of "
+              "the same command run with --debug.")
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of internal errors.")) -> None:
+    """Fine-tune language models with the best practices built in."""
+    if debug:
+        os.environ["TUNESMITH_DEBUG"] = "1"
 
 
 def _recipe(path: str | None, overrides: list[str] | None):
@@ -57,48 +71,31 @@ def data_inspect(
 @data_app.command("prepare")
 def data_prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
     """Validate, convert and split the recipe's data into runs/<run>/data/."""
-    from tunesmith import data
-    from tunesmith.rundir import open_run
+    from tunesmith import pipeline
 
-    parsed = _recipe(recipe, overrides)
-    result = data.run(parsed, open_run(parsed))
-    data.print_stats(result.stats)
+    pipeline.prepare(_recipe(recipe, overrides))
 
 
 @app.command("train")
 def train_command(
     recipe: str = RecipeArg,
     overrides: list[str] | None = OverridesArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training."),
 ) -> None:
-    """Fine-tune (prepares the data first if the run has none)."""
-    from tunesmith import data, train
-    from tunesmith.rundir import open_run
+    """Fine-tune (prepares the data first)."""
+    from tunesmith import pipeline
 
-    parsed = _recipe(recipe, overrides)
-    run_dir = open_run(parsed)
-    if not (resume and run_dir.split("train").exists()):
-        data.print_stats(data.run(parsed, run_dir).stats)
-    result = train.run(parsed, run_dir, resume=resume)
-    console.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
-                  f"model in {result.model_dir}", highlight=False)
+    result = pipeline.fine_tune(_recipe(recipe, overrides), resume=resume)
+    out.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
+              f"model in {result.model_dir}")
 
 
 @app.command("eval")
 def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
     """Score the base and fine-tuned models on the same test / eval-set examples."""
-    from tunesmith import evaluate, report
-    from tunesmith.evaluate.table import print_summary
-    from tunesmith.rundir import open_run
+    from tunesmith import pipeline
 
-    parsed = _recipe(recipe, overrides)
-    run_dir = open_run(parsed)
-    try:
-        summary = evaluate.run(parsed, run_dir).summary
-    finally:
-        if (run_dir.eval / "summary.json").exists():
-            report.run(run_dir)
-    print_summary(summary, run_dir)
+    pipeline.evaluate_run(_recipe(recipe, overrides))
 
 
 @app.command("tune")
@@ -107,17 +104,16 @@ def tune_command(
     overrides: list[str] | None = OverridesArg,
     storage: str | None = typer.Option(None, help="Optuna storage URL, e.g. postgresql://user@host/db."),
     study: str | None = typer.Option(None, help="Study name shared by all workers."),
-    trials: int | None = typer.Option(None, help="Trials for this worker (default tune.trials)."),
+    trials: int | None = typer.Option(None, min=1, help="Trials for this worker (default tune.trials)."),
 ) -> None:
     """Search hyperparameters (tune.space); writes tune/trials.csv and tune/best.yaml."""
-    from tunesmith import tune
-    from tunesmith.rundir import open_run
+    from tunesmith import pipeline, tune
 
     parsed = _recipe(recipe, overrides)
-    result = tune.run(parsed, open_run(parsed), storage=storage, study_name=study, trials=trials)
-    console.print(f"{result.trials} trials ({result.pruned} pruned); best validation loss "
-                  f"{result.best_value} with {result.best_params}", highlight=False)
-    console.print(f"replay the best: tunesmith run {result.best_recipe}", highlight=False)
+    result = pipeline.search(parsed, storage=storage, study_name=study, trials=trials)
+    out.print(f"{result.trials} trials ({result.pruned} pruned); best validation loss "
+              f"{result.best_value} with {result.best_params}")
+    out.print(f"replay the best: tunesmith run {result.best_recipe}")
     if parsed.tune.cv_folds >= 2 and result.best_params:
         tune.retrain_best(result.best_recipe)
 
@@ -126,14 +122,9 @@ def tune_command(
 def report_command(run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo.")) -> None:
     """Rebuild the model card (README.md) and report.html of a run from its directory."""
     from tunesmith import report
-    from tunesmith.errors import ConfigError
-    from tunesmith.rundir import RunDir
 
-    run = RunDir(Path(run_dir))
-    if not run.recipe.exists():
-        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml).")
-    result = report.run(run)
-    console.print(f"model card: {result.card}\nreport: {result.html}", highlight=False)
+    result = report.rebuild(Path(run_dir))
+    out.print(f"model card: {result.card}\nreport: {result.html}")
 
 
 @app.command("compare")
@@ -144,20 +135,34 @@ def compare_command(
     """Recipe differences and metric deltas (paired CIs) between runs."""
     from tunesmith.report.compare import compare, print_comparison, write_comparison_html
 
+    page = _output_file(html, "--html") if html else None
     result = compare(run_dirs)
     print_comparison(result)
-    if html:
-        write_comparison_html(result, Path(html))
-        console.print(f"comparison page: {html}", highlight=False)
+    if page:
+        write_comparison_html(result, page)
+        out.print(f"comparison page: {page}")
+
+
+def _output_file(path: str, option: str) -> Path:
+    from tunesmith.errors import ConfigError
+
+    target = Path(path)
+    if target.is_dir() or path.endswith(("/", os.sep)):
+        raise ConfigError(f"{option} {path}: is a directory. Give a file name, e.g. {option} "
+                          f"{target / 'compare.html'}.")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ConfigError(f"{option} {path}: {target.parent} is a file, not a directory. "
+                          "Choose another path.")
+    return target
 
 
 @app.command("run")
 def run_command(
     recipe: str = RecipeArg,
     overrides: list[str] | None = OverridesArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue training from the last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training."),
 ) -> None:
-    """The whole pipeline: data -> train -> evaluate."""
+    """The whole pipeline: data -> train -> evaluate -> report."""
     from tunesmith import pipeline
 
     pipeline.run(_recipe(recipe, overrides), resume=resume)
@@ -176,28 +181,64 @@ def demo_command(
     from tunesmith.demo import tickets
 
     started = time.time()
-    paths = tickets.write(data_dir)
-    console.print(f"demo data written to {Path(data_dir)}/ "
-                  f"({', '.join(p.name for p in paths.values())})", highlight=False)
     recipe_path = str(files("tunesmith.demo") / "recipe.yaml")
-    data_overrides = [f"data.train={paths['train']}", f"data.test={paths['test']}",
-                      f"data.eval_sets.ood={paths['ood']}"]
-    pipeline.run(_recipe(recipe_path, data_overrides + list(overrides or [])))
-    console.print(f"demo wall time: {time.time() - started:.0f} s")
+    target = Path(data_dir)
+    data_overrides = [f"data.train={target / 'train.jsonl'}", f"data.test={target / 'test.jsonl'}",
+                      f"data.eval_sets.ood={target / 'ood.jsonl'}"]
+    recipe = _recipe(recipe_path, data_overrides + list(overrides or []))  # checked before writing
+    paths = tickets.write(data_dir)
+    out.print(f"demo data written to {target}/ ({', '.join(p.name for p in paths.values())})")
+    pipeline.run(recipe)
+    out.print(f"demo wall time: {time.time() - started:.0f} s")
 
 
-def main() -> None:
+def _interrupt(number: int, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command the way Ctrl-C does
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and enforce the error contract (see errors.py); exits with its code."""
+    from tunesmith.errors import QualityGateError, TunesmithError
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers 5 renames (gradient -> activation checkpointing) that the user cannot act on
     warnings.filterwarnings("ignore", message=".*will be removed in v6.*", category=FutureWarning)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
     try:
-        app()
+        app(args=argv, prog_name="tunesmith", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.ClickException as usage:  # wrong arguments: click's own one-line message
+        usage.show()
+        code = usage.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        problem("interrupted", "stopped before it finished; the run directory is as it was "
+                "(an interrupted training resumes with --resume).", style="bold yellow")
+        code = 130
     except QualityGateError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]failed:[/] {error}", highlight=False)
-        sys.exit(1)
+        problem("failed", str(error))
+        code = 1
     except TunesmithError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
-        sys.exit(2)
+        problem("error", str(error))
+        code = 2
+    except MemoryError:
+        problem("error", "out of memory. Lower train.batch_size, train.max_length or eval.batch_size, "
+                "or turn on train.gradient_checkpointing.")
+        code = 2
+    except OSError as error:  # the machine, not the input: disk full, permissions, a vanished file
+        where = f"{error.filename}: " if error.filename else ""
+        problem("error", f"{where}{error.strerror or error}. Check that path, its permissions and the "
+                "free disk space.")
+        code = 2
+    except Exception as error:  # noqa: BLE001 - the one place that turns a bug into a message
+        if os.environ.get("TUNESMITH_DEBUG"):
+            traceback.print_exc()
+        problem("internal error", f"{type(error).__name__}: {error}. {BUG_REPORT}")
+        code = 3
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

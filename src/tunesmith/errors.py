@@ -1,7 +1,11 @@
-"""Errors a user can fix. Each message says what is wrong, where, and how to fix it.
+"""The error contract. Each message says what is wrong, where, and how to fix it.
 
-The CLI prints these as one line (or a short list) and exits with code 2; anything else
-is a bug in tunesmith and keeps its traceback.
+`tunesmith.cli.main` enforces it in one place:
+    TunesmithError (and its subclasses)  -> `error: <one line>`, exit code 2
+    QualityGateError                     -> `failed: <one line>`, exit code 1 (results are written)
+    Ctrl-C / SIGTERM                     -> `interrupted: ...`, exit code 130 (run dir as it was)
+    anything else (a bug in tunesmith)   -> one line naming a bug report, exit code 3; the
+                                            traceback only with --debug (or TUNESMITH_DEBUG=1)
 """
 
 
@@ -10,7 +14,7 @@ class TunesmithError(Exception):
 
 
 class ConfigError(TunesmithError):
-    """The recipe or a command-line override is invalid."""
+    """The recipe, a command-line override, or a run directory does not fit what was asked."""
 
 
 class DataError(TunesmithError):

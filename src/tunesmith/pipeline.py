@@ -1,21 +1,65 @@
-"""run(recipe) = the stages in order: data -> train -> evaluate -> report. Nothing else lives here."""
+"""The stages in order, each command one transaction on the run directory (see rundir.py).
+
+    prepare(recipe)          data                      (`tunesmith data prepare`)
+    fine_tune(recipe)        data -> train             (`tunesmith train`)
+    evaluate_run(recipe)     evaluate -> report        (`tunesmith eval`)
+    search(recipe)           data -> tune (-> report)  (`tunesmith tune`)
+    run(recipe)              fine_tune, then evaluate_run (`tunesmith run`, `tunesmith demo`)
+
+`run` commits twice, after training and after evaluation: an evaluation that fails must not
+throw away a model that trained for hours. Nothing else lives here.
+"""
 
 from __future__ import annotations
 
-from tunesmith import data, evaluate, report, train
+import shutil
+from dataclasses import replace
+
+from tunesmith import data, evaluate, report, train, tune
+from tunesmith.errors import QualityGateError
 from tunesmith.evaluate.table import print_summary
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, open_run
 
 
-def run(recipe: Recipe, resume: bool = False) -> RunDir:
+def prepare(recipe: Recipe) -> data.DataResult:
     run_dir = open_run(recipe)
-    data.print_stats(data.run(recipe, run_dir).stats)
-    train.run(recipe, run_dir, resume=resume)
-    try:
-        result = evaluate.run(recipe, run_dir)
-    finally:  # a failed quality gate still gets its card and report
-        if (run_dir.eval / "summary.json").exists():
-            report.run(run_dir)
+    with run_dir.transaction(recipe, ("data",)) as view:
+        result = data.run(recipe, view)
+    data.print_stats(result.stats)
+    return result
+
+
+def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
+    run_dir = open_run(recipe)
+    train.check_resumable(recipe, run_dir, resume)
+    with run_dir.transaction(recipe, ("data", "train")) as view:
+        data.print_stats(data.run(recipe, view).stats)
+        result = train.run(recipe, view, resume=resume)
+    shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume
+    return replace(result, model_dir=run_dir.model)
+
+
+def evaluate_run(recipe: Recipe) -> evaluate.EvalResult:
+    run_dir = open_run(recipe)
+    with run_dir.transaction(recipe, ("eval", "report")) as view:
+        result = evaluate.run(recipe, view)
+        report.run(view)
     print_summary(result.summary, run_dir)
-    return run_dir
+    if result.gate_failure:  # every result is written first
+        raise QualityGateError(result.gate_failure)
+    return result
+
+
+def search(recipe: Recipe, storage: str | None = None, study_name: str | None = None,
+           trials: int | None = None) -> tune.TuneResult:
+    """The tune stage; the model card of a trained run is rebuilt with it, to show the search."""
+    run_dir = open_run(recipe)
+    return tune.run(recipe, run_dir, storage=storage, study_name=study_name, trials=trials,
+                    after=report.run if run_dir.has_model() else None)
+
+
+def run(recipe: Recipe, resume: bool = False) -> RunDir:
+    fine_tune(recipe, resume=resume)
+    evaluate_run(recipe)
+    return open_run(recipe)

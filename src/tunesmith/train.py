@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data import load_splits
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.chat import tokenize_record
 from tunesmith.models.loading import load_model, load_tokenizer, model_location, resolve_device
 from tunesmith.recipe import Recipe
@@ -69,9 +69,18 @@ def mixed_precision(recipe: Recipe, device: str) -> str:
 
 
 def _wrap_lora(model: Any, recipe: Recipe) -> Any:
+    import torch
     from peft import LoraConfig, get_peft_model
 
     lora = recipe.train.lora
+    if lora.targets != "all-linear":
+        names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear)}
+        unknown = [t for t in lora.targets if t not in names]
+        if unknown:
+            raise ConfigError(
+                f"train.lora.targets: {', '.join(unknown)} matches no linear layer of {recipe.model.name}. "
+                f"Its linear layers are: {', '.join(sorted(names))}; or use all-linear.")
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
@@ -109,6 +118,24 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def check_resumable(recipe: Recipe, run_dir: RunDir, resume: bool) -> None:
+    """`--resume` needs an interrupted training of the same recipe: say so before any work."""
+    if not resume:
+        return
+    from tunesmith.rundir import STAGE_KEYS, differences
+
+    state = run_dir.checkpoints / "recipe.json"
+    if last_complete_checkpoint(run_dir.checkpoints) is None or not state.exists():
+        raise ConfigError(f"{run_dir.root}: nothing to resume (no checkpoint of an interrupted training "
+                          f"in {run_dir.checkpoints}). Train without --resume.")
+    changed = differences(json.loads(state.read_text()), recipe.model_dump(mode="json"),
+                          STAGE_KEYS["train"])
+    if changed:
+        raise ConfigError(f"{run_dir.root}: the interrupted training used other recipe values "
+                          f"({'; '.join(changed[:3])}). Resume with the same recipe, or train from "
+                          "scratch without --resume.")
+
+
 def _trim_log(log: Path, after_step: int) -> None:
     """On resume, drop log lines past the checkpoint: those steps are run again."""
     if not log.exists():
@@ -121,11 +148,10 @@ def _trim_log(log: Path, after_step: int) -> None:
 def _guard_callback(recipe: Recipe, events: list[dict[str, Any]]) -> Any:
     """Early stopping on validation loss and the train/validation gap alarm; every firing is
     appended to `events` (and so to train/summary.json and the report)."""
-    from rich.console import Console
     from transformers import TrainerCallback
 
     cfg = recipe.train
-    console = Console(stderr=True)
+    from tunesmith.console import note, warn
 
     class OverfittingGuards(TrainerCallback):
         best: float | None = None
@@ -147,7 +173,7 @@ def _guard_callback(recipe: Recipe, events: list[dict[str, Any]]) -> Any:
                            f"{cfg.max_val_train_gap} at step {state.global_step}: overfitting "
                            "(or an unstable run, if the train loss is high as well).")
                 events.append({"guard": "gap_alarm", "step": state.global_step, "message": message})
-                console.print(f"[yellow]warning:[/] {message}", highlight=False)
+                warn(message)
             patience = cfg.early_stopping.patience
             if patience is None:
                 return
@@ -160,7 +186,7 @@ def _guard_callback(recipe: Recipe, events: list[dict[str, Any]]) -> Any:
                 message = (f"early stopping at step {state.global_step}: validation loss {val:.4f} has not "
                            f"improved on {self.best:.4f} for {patience} checks")
                 events.append({"guard": "early_stopping", "step": state.global_step, "message": message})
-                console.print(message, highlight=False)
+                note(message)
 
     return OverfittingGuards()
 
@@ -249,12 +275,16 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
     if cfg.method == "lora":
         model = _wrap_lora(model, recipe)
 
+    # checkpoints and the log in progress live in the run's work area, which survives a failed
+    # or interrupted command (for --resume); model/ and train/ are written to the staging view
     checkpoint = last_complete_checkpoint(run_dir.checkpoints) if resume else None
     if not resume and run_dir.checkpoints.exists():
         shutil.rmtree(run_dir.checkpoints)  # a fresh run must not resume someone's old state
-        run_dir.train_log.unlink(missing_ok=True)
+    log_in_progress = run_dir.checkpoints / "log.jsonl"
     if checkpoint is not None:
-        _trim_log(run_dir.train_log, int(checkpoint.name.split("-")[-1]))
+        _trim_log(log_in_progress, int(checkpoint.name.split("-")[-1]))
+    run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir.checkpoints / "recipe.json", recipe.model_dump(mode="json"))
 
     precision = mixed_precision(recipe, device)
     args = SFTConfig(
@@ -288,7 +318,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
         disable_tqdm=True,
     )
     guard_events: list[dict[str, Any]] = []
-    callbacks = [*_callbacks(run_dir.train_log), _guard_callback(recipe, guard_events), *extra_callbacks]
+    callbacks = [*_callbacks(log_in_progress), _guard_callback(recipe, guard_events), *extra_callbacks]
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                          processing_class=tokenizer, callbacks=callbacks,
                          compute_loss_func=l1_penalised_loss(model, cfg.l1) if cfg.l1 > 0 else None)
@@ -302,6 +332,9 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
 
     if run_dir.model.exists():
         shutil.rmtree(run_dir.model)
+    run_dir.train_log.parent.mkdir(parents=True, exist_ok=True)
+    if log_in_progress.exists():
+        shutil.copyfile(log_in_progress, run_dir.train_log)
     trainer.save_model(str(run_dir.model))
     tokenizer.save_pretrained(str(run_dir.model))
     (run_dir.model / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
@@ -329,7 +362,6 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False, extra_callbacks: 
         "final_eval_loss": next((e["eval_loss"] for e in reversed(state.log_history) if "eval_loss" in e),
                                 None),
     }
-    write_json(run_dir.root / "train" / "summary.json", summary)
-    run_dir.record("train", run_dir.model, run_dir.root / "train")
+    write_json(run_dir.train_summary, summary)
     return TrainResult(run_dir.model, state.global_step, output.training_loss,
                        tokens_per_second, runtime, summary["final_eval_loss"], guard_events)

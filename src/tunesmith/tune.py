@@ -20,12 +20,14 @@ complete recipe that replays the best trial: `tunesmith run tune/best.yaml`), fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +114,10 @@ def _storage(cfg: Any, run_dir: RunDir, url: str | None) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from sqlalchemy.engine import make_url
 
-    url = url or cfg.storage or f"sqlite:///{(run_dir.root / 'tune' / 'study.db').resolve()}"
-    (run_dir.root / "tune").mkdir(parents=True, exist_ok=True)
+    url = url or cfg.storage or f"sqlite:///{(run_dir.work / 'study.db').resolve()}"
+    run_dir.work.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():  # the heartbeat retry callback is marked experimental
+        with warnings.catch_warnings(), _schema_lock(url):  # the heartbeat callback is experimental
             warnings.simplefilter("ignore")
             return RDBStorage(url, heartbeat_interval=cfg.heartbeat_seconds,
                               grace_period=2 * cfg.heartbeat_seconds,
@@ -130,6 +132,32 @@ def _storage(cfg: Any, run_dir: RunDir, url: str | None) -> Any:
         raise ConfigError(f"tune storage ...@{shown}: cannot connect ({type(error).__name__}: {detail}). "
                           "Check the URL, that the server runs, and the driver "
                           "(pip install 'tunesmith[distributed]' for PostgreSQL).") from None
+
+
+SCHEMA_LOCK_KEY = 0x7475_6E65  # "tune": one PostgreSQL advisory lock id for schema creation
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Workers starting together on an empty PostgreSQL database would each create Optuna's
+    tables and race (UniqueViolation on pg_type); an advisory lock lets one create them while
+    the others wait, then find them. SQLite is one file per run and needs none."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def report(trial: Any, value: float, step: int, last_step: int) -> bool:
@@ -216,7 +244,7 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
             return result.final_eval_loss
         finally:  # keep the trial's recipe, logs and summary; weights and checkpoints are large
             shutil.rmtree(trial_dir.model, ignore_errors=True)
-            shutil.rmtree(trial_dir.checkpoints, ignore_errors=True)
+            shutil.rmtree(trial_dir.work, ignore_errors=True)
 
     return objective
 
@@ -275,35 +303,41 @@ class StepBudget:
 
 
 def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name: str | None = None,
-        trials: int | None = None) -> TuneResult:
+        trials: int | None = None, after: Callable[[RunDir], Any] | None = None) -> TuneResult:
+    """The search, as one transaction on the run (data re-prepared, tune/ written); `after(view)`
+    runs inside it (the CLI rebuilds the model card there, so it shows the search)."""
     import optuna
 
     cfg = recipe.tune
     if not cfg.space:
         raise ConfigError("tune.space is empty: add the recipe keys to search, e.g. "
                           "tune.space: {train.lr: {type: float, low: 1e-5, high: 1e-3, log: true}}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not run_dir.split("train").exists():
-        data.run(recipe, run_dir)
-    splits = data.load_splits(run_dir)
-    if not splits.get("val") and cfg.cv_folds < 2:
-        raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
-                          "or tune.cv_folds.")
-    study = optuna.create_study(storage=_storage(cfg, run_dir, storage), sampler=sampler(cfg),
-                                pruner=pruner(cfg), study_name=study_name or cfg.study or recipe.name,
-                                direction=cfg.direction, load_if_exists=True)
     n_trials = trials or cfg.trials
     if n_trials is None and cfg.timeout_minutes is None and cfg.max_training_steps is None \
             and cfg.strategy != "grid":
         raise ConfigError("tune has no budget: set tune.trials, tune.timeout_minutes or "
                           "tune.max_training_steps.")
-    started = time.time()
-    budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
-    if budget.fits(study):
-        study.optimize(_objective(recipe, run_dir, splits), n_trials=n_trials,
-                       timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
-                       catch=(RuntimeError,), callbacks=[budget])
-    return _write_outputs(recipe, run_dir, study, time.time() - started)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stages = ("data", "tune", "report") if after is not None else ("data", "tune")
+    with run_dir.transaction(recipe, stages) as view:
+        data.run(recipe, view)
+        splits = data.load_splits(view)
+        if not splits.get("val") and cfg.cv_folds < 2:
+            raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
+                              "or tune.cv_folds.")
+        study = optuna.create_study(storage=_storage(cfg, view, storage), sampler=sampler(cfg),
+                                    pruner=pruner(cfg), study_name=study_name or cfg.study or recipe.name,
+                                    direction=cfg.direction, load_if_exists=True)
+        started = time.time()
+        budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
+        if budget.fits(study):
+            study.optimize(_objective(recipe, view, splits), n_trials=n_trials,
+                           timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
+                           catch=(RuntimeError,), callbacks=[budget])
+        result = _write_outputs(recipe, view, study, time.time() - started)
+        if after is not None:
+            after(view)
+    return replace(result, best_recipe=run_dir.tune / "best.yaml")
 
 
 def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) -> TuneResult:
@@ -346,7 +380,6 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
         + f". Best validation loss {best_value} with "
         + ", ".join(f"{k} = {v}" for k, v in best_params.items()) + ".")
     write_json(out / "summary.json", summary)
-    run_dir.record("tune", out / "trials.csv", best_path, out / "summary.json")
     return TuneResult(best_value, best_params, best_path, len(study.trials), pruned, study)
 
 

@@ -23,7 +23,9 @@ from tunesmith.data.augment import augment
 from tunesmith.data.clean import normalise_record
 from tunesmith.data.dedup import NearDupParams, exact_duplicate_groups, near_duplicate_clusters
 from tunesmith.data.filters import answers, drop_reason
+from tunesmith.data.formats import turn_text
 from tunesmith.data.load import LoadedFile, load_file
+from tunesmith.data.readers import ReadOptions
 from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.errors import DataError
 from tunesmith.recipe import Recipe
@@ -46,7 +48,7 @@ class DataResult:
 def match_text(record: dict[str, Any]) -> str:
     """What duplicate and leakage checks compare: every turn but the (shared) system prompt."""
     if "messages" in record:
-        return "\n".join(m["content"] for m in record["messages"] if m["role"] != "system")
+        return "\n".join(turn_text(m) for m in record["messages"] if m["role"] != "system")
     return record["text"]
 
 
@@ -59,9 +61,16 @@ def near_params(recipe: Recipe) -> NearDupParams:
     return NearDupParams(d.shingle_size, d.num_perm, d.bands, d.rows, d.threshold)
 
 
-def _load(recipe: Recipe, path: str) -> LoadedFile:
+def read_options(recipe: Recipe) -> ReadOptions:
     cfg = recipe.data
-    return load_file(path, cfg.format, cfg.columns, cfg.on_invalid, cfg.max_rows)
+    return ReadOptions(cfg.encoding, cfg.max_row_chars, cfg.max_depth)
+
+
+def load(recipe: Recipe, path: str, fmt: str | None = None, on_invalid: str | None = None) -> LoadedFile:
+    """One file as the recipe reads it: format, columns, limits, cleaning, validation."""
+    cfg = recipe.data
+    return load_file(path, fmt or cfg.format, cfg.columns, on_invalid or cfg.on_invalid, cfg.max_rows,
+                     read_options(recipe), normalise_record if cfg.clean.enabled else None)
 
 
 def _scrub(records: list[dict], mode: str, counts: Counter) -> list[dict]:
@@ -204,7 +213,7 @@ def _leakage(splits: dict[str, list[dict]], recipe: Recipe, report: dict) -> Non
         section["sets"][name] = entry
     splits["train"] = [r for i, r in enumerate(train) if i not in dropped]
     for path in cfg.benchmark_files:
-        bench = [match_text(r) for r in load_file(path, on_invalid="skip").records]
+        bench = [match_text(r) for r in load(recipe, path, fmt="auto", on_invalid="skip").records]
         train_texts = [match_text(r) for r in splits["train"]]
         pairs = leakage.cross_duplicates(train_texts, bench, near_params(recipe))
         contaminated = {i for i, _, _ in pairs}
@@ -226,17 +235,24 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     files: dict[str, LoadedFile] = {}
     train: list[dict] = []
     for path in cfg.train:
-        files[path] = _load(recipe, path)
+        files[path] = load(recipe, path)
         train += files[path].records
     kinds = {f.kind for f in files.values()}
     if len(kinds) > 1:
         raise DataError(f"data.train mixes record kinds {sorted(kinds)}; train on one kind at a time.")
     kind = kinds.pop()
+    if kind == "preference":
+        fmt = next(iter(files.values())).format
+        raise DataError(f"{cfg.train[0]}: preference data ({fmt}: a prompt with "
+                        + ("chosen and rejected answers" if fmt == "dpo" else "answers labelled desirable "
+                           "or not") + "). tunesmith fine-tunes on demonstrations (SFT) for now; preference "
+                        "training (DPO/KTO) is not built yet. Use chat or instruction data, or inspect "
+                        "this file with `tunesmith data inspect`.")
     given: dict[str, list[dict]] = {}
     for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
         if not path:
             continue
-        files[path] = _load(recipe, path)
+        files[path] = load(recipe, path)
         if files[path].kind != kind:
             raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use one kind.")
         given[name] = files[path].records
@@ -246,14 +262,12 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         "files": {path: {"format": f.format, "valid_rows": len(f.records),
                          "invalid_rows": len(f.invalid),
                          "invalid": [vars(i) for i in f.invalid[:MAX_LISTED]]}
+                  | ({"non_text_parts_dropped": dict(f.non_text_parts)} if f.non_text_parts else {})
                   for path, f in files.items()},
         "loaded_train_rows": len(train),
     }
-    if cfg.clean.enabled:
-        counts: Counter = Counter()
-        train = [normalise_record(r, counts) for r in train]
-        given = {n: [normalise_record(r, counts) for r in rows] for n, rows in given.items()}
-        report["clean"] = dict(counts)
+    if cfg.clean.enabled:  # done row by row while loading, so that rows are judged cleaned
+        report["clean"] = dict(sum((f.clean_counts for f in files.values()), Counter()))
     if cfg.privacy.mode != "off":
         found: Counter = Counter()
         train = _scrub(train, cfg.privacy.mode, found)
@@ -285,20 +299,37 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         splits["train"] = splits["train"] + extra
         report["augment"] = {"methods": cfg.augment.methods, "rows_added": len(extra)}
     if not splits["train"]:
-        raise DataError("no training rows left after cleaning and filtering; see data/report.json.")
+        raise DataError(_nothing_left(report))
 
     ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
     report["splits"] = {name: len(rows) for name, rows in ordered.items()}
     report["describe"] = {name: describe(rows, length) for name, rows in ordered.items() if rows}
     run_dir.data.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.data.glob("*.jsonl"):
-        stale.unlink()  # a split from an earlier prepare must not linger
     for name, rows in ordered.items():
         write_jsonl(run_dir.split(name), rows)
     write_json(run_dir.data / "report.json", report)
     write_html(report, run_dir.data / "report.html")
-    run_dir.record("data", run_dir.data)
     return DataResult(ordered, kind, report)
+
+
+def _nothing_left(report: dict[str, Any]) -> str:
+    """Why no training row is left, step by step (the report is not written when this fails)."""
+    steps = [f"{report['loaded_train_rows']} training rows loaded"]
+    dropped = report.get("filters", {}).get("dropped", {})
+    if dropped:
+        steps.append("quality filters dropped " + ", ".join(f"{n} ({k})" for k, n in dropped.items()))
+    dedup = report.get("dedup", {})
+    if dedup.get("exact_removed") or dedup.get("near_removed"):
+        steps.append(f"{dedup['exact_removed']} exact and {dedup['near_removed']} near duplicates removed")
+    for name, entry in report.get("leakage", {}).get("sets", {}).items():
+        if entry.get("removed_from_train"):
+            steps.append(f"{entry['removed_from_train']} removed as copies of {name} rows "
+                         "(data.leakage.action: drop_from_train)")
+    if report.get("privacy", {}).get("rows_dropped"):
+        steps.append(f"{report['privacy']['rows_dropped']} dropped for personal data (data.privacy.mode: drop)")
+    return (f"{', '.join(report['files'])}: no training rows left: " + "; ".join(steps) + ". Add training "
+            "data, or relax the step that removed the rows (data.filters, data.dedup, data.leakage.action: "
+            "flag, data.privacy.mode).")
 
 
 def print_stats(stats: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Text: mojibake repaired (ftfy), Unicode NFC, control characters removed (newlines and tabs
 kept), trailing spaces and runs of blank lines tidied (indentation kept). Conversations: empty turns dropped,
 system messages moved to the front (several are joined), consecutive turns of the same role
-merged, and trailing user turns with no answer dropped. Each change is counted.
+merged (an assistant's text and its tool calls become one turn; tool results stay separate),
+and trailing user turns with no answer dropped. Each change is counted.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def normalise_messages(messages: list[dict[str, Any]], counts: Counter) -> list[
     for message in messages:
         if message["role"] == "system":
             continue
-        if not message["content"]:
+        if not message["content"] and not message.get("tool_calls"):
             counts["empty_turns_dropped"] += 1
             continue
-        if turns and turns[-1]["role"] == message["role"]:
+        previous = turns[-1] if turns else None
+        if (previous and previous["role"] == message["role"] != "tool"
+                and previous.get("weight", 1) == message.get("weight", 1)):
             counts["same_role_turns_merged"] += 1
-            turns[-1] = {**turns[-1], "content": turns[-1]["content"] + "\n\n" + message["content"]}
+            turns[-1] = _merged(previous, message)
             continue
         turns.append(dict(message))
     while turns and turns[-1]["role"] != "assistant":
@@ -59,6 +62,15 @@ def normalise_messages(messages: list[dict[str, Any]], counts: Counter) -> list[
         turns.pop()
     head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
     return head + turns
+
+
+def _merged(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two consecutive turns of one role as one (an answer followed by its tool call, say)."""
+    merged = {**first, "content": "\n\n".join(t for t in (first["content"], second["content"]) if t)}
+    calls = (first.get("tool_calls") or []) + (second.get("tool_calls") or [])
+    if calls:
+        merged["tool_calls"] = calls
+    return merged
 
 
 def normalise_record(record: dict[str, Any], counts: Counter) -> dict[str, Any]:

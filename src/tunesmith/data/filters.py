@@ -16,7 +16,7 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-from tunesmith.data.formats import as_chat
+from tunesmith.data.formats import as_chat, turn_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
@@ -25,13 +25,13 @@ _RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
 def record_text(record: dict[str, Any]) -> str:
     """All the text of a record, one turn per line."""
     if "messages" in record:
-        return "\n".join(m["content"] for m in record["messages"])
+        return "\n".join(turn_text(m) for m in record["messages"])
     return record["text"]
 
 
 def answers(record: dict[str, Any]) -> list[str]:
     chat = as_chat(record)
-    return [m["content"] for m in chat if m["role"] == "assistant"] if chat else []
+    return [turn_text(m) for m in chat if m["role"] == "assistant"] if chat else []
 
 
 def repeated_line_fraction(text: str) -> float:

@@ -1,37 +1,44 @@
 """Detect a data format from its rows and convert each row to a canonical record (DESIGN.md).
 
 Formats and what they become:
-    alpaca             {instruction, input?, output, system?, history?}     -> chat
-    sharegpt           {conversations: [{from: human|gpt|system, value}]}   -> chat
-    openai             {messages: [{role, content, weight?}]}                -> chat
-    prompt_completion  {prompt, completion}                                  -> chat
-    classification     {text, label}                                         -> classification
-    text               {text}                                                -> text
+    openai             {messages: [{role, content, tool_calls?, weight?}], tools?}     -> chat
+    sharegpt           {conversations: [{from, value}], system?, tools?}                -> chat
+                       (from: human | gpt | system | function_call | observation)
+    alpaca             {instruction, input?, output, system?, history?}                 -> chat
+    prompt_completion  {prompt, completion}                                             -> chat
+    classification     {text, label}                                                    -> classification
+    text               {text}                                                           -> text
+    dpo                {conversations | messages | prompt | instruction, chosen, rejected} -> preference
+    kto                {messages | conversations | prompt + completion, label: bool}      -> preference
 
-`convert_row` raises `RowError` with a message that says what is wrong and how to fix it;
-the caller prefixes the location (`file:line`).
+Message content may be a string or a list of typed parts (OpenAI `{"type": "text", "text"}`,
+LLaMA-Factory `{"type": "text", "value"}`); text parts are joined, other parts (images, audio)
+are counted in `meta.non_text_parts`, and a turn with no text at all is an invalid row.
+A turn's `weight` (OpenAI) or `loss_weight` (LLaMA-Factory) of 0 keeps it out of the loss.
+Tool calls: assistant turns carry `tool_calls: [{type: function, function: {name, arguments}}]`,
+results are `tool` turns, and the record's `tools` holds the function schemas.
+
+`convert_row` raises `RowError` with a message that says what is wrong and how to fix it; the
+caller prefixes the location (`file:line`). `check_record` judges a record as it will be
+trained, after cleaning (a conversation that starts with the assistant has nothing to learn
+from, whatever its raw shape was).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from tunesmith.errors import DataError
 
-# Required and optional keys of each format, in detection priority order.
-FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "openai": (("messages",), ()),
-    "sharegpt": (("conversations",), ("system",)),
-    "alpaca": (("instruction", "output"), ("input", "system", "history")),
-    "prompt_completion": (("prompt", "completion"), ()),
-    "classification": (("text", "label"), ()),
-    "text": (("text",), ()),
-}
-RECORD_KIND = {"openai": "chat", "sharegpt": "chat", "alpaca": "chat",
-               "prompt_completion": "chat", "classification": "classification", "text": "text"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "model": "assistant", "system": "system"}
+                  "chatgpt": "assistant", "model": "assistant", "system": "system",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool",
+                  "function": "tool"}
+OPENAI_ROLES = ("system", "user", "assistant", "tool")
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
 META_KEYS = ("id", "group", "domain")
 DETECT_SAMPLE = 200
 
@@ -40,23 +47,53 @@ class RowError(ValueError):
     """A row that does not fit its format; the message names the field and the fix."""
 
 
+def _has(*keys: str) -> Callable[[dict], bool]:
+    return lambda row: all(key in row for key in keys)
+
+
+def _is_kto(row: dict) -> bool:
+    return (isinstance(row.get("label"), bool) or "kto_tag" in row) and any(
+        k in row for k in ("messages", "conversations", "completion"))
+
+
+# Detection priority: the first format whose test a row passes gets its vote.
+DETECTORS: dict[str, Callable[[dict], bool]] = {
+    "dpo": _has("chosen", "rejected"),
+    "kto": _is_kto,
+    "openai": _has("messages"),
+    "sharegpt": _has("conversations"),
+    "alpaca": _has("instruction", "output"),
+    "prompt_completion": _has("prompt", "completion"),
+    "classification": _has("text", "label"),
+    "text": _has("text"),
+}
+REQUIRED = {"dpo": ("chosen", "rejected"), "kto": (), "openai": ("messages",),
+            "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
+            "prompt_completion": ("prompt", "completion"), "classification": ("text", "label"),
+            "text": ("text",)}
+RECORD_KIND = {"openai": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat",
+               "classification": "classification", "text": "text", "dpo": "preference",
+               "kto": "preference"}
+
+
 def detect_format(rows: list[Any], source: str) -> str:
-    """Pick the format whose required keys most rows have (rows are dicts after column mapping)."""
+    """Pick the format most rows fit (rows are dicts after column mapping)."""
     votes: Counter[str] = Counter()
     keys_seen: Counter[str] = Counter()
     for row in rows[:DETECT_SAMPLE]:
         if not isinstance(row, dict):
             continue
         keys_seen.update(row.keys())
-        for name, (required, _optional) in FORMATS.items():
-            if all(key in row for key in required):
+        for name, test in DETECTORS.items():
+            if test(row):
                 votes[name] += 1
                 break
     if votes:
         return votes.most_common(1)[0][0]
     seen = sorted(keys_seen)
-    closest = max(FORMATS, key=lambda n: sum(k in keys_seen for k in FORMATS[n][0]) / len(FORMATS[n][0]))
-    missing = [k for k in FORMATS[closest][0] if k not in keys_seen]
+    candidates = [n for n in REQUIRED if REQUIRED[n]]
+    closest = max(candidates, key=lambda n: sum(k in keys_seen for k in REQUIRED[n]) / len(REQUIRED[n]))
+    missing = [k for k in REQUIRED[closest] if k not in keys_seen]
     raise DataError(
         f"{source}: cannot detect the data format from columns {seen}; closest is {closest} "
         f"(missing {', '.join(repr(m) for m in missing)}). Rename columns with data.columns "
@@ -79,14 +116,16 @@ def convert_row(row: Any, fmt: str) -> dict[str, Any]:
     """Convert one row of format `fmt` to its canonical record (without location meta)."""
     if not isinstance(row, dict):
         raise RowError(f"expected an object with keys, got {type(row).__name__} ({fmt} format)")
-    required, _ = FORMATS[fmt]
-    for key in required:
+    for key in REQUIRED[fmt]:
         if key not in row or row[key] is None:
             raise RowError(f'missing "{key}" ({fmt} format)')
-    record = _CONVERTERS[fmt](row)
+    parts: Counter = Counter()
+    record = _CONVERTERS[fmt](row, parts)
     meta = {k: row[k] for k in META_KEYS if row.get(k) not in (None, "")}
     if isinstance(row.get("meta"), dict):
         meta.update(row["meta"])
+    if parts:
+        meta["non_text_parts"] = dict(parts)
     record["meta"] = meta
     return record
 
@@ -102,7 +141,108 @@ def _text_field(row: dict, key: str, fmt: str, allow_empty: bool = False) -> str
     return value
 
 
-def _alpaca(row: dict) -> dict:
+def content_text(value: Any, where: str, fmt: str, parts: Counter) -> str:
+    """Text of a message content: a string, or a list of typed parts whose text is joined."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise RowError(f"{where} must be text or a list of content parts, got {type(value).__name__} "
+                       f"({fmt} format)")
+    texts, other = [], Counter()
+    for number, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise RowError(f"{where}[{number}] must be a content part object ({fmt} format)")
+        kind = str(part.get("type", "text"))
+        if kind in TEXT_PART_TYPES:
+            text = part.get("text", part.get("value"))
+            if not isinstance(text, str):
+                raise RowError(f'{where}[{number}] is a text part without a "text" (or "value") string '
+                               f"({fmt} format)")
+            texts.append(text)
+        else:
+            other[kind] += 1
+    if other and not "".join(texts).strip():
+        raise RowError(f"{where} holds only {', '.join(sorted(other))} parts and no text; tunesmith "
+                       "fine-tunes on text. Add a text part, or drop the row")
+    parts.update(other)
+    return "".join(texts)
+
+
+def _turn_weight(message: dict, role: str, where: str, fmt: str) -> int | None:
+    """`weight` / `loss_weight` as 0 or 1 (None when absent)."""
+    key = "weight" if "weight" in message else "loss_weight" if "loss_weight" in message else None
+    if key is None or message[key] is None:
+        return None
+    value = message[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
+        raise RowError(f"{where}.{key} is {value!r}; tunesmith trains a turn fully (1) or not at all "
+                       f"(0) ({fmt} format)")
+    if role != "assistant" and value == 1:
+        raise RowError(f"{where}.{key} is 1 on a {role} turn; only assistant turns are trained "
+                       f"({fmt} format)")
+    return int(value) if role == "assistant" else None
+
+
+def parse_tool_calls(value: Any, where: str, fmt: str) -> list[dict[str, Any]]:
+    """Tool calls in OpenAI form from a JSON string or list/dict of {name, arguments}."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(f'{where} is not JSON; a function call is {{"name": ..., "arguments": {{...}}}} '
+                           f"({fmt} format)") from None
+    calls = value if isinstance(value, list) else [value]
+    out = []
+    for call in calls:
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            call = call["function"]
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise RowError(f'{where}: a function call needs a "name" (and "arguments") ({fmt} format)')
+        arguments = call.get("arguments", call.get("parameters", {}))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                pass  # kept as the string the data had
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return out
+
+
+def parse_tools(value: Any, fmt: str) -> list[dict[str, Any]]:
+    """The `tools` column: function schemas as a list (or its JSON string); [] when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(f'"tools" is not JSON; it lists function schemas ({fmt} format)') from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowError(f'"tools" must be a list of function schemas ({fmt} format)')
+    return [t if "function" in t else {"type": "function", "function": t} for t in value]
+
+
+def _message(raw: dict, role: str, content: Any, where: str, fmt: str, parts: Counter) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role, "content": content_text(content, f"{where}.content"
+                                                                     if fmt == "openai" else where,
+                                                                     fmt, parts)}
+    weight = _turn_weight(raw, role, where, fmt)
+    if weight is not None:
+        message["weight"] = weight
+    for key in ("name", "tool_call_id"):
+        if role == "tool" and isinstance(raw.get(key), str):
+            message[key] = raw[key]
+    return message
+
+
+def _alpaca(row: dict, parts: Counter) -> dict:
     messages = []
     system = _text_field(row, "system", "alpaca", allow_empty=True)
     if system.strip():
@@ -122,75 +262,83 @@ def _alpaca(row: dict) -> dict:
     return {"messages": messages}
 
 
-def _sharegpt(row: dict) -> dict:
-    turns = row["conversations"]
+def _sharegpt_turns(turns: Any, key: str, parts: Counter) -> list[dict[str, Any]]:
     if not isinstance(turns, list) or not turns:
-        raise RowError('"conversations" must be a non-empty list of {from, value} (sharegpt format)')
+        raise RowError(f'"{key}" must be a non-empty list of {{from, value}} (sharegpt format)')
+    messages = []
+    for number, turn in enumerate(turns):
+        where = f"{key}[{number}]"
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RowError(f'{where} needs "from" and "value" (sharegpt format)')
+        source = str(turn["from"]).lower()
+        role = SHAREGPT_ROLES.get(source)
+        if role is None:
+            raise RowError(f"{where}.from is {turn['from']!r}; expected human, gpt, system, "
+                           "function_call or observation (sharegpt format)")
+        if source == "function_call":
+            calls = parse_tool_calls(turn["value"], f"{where}.value", "sharegpt")
+            message = {"role": "assistant", "content": "", "tool_calls": calls}
+            weight = _turn_weight(turn, role, where, "sharegpt")
+            if weight is not None:
+                message["weight"] = weight
+            messages.append(message)
+            continue
+        messages.append(_message(turn, role, turn["value"], f"{where}.value", "sharegpt", parts))
+    return messages
+
+
+def _sharegpt(row: dict, parts: Counter) -> dict:
     messages = []
     system = row.get("system")
     if isinstance(system, str) and system.strip():
         messages.append({"role": "system", "content": system})
-    for number, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RowError(f'conversations[{number}] needs "from" and "value" (sharegpt format)')
-        role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
-        if role is None:
-            raise RowError(
-                f'conversations[{number}].from is {turn["from"]!r}; expected human, gpt or system '
-                "(sharegpt format)"
-            )
-        if not isinstance(turn["value"], str):
-            raise RowError(f"conversations[{number}].value must be text (sharegpt format)")
-        messages.append({"role": role, "content": turn["value"]})
-    return {"messages": _checked_chat(messages, "sharegpt", "conversations")}
+    messages += _sharegpt_turns(row["conversations"], "conversations", parts)
+    return _with_tools({"messages": messages}, row, "sharegpt")
 
 
-def _openai(row: dict) -> dict:
-    raw = row["messages"]
+def _openai_messages(raw: Any, key: str, parts: Counter) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
-        raise RowError('"messages" must be a non-empty list of {role, content} (openai format)')
+        raise RowError(f'"{key}" must be a non-empty list of {{role, content}} (openai format)')
     messages = []
-    for number, message in enumerate(raw):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise RowError(f'messages[{number}] needs "role" and "content" (openai format)')
-        role = message["role"]
-        if role not in ("system", "user", "assistant"):
-            raise RowError(
-                f"messages[{number}].role is {role!r}; expected system, user or assistant (openai format)"
-            )
-        content = message["content"]
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise RowError(f"messages[{number}].content must be text (openai format)")
-        converted: dict[str, Any] = {"role": role, "content": content}
-        if "weight" in message:
-            if message["weight"] not in (0, 1):
-                raise RowError(f"messages[{number}].weight must be 0 or 1 (openai format)")
+    for number, item in enumerate(raw):
+        where = f"{key}[{number}]"
+        if not isinstance(item, dict) or "role" not in item:
+            raise RowError(f'{where} needs "role" and "content" (openai format)')
+        role = item["role"]
+        if role not in OPENAI_ROLES:
+            raise RowError(f"{where}.role is {role!r}; expected system, user, assistant or tool "
+                           "(openai format)")
+        calls = item.get("tool_calls")
+        if "content" not in item and not calls:
+            raise RowError(f'{where} needs "role" and "content" (openai format)')
+        message = _message(item, role, item.get("content"), where, "openai", parts)
+        if calls:
             if role != "assistant":
-                raise RowError(f"messages[{number}].weight is only allowed on assistant turns "
-                               "(openai format)")
-            converted["weight"] = int(message["weight"])
-        messages.append(converted)
-    return {"messages": _checked_chat(messages, "openai", "messages")}
-
-
-def _checked_chat(messages: list[dict], fmt: str, key: str) -> list[dict]:
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise RowError(f'"{key}" has no non-empty assistant turn to learn from ({fmt} format)')
-    if not any(m["role"] == "user" for m in messages):
-        raise RowError(f'"{key}" has no user turn ({fmt} format)')
+                raise RowError(f"{where}.tool_calls is only allowed on assistant turns (openai format)")
+            message["tool_calls"] = parse_tool_calls(calls, f"{where}.tool_calls", "openai")
+        messages.append(message)
     return messages
 
 
-def _prompt_completion(row: dict) -> dict:
+def _openai(row: dict, parts: Counter) -> dict:
+    return _with_tools({"messages": _openai_messages(row["messages"], "messages", parts)}, row, "openai")
+
+
+def _with_tools(record: dict, row: dict, fmt: str) -> dict:
+    tools = parse_tools(row.get("tools"), fmt)
+    if tools:
+        record["tools"] = tools
+    return record
+
+
+def _prompt_completion(row: dict, parts: Counter) -> dict:
     return {"messages": [
         {"role": "user", "content": _text_field(row, "prompt", "prompt_completion")},
         {"role": "assistant", "content": _text_field(row, "completion", "prompt_completion")},
     ]}
 
 
-def _classification(row: dict) -> dict:
+def _classification(row: dict, parts: Counter) -> dict:
     label = row["label"]
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise RowError(f'"label" must be text or an integer, got {type(label).__name__} '
@@ -200,13 +348,102 @@ def _classification(row: dict) -> dict:
     return {"text": _text_field(row, "text", "classification"), "label": str(label)}
 
 
-def _text(row: dict) -> dict:
+def _text(row: dict, parts: Counter) -> dict:
     return {"text": _text_field(row, "text", "text")}
+
+
+def _preference_prompt(row: dict, fmt: str, parts: Counter) -> list[dict[str, Any]]:
+    """The prompt of a preference row, from whichever column holds it."""
+    if "conversations" in row:
+        return _sharegpt_turns(row["conversations"], "conversations", parts)
+    if isinstance(row.get("messages"), list):
+        return _openai_messages(row["messages"], "messages", parts)
+    if isinstance(row.get("prompt"), list):
+        return _openai_messages(row["prompt"], "prompt", parts)
+    if "prompt" in row:
+        return [{"role": "user", "content": _text_field(row, "prompt", fmt)}]
+    if "instruction" in row:
+        extra = _text_field(row, "input", fmt, allow_empty=True)
+        instruction = _text_field(row, "instruction", fmt)
+        return [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction}]
+    raise RowError(f'no prompt: expected "conversations", "messages", "prompt" or "instruction" ({fmt} format)')
+
+
+def _answer(value: Any, key: str, fmt: str, parts: Counter) -> str:
+    """A chosen / rejected / completion answer: text, a {from, value} turn, or messages."""
+    if isinstance(value, dict):
+        value = value.get("value", value.get("content"))
+    elif isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content", value[-1].get("value"))
+    text = content_text(value, f'"{key}"', fmt, parts)
+    if not text.strip():
+        raise RowError(f'empty "{key}" answer ({fmt} format)')
+    return text
+
+
+def _dpo(row: dict, parts: Counter) -> dict:
+    return {"prompt": _preference_prompt(row, "dpo", parts),
+            "chosen": _answer(row["chosen"], "chosen", "dpo", parts),
+            "rejected": _answer(row["rejected"], "rejected", "dpo", parts)}
+
+
+def _kto(row: dict, parts: Counter) -> dict:
+    label = row.get("label", row.get("kto_tag"))
+    if not isinstance(label, bool):
+        raise RowError(f'"label" must be true or false (desirable or not), got {label!r} (kto format)')
+    if "completion" in row:
+        return {"prompt": _preference_prompt(row, "kto", parts),
+                "completion": _answer(row["completion"], "completion", "kto", parts), "label": label}
+    messages = _preference_prompt(row, "kto", parts)
+    if messages[-1]["role"] != "assistant":
+        raise RowError("the last turn must be the assistant's answer that the label judges (kto format)")
+    return {"prompt": messages[:-1], "completion": _answer(messages[-1]["content"], "completion", "kto", parts),
+            "label": label}
 
 
 _CONVERTERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai,
                "prompt_completion": _prompt_completion, "classification": _classification,
-               "text": _text}
+               "text": _text, "dpo": _dpo, "kto": _kto}
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise RowError unless the record, as it will be trained, has something to learn from."""
+    if "messages" in record:
+        check_chat(record["messages"], "messages")
+    elif "chosen" in record or "completion" in record:
+        check_chat(record["prompt"] + [{"role": "assistant", "content": "answer"}], "prompt")
+    elif not record.get("text", "").strip():
+        raise RowError('empty "text" after cleaning')
+    elif "label" in record and not record["label"].strip():
+        raise RowError('empty "label" after cleaning')
+
+
+def check_chat(messages: list[dict[str, Any]], key: str) -> None:
+    turns = [(i, m) for i, m in enumerate(messages) if m["role"] != "system"]
+    if not turns:
+        raise RowError(f'"{key}" has no user or assistant turn')
+    first, message = turns[0]
+    if message["role"] != "user":
+        raise RowError(f"{key}[{first}] is a {message['role']} turn with no user turn before it: nothing "
+                       "prompts it. Start the conversation with a user turn")
+    for (_, previous), (i, message) in zip(turns, turns[1:], strict=False):
+        if message["role"] == "tool" and not (previous.get("tool_calls") or previous["role"] == "tool"):
+            raise RowError(f"{key}[{i}] is a tool result with no tool call before it")
+    for i, message in turns:
+        if message["role"] == "user" and not message["content"].strip():
+            raise RowError(f"{key}[{i}] is an empty user turn")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) and (m["content"].strip() or m.get("tool_calls"))
+               for _, m in turns):
+        raise RowError(f'"{key}" has no non-empty assistant turn to learn from')
+
+
+def turn_text(message: dict[str, Any]) -> str:
+    """A turn as text for comparisons (dedup, leakage, filters): content, then any tool calls."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    rendered = json.dumps([c["function"] for c in calls], ensure_ascii=False, sort_keys=True)
+    return f"{message['content']}\n{rendered}".strip()
 
 
 def as_chat(record: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -214,7 +451,10 @@ def as_chat(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     text -> label; None for plain text records (continued pre-training)."""
     if "messages" in record:
         return record["messages"]
-    if "label" in record:
+    if "label" in record and "text" in record:
         return [{"role": "user", "content": record["text"]},
                 {"role": "assistant", "content": record["label"]}]
+    if "prompt" in record:
+        answer = record.get("chosen", record.get("completion", ""))
+        return [*record["prompt"], {"role": "assistant", "content": answer}]
     return None

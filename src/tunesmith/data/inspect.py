@@ -13,7 +13,6 @@ from statistics import quantiles
 from typing import Any
 
 from tunesmith.data.formats import as_chat
-from tunesmith.data.load import load_file
 from tunesmith.recipe import Recipe
 
 PERCENTILES = (50, 90, 99)
@@ -36,8 +35,9 @@ def percentiles(values: list[int]) -> dict[str, float]:
 def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
                  examples: int = 3) -> dict[str, Any]:
     """A report on one file. `tokenizer=None` loads the recipe model's tokenizer."""
-    loaded = load_file(path, recipe.data.format, recipe.data.columns, on_invalid="skip",
-                       max_rows=recipe.data.max_rows)
+    from tunesmith.data import load
+
+    loaded = load(recipe, path, on_invalid="skip")
     report: dict[str, Any] = {
         "path": path,
         "format": loaded.format,
@@ -47,7 +47,15 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
         "invalid_rows": len(loaded.invalid),
         "invalid": [vars(i) for i in loaded.invalid],
         "examples": loaded.records[:examples],
+        "non_text_parts_dropped": dict(loaded.non_text_parts),
     }
+    tools = [r for r in loaded.records if r.get("tools") or any(m.get("tool_calls") for m in r.get("messages", []))]
+    if tools:
+        report["tool_calling_rows"] = len(tools)
+    if loaded.kind == "preference":
+        labels = [r["label"] for r in loaded.records if "label" in r]
+        report["preference"] = {"pairs": sum("chosen" in r for r in loaded.records),
+                                "desirable": sum(labels), "undesirable": len(labels) - sum(labels)}
     chats = [c for c in (as_chat(r) for r in loaded.records) if c is not None]
     if chats and loaded.kind == "chat":
         turns = [sum(m["role"] == "assistant" for m in c) for c in chats]
@@ -65,7 +73,8 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
         tokenizer = load_tokenizer(recipe.model)
     report["tokenizer"] = getattr(tokenizer, "name_or_path", "")
     report["tokens"] = percentiles(_token_lengths(loaded.records, tokenizer, recipe))
-    report["data_report"] = _stage_report(path, recipe, tokenizer)
+    # the data stage (cleaning, dedup, split) takes demonstrations; preference data is refused there
+    report["data_report"] = _stage_report(path, recipe, tokenizer) if loaded.kind != "preference" else {}
     return report
 
 
@@ -87,10 +96,10 @@ def _stage_report(path: str, recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     import json
 
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    from tunesmith.console import out as console
     table = Table(title=f"{report['path']}", show_header=False)
     table.add_row("format", f"{report['format']} ({report['kind']} records)")
     table.add_row("rows", f"{report['rows']} ({report['valid_rows']} valid, "
@@ -102,18 +111,30 @@ def print_report(report: dict[str, Any]) -> None:
                       f"{t['multi_turn_rows']} multi-turn rows)")
     if "labels" in report:
         table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in report["labels"].items()))
+    if "tool_calling_rows" in report:
+        table.add_row("tool calling", f"{report['tool_calling_rows']} rows with tool schemas or calls")
+    if report.get("non_text_parts_dropped"):
+        table.add_row("non-text parts", ", ".join(f"{k}: {v}" for k, v in report["non_text_parts_dropped"].items())
+                      + " (dropped: tunesmith trains on text)")
+    if "preference" in report:
+        p = report["preference"]
+        table.add_row("preference", f"{p['pairs']} chosen/rejected pairs" if p["pairs"] else
+                      f"{p['desirable']} desirable, {p['undesirable']} undesirable answers")
+        table.add_row("", "preference training (DPO/KTO) is not built yet: `data prepare` and `train` "
+                      "refuse this file")
     tokens = report["tokens"]
     table.add_row("tokens per row", "  ".join(f"{k} {v:.0f}" for k, v in tokens.items())
                   + f"  ({report['tokenizer']})")
     console.print(table)
     for item in report["invalid"][:20]:
-        console.print(f"[red]invalid[/] {item['where']}: {item['error']}", highlight=False)
+        console.print(Text("invalid ", style="red") + Text(f"{item['where']}: {item['error']}"))
     if report["invalid_rows"] > 20:
         console.print(f"... and {report['invalid_rows'] - 20} more invalid rows")
     from tunesmith.data.report import print_report_summary
 
-    print_report_summary(report["data_report"])
+    if report["data_report"]:
+        print_report_summary(report["data_report"])
     for example in report["examples"]:
         shown = {k: v for k, v in example.items() if k != "meta"}
-        console.print(f"[dim]{example['meta']['source']}:{example['meta']['line']}[/]",
-                      json.dumps(shown, ensure_ascii=False)[:400], highlight=False)
+        console.print(Text(f"{example['meta']['source']}:{example['meta']['line']} ", style="dim")
+                      + Text(json.dumps(shown, ensure_ascii=False)[:400]))

@@ -2,18 +2,28 @@
 
 `load_file(path, fmt="auto", columns={}, on_invalid="error")` returns a `LoadedFile` with the
 detected format, the records (each with `meta.source`/`meta.line`), and the invalid rows
-(`where`, `error`). With `on_invalid="error"` the first invalid row raises a `DataError`
-that says where it is and how to fix it.
+(`where`, `error`). A row is judged as it will be trained: converted, cleaned (`clean`, when
+the recipe cleans) and then checked (`formats.check_record`). With `on_invalid="error"` the
+first invalid row raises a `DataError` that says where it is and how to fix it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import RECORD_KIND, RowError, convert_row, detect_format, map_columns
-from tunesmith.data.readers import RawRow, read_rows
+from tunesmith.data.formats import (
+    RECORD_KIND,
+    RowError,
+    check_record,
+    convert_row,
+    detect_format,
+    map_columns,
+)
+from tunesmith.data.readers import RawRow, ReadOptions, read_rows
 from tunesmith.errors import DataError
 
 SKIP_HINT = "Fix the row, or set data.on_invalid: skip to drop invalid rows."
@@ -31,10 +41,14 @@ class LoadedFile:
     format: str
     records: list[dict[str, Any]]
     invalid: list[InvalidRow] = field(default_factory=list)
+    clean_counts: Counter = field(default_factory=Counter)
+    """What cleaning changed in the valid rows (e.g. mojibake_repaired)."""
+    non_text_parts: Counter = field(default_factory=Counter)
+    """Image / audio / ... parts dropped from mixed content (tunesmith trains on text)."""
 
     @property
     def kind(self) -> str:
-        """Canonical record kind: chat, classification or text."""
+        """Canonical record kind: chat, classification, text or preference."""
         return RECORD_KIND[self.format]
 
 
@@ -44,8 +58,10 @@ def load_file(
     columns: dict[str, str] | None = None,
     on_invalid: str = "error",
     max_rows: int | None = None,
+    options: ReadOptions | None = None,
+    clean: Callable[[dict[str, Any], Counter], dict[str, Any]] | None = None,
 ) -> LoadedFile:
-    raw_rows: list[RawRow] = list(read_rows(path, max_rows=max_rows))
+    raw_rows: list[RawRow] = list(read_rows(path, max_rows=max_rows, options=options))
     if not raw_rows:
         raise DataError(f"{path}: no rows. Point the recipe at a file with data in it.")
     values = [map_columns(r.value, columns or {}) for r in raw_rows]
@@ -56,7 +72,7 @@ def load_file(
         error = raw.error
         if error is None:
             try:
-                record = convert_row(value, fmt)
+                record = _judged(value, fmt, clean, loaded)
             except RowError as problem:
                 error = str(problem)
             else:
@@ -70,3 +86,15 @@ def load_file(
         raise DataError(f"{path}: every row is invalid (first: {loaded.invalid[0].where}: "
                         f"{loaded.invalid[0].error}). Check data.format and data.columns.")
     return loaded
+
+
+def _judged(value: Any, fmt: str, clean: Callable | None, loaded: LoadedFile) -> dict[str, Any]:
+    """Convert, clean, then check the row as it will be trained (counts only for valid rows)."""
+    record = convert_row(value, fmt)
+    counts: Counter = Counter()
+    if clean is not None and RECORD_KIND[fmt] != "preference":
+        record = clean(record, counts)
+    check_record(record)
+    loaded.clean_counts.update(counts)
+    loaded.non_text_parts.update(record["meta"].get("non_text_parts", {}))
+    return record

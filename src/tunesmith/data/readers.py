@@ -8,7 +8,9 @@ the caller decides (per `data.on_invalid`) whether that is fatal.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +39,21 @@ class RawRow:
         return f"{self.source}:{self.line}" if self.line else f"{self.source}:row {self.index + 1}"
 
 
-def read_rows(path: str | Path, max_rows: int | None = None) -> Iterator[RawRow]:
+@dataclass(frozen=True)
+class ReadOptions:
+    encoding: str = "auto"
+    """Text encoding; `auto` reads UTF-8 (with or without BOM) and UTF-16/32, and refuses the rest
+    with a guess of what the file is."""
+    max_row_chars: int = 1_000_000
+    """A longer row is invalid (a runaway row would take gigabytes in cleaning and tokenizing)."""
+    max_depth: int = 50
+    """A row nested deeper (lists in dicts in lists ...) is invalid."""
+
+
+def read_rows(path: str | Path, max_rows: int | None = None,
+              options: ReadOptions | None = None) -> Iterator[RawRow]:
     """Yield the rows of one file or dataset dir, in order."""
+    options = options or ReadOptions()
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found. Check the path in the recipe (data.train/val/test).")
@@ -53,35 +68,155 @@ def read_rows(path: str | Path, max_rows: int | None = None) -> Iterator[RawRow]
             )
         reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
                   "parquet": _read_parquet}[kind]
-    for count, row in enumerate(reader(path)):
-        if max_rows is not None and count >= max_rows:
-            return
-        yield row
+    try:
+        for count, row in enumerate(reader(path, options)):
+            if max_rows is not None and count >= max_rows:
+                return
+            yield row
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error}). Check that it is a "
+                        "readable file.") from None
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
+MAGIC = {b"\x1f\x8b": "gzip-compressed (gunzip it first)", b"PK\x03\x04": "a zip archive (unzip it first)",
+         b"PAR1": "Parquet (name it .parquet)", b"\x28\xb5\x2f\xfd": "zstd-compressed (unzstd it first)"}
+
+
+def _encoding(path: Path, options: ReadOptions) -> str:
+    """The encoding to decode `path` with: the recipe's, or found from a BOM or NUL pattern."""
+    if options.encoding != "auto":
+        try:
+            return codecs.lookup(options.encoding).name
+        except LookupError:
+            raise DataError(f"data.encoding {options.encoding!r}: unknown encoding. Use a Python codec "
+                            "name such as utf-8, cp1252, latin-1 or utf-16.") from None
+    with open(path, "rb") as handle:
+        head = handle.read(8192)
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                      (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                      (codecs.BOM_UTF16_BE, "utf-16")):
+        if head.startswith(bom):
+            return name
+    for magic, what in MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"{path}: this is {what}, not text.")
+    if b"\x00" in head:
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd > len(head) // 4 and even == 0:
+            return "utf-16-le"  # ASCII-range text in UTF-16 without a BOM
+        if even > len(head) // 4 and odd == 0:
+            return "utf-16-be"
+        raise DataError(f"{path}: a binary file, not text (NUL bytes in it). Point the recipe at a "
+                        "JSONL, JSON, CSV or Parquet file.")
+    return "utf-8"
+
+
+def _decode_error(path: Path, raw: bytes, error: UnicodeDecodeError, encoding: str,
+                  line_offset: int = 0) -> DataError:
+    line = raw[:error.start].count(b"\n") + 1 + line_offset
+    column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+    guess = _guess_encoding(raw)
+    return DataError(
+        f"{path}:{line}: not {encoding} (byte 0x{raw[error.start]:02x} at column {column}); the file "
+        f"looks like {guess}. Convert it (iconv -f {guess} -t utf-8 {path.name} > fixed{path.suffix}), "
+        f"or set data.encoding: {guess}.")
+
+
+def _guess_encoding(raw: bytes) -> str:
+    """The likely encoding of bytes that are not UTF-8: Windows' cp1252 (the usual culprit: Excel
+    and Notepad exports) when they decode as such, else charset_normalizer's guess."""
+    try:
+        raw.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        pass
+    try:
+        from charset_normalizer import from_bytes  # ships with requests; optional here
+
+        best = from_bytes(raw[:65536]).best()
+        if best is not None:
+            return best.encoding.replace("_", "-")
+    except ImportError:
+        pass
+    return "latin-1"
+
+
+def _read_text(path: Path, options: ReadOptions) -> str:
+    """The whole file decoded, with a located error when it is not in its encoding."""
+    encoding = _encoding(path, options)
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise _decode_error(path, raw, error, encoding) from None
+
+
+def _row_value(text: str, options: ReadOptions) -> tuple[Any, str | None]:
+    """Parse one JSON row within the size and depth limits: (value, None) or (None, error)."""
+    if len(text) > options.max_row_chars:
+        return None, (f"row is {len(text):,} characters, over data.max_row_chars "
+                      f"({options.max_row_chars:,}); split it, or raise the limit")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+    except RecursionError:
+        return None, f"nested too deeply to parse (data.max_depth is {options.max_depth})"
+    depth = nesting_depth(value, options.max_depth)
+    if depth > options.max_depth:
+        return None, f"nested more than data.max_depth ({options.max_depth}) levels deep"
+    return value, None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Depth of nested lists/dicts, counted without recursion and only up to limit + 1."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _read_jsonl(path: Path, options: ReadOptions) -> Iterator[RawRow]:
+    encoding = _encoding(path, options)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        lines: Iterator[tuple[int, str]] = enumerate(_read_text(path, options).splitlines(), start=1)
+    else:
+        lines = _utf8_lines(path, options)
     index = 0
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    for number, line in lines:
+        if not line.strip():
+            continue
+        value, error = _row_value(line, options)
+        yield RawRow(str(path), index, number, value, error)
+        index += 1
+
+
+def _utf8_lines(path: Path, options: ReadOptions) -> Iterator[tuple[int, str]]:
+    """Stream a UTF-8 file line by line (files larger than memory), each decode error located."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
-                yield RawRow(str(path), index, number, json.loads(line))
-            except json.JSONDecodeError as error:
-                yield RawRow(str(path), index, number,
-                             error=f"not valid JSON ({error.msg} at column {error.colno})")
-            index += 1
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _decode_error(path, raw, error, "UTF-8", number - 1) from None
 
 
-def _read_json(path: Path) -> Iterator[RawRow]:
-    text = path.read_text(encoding="utf-8-sig")
+def _read_json(path: Path, options: ReadOptions) -> Iterator[RawRow]:
+    text = _read_text(path, options).lstrip("\ufeff")
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] != "[":
         # Either one JSON object holding a list of rows, or JSON Lines saved as .json.
         try:
             whole = json.loads(text)
-        except json.JSONDecodeError:
-            yield from _read_jsonl(path)
+        except (json.JSONDecodeError, RecursionError):
+            yield from _read_jsonl(path, options)
             return
         rows = _single_list_value(whole)
         if rows is None:
@@ -90,9 +225,16 @@ def _read_json(path: Path) -> Iterator[RawRow]:
                 "Convert it to JSON Lines: one object per line."
             )
         for index, value in enumerate(rows):
-            yield RawRow(str(path), index, None, value)
+            yield _checked(RawRow(str(path), index, None, value), options)
         return
-    yield from _scan_json_array(path, text, start + 1)
+    yield from _scan_json_array(path, text, start + 1, options)
+
+
+def _checked(row: RawRow, options: ReadOptions) -> RawRow:
+    if nesting_depth(row.value, options.max_depth) > options.max_depth:
+        return RawRow(row.source, row.index, row.line,
+                      error=f"nested more than data.max_depth ({options.max_depth}) levels deep")
+    return row
 
 
 def _single_list_value(whole: Any) -> list | None:
@@ -103,7 +245,7 @@ def _single_list_value(whole: Any) -> list | None:
     return None
 
 
-def _scan_json_array(path: Path, text: str, pos: int) -> Iterator[RawRow]:
+def _scan_json_array(path: Path, text: str, pos: int, options: ReadOptions) -> Iterator[RawRow]:
     """Decode array elements one by one, so each row knows its line number."""
     decoder = json.JSONDecoder()
     line, counted_to, index = 1, 0, 0
@@ -124,15 +266,25 @@ def _scan_json_array(path: Path, text: str, pos: int) -> Iterator[RawRow]:
                 f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno}). "
                 "Fix the file; a broken JSON array cannot be read past this point."
             ) from None
-        yield RawRow(str(path), index, line, value)
+        except RecursionError:
+            raise DataError(f"{path}:{line}: a row nested too deeply to parse (data.max_depth is "
+                            f"{options.max_depth}). Fix or remove that row.") from None
+        if end - pos > options.max_row_chars:
+            yield RawRow(str(path), index, line, error=(
+                f"row is {end - pos:,} characters, over data.max_row_chars ({options.max_row_chars:,}); "
+                "split it, or raise the limit"))
+        else:
+            yield _checked(RawRow(str(path), index, line, value), options)
         index += 1
         pos = end
 
 
-def _read_csv(path: Path) -> Iterator[RawRow]:
+def _read_csv(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
+    csv.field_size_limit(options.max_row_chars)
+    reader = csv.DictReader(io.StringIO(_read_text(path, options).lstrip("\ufeff"), newline=""),
+                            delimiter=delimiter)
+    try:
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV (no header row). The first line must name the columns.")
         start_line = reader.line_num + 1
@@ -143,8 +295,11 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
                 yield RawRow(str(path), index, start_line,
                              error=f"{len(extra)} more cell(s) than the header has columns")
             else:
-                yield RawRow(str(path), index, start_line, row)
+                yield _checked(RawRow(str(path), index, start_line, row), options)
             start_line = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({error}). Fix that line (a field over "
+                        "data.max_row_chars, or an unclosed quote).") from None
 
 
 def _maybe_json_cell(cell: str | None) -> Any:
@@ -155,12 +310,12 @@ def _maybe_json_cell(cell: str | None) -> Any:
     if stripped[:1] in "[{":
         try:
             return json.loads(stripped)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return cell
     return cell
 
 
-def _read_parquet(path: Path) -> Iterator[RawRow]:
+def _read_parquet(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
     try:
@@ -168,10 +323,10 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
     except Exception as error:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: cannot read Parquet ({error}).") from None
     for index, value in enumerate(table.to_pylist()):
-        yield RawRow(str(path), index, None, value)
+        yield _checked(RawRow(str(path), index, None, value), options)
 
 
-def _read_hf_dir(path: Path) -> Iterator[RawRow]:
+def _read_hf_dir(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     import datasets
 
     try:
@@ -186,4 +341,4 @@ def _read_hf_dir(path: Path) -> Iterator[RawRow]:
             raise DataError(f"{path}: DatasetDict without a 'train' split ({list(loaded)}).")
         loaded = loaded["train"]
     for index, value in enumerate(loaded):
-        yield RawRow(str(path), index, None, value)
+        yield _checked(RawRow(str(path), index, None, value), options)

@@ -86,10 +86,9 @@ def _histogram(values: list[int]) -> tuple[list[int], list[float]]:
 
 
 def print_report_summary(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from tunesmith.console import out as console
     table = Table(title="data")
     for column in ("file", "format", "valid", "invalid"):
         table.add_column(column, justify="left" if column in ("file", "format") else "right")

@@ -26,7 +26,7 @@ from importlib.resources import files
 from typing import Any
 
 from tunesmith.data import load_splits
-from tunesmith.errors import ModelError, QualityGateError
+from tunesmith.errors import ModelError
 from tunesmith.evaluate import analysis, bias
 from tunesmith.evaluate.generation import Generator, HFGenerator
 from tunesmith.evaluate.metrics import score, set_scores
@@ -35,7 +35,6 @@ from tunesmith.models.chat import prompt_and_reference, tokenize_record
 from tunesmith.models.loading import load_model, load_tokenizer, model_location, resolve_device
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
-from tunesmith.train import mixed_precision
 
 NOT_EVAL_SETS = ("train", "val")
 BINARY_METRICS = ("exact_match", "json_fields", "json_valid")
@@ -45,6 +44,8 @@ BINARY_METRICS = ("exact_match", "json_fields", "json_valid")
 class EvalResult:
     summary: dict[str, Any]
     predictions: list[dict[str, Any]]
+    gate_failure: str | None = None
+    """Why a quality gate (eval.bias.on_gap: fail) failed; the caller raises after committing."""
 
 
 def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe) -> float:
@@ -76,6 +77,15 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
             total += float((losses * weights).sum())
             count += int(weights.sum())
     return total / max(count, 1)
+
+
+def generation_bf16(recipe: Recipe, device: str) -> bool:
+    """Whether answers are generated under bf16 autocast (see eval.precision)."""
+    import torch
+
+    if recipe.eval.precision != "auto":
+        return recipe.eval.precision == "bf16"
+    return device == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _models(recipe: Recipe, run_dir: RunDir) -> tuple[Any, Any, Any]:
@@ -178,8 +188,7 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
     cfg = recipe.eval
     splits = load_splits(run_dir)
     tokenizer, tuned, as_base = _models(recipe, run_dir)
-    device = resolve_device(recipe.model)
-    bf16 = mixed_precision(recipe, device) == "bf16"
+    bf16 = generation_bf16(recipe, resolve_device(recipe.model))
     labels = bool(cfg.label_field) or "label" in (splits.get("train") or [{}])[0]
 
     def generator_for(model: Any) -> Generator:
@@ -276,9 +285,9 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
     run_dir.eval.mkdir(parents=True, exist_ok=True)
     write_json(run_dir.eval / "summary.json", summary)
     write_jsonl(run_dir.eval / "predictions.jsonl", predictions)
-    run_dir.record("eval", run_dir.eval)
+    gate = None
     if cfg.bias.on_gap == "fail" and any("bias:" in w for w in summary["warnings"]):
-        raise QualityGateError("; ".join(w for w in summary["warnings"] if w.startswith("bias:"))
-                               + f". Results are in {run_dir.eval}; set eval.bias.on_gap: warn to "
-                               "continue despite the gap.")
-    return EvalResult(summary, predictions)
+        gate = ("; ".join(w for w in summary["warnings"] if w.startswith("bias:"))
+                + f". Results are in {(run_dir.home or run_dir.root) / 'eval'}; set eval.bias.on_gap: warn "
+                "to continue despite the gap.")
+    return EvalResult(summary, predictions, gate)

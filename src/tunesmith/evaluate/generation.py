@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tunesmith.console import PlainProgress
 from tunesmith.models.chat import render_prompt
 
 
@@ -44,7 +45,9 @@ class HFGenerator:
                     else contextlib.nullcontext())
         self.model.eval()
         started = time.time()
-        with Progress(transient=True, disable=not Console().is_terminal) as progress, \
+        terminal = Console(stderr=True).is_terminal
+        plain = None if terminal else PlainProgress(f"generate {label}", len(texts))
+        with Progress(transient=True, disable=not terminal, console=Console(stderr=True)) as progress, \
                 torch.inference_mode(), autocast:
             task = progress.add_task(f"generate {label}", total=len(texts))
             for start in range(0, len(order), self.batch_size):
@@ -60,5 +63,7 @@ class HFGenerator:
                                    strict=True):
                     answers[i] = text.strip()
                 progress.advance(task, len(batch))
+                if plain is not None:  # logs and pipes get a line every few seconds instead
+                    plain.advance(len(batch))
         self.examples_per_second = len(texts) / max(time.time() - started, 1e-9)
         return answers

@@ -26,7 +26,9 @@ def _delta(paired: dict[str, Any] | None) -> str:
 
 
 def print_summary(summary: dict[str, Any], run_dir: RunDir, console: Console | None = None) -> None:
-    console = console or Console()
+    from tunesmith.console import out, warn
+
+    console = console or out
     table = Table(title=f"base vs fine-tuned: {summary['metric']} (95% CI; * = significant)")
     for column in ("set", "examples", "base", "fine-tuned", "delta"):
         table.add_column(column, justify="left" if column == "set" else "right")
@@ -49,6 +51,6 @@ def print_summary(summary: dict[str, Any], run_dir: RunDir, console: Console | N
                           f"{len(result['per_group'])} groups, {100 * result['changed_share']:.0f}% of "
                           f"{result['prompts']} answers changed with the group only", highlight=False)
     for warning in summary.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    console.print(f"run dir: {run_dir.root}  (eval/summary.json, eval/predictions.jsonl, model/, "
+        warn(warning)
+    console.print(f"run dir: {run_dir.home or run_dir.root}  (eval/summary.json, eval/predictions.jsonl, model/, "
                   "train/log.jsonl, manifest.json)", highlight=False)

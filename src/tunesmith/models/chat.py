@@ -4,15 +4,28 @@ The chat template comes from the tokenizer (or `model.chat_template`). Assistant
 found without special `{% generation %}` markers, so any prefix-consistent template works:
 the conversation is rendered up to each assistant turn (with the generation prompt) and up to
 its end, and the characters between are that turn's answer. Tokens whose characters fall in
-an answer get mask 1; `weight: 0` turns (OpenAI format) are left out of the loss.
+an answer get mask 1; `weight: 0` turns are left out of the loss.
+
+Tool calling: a template that knows tools (it mentions `tools` / `tool_calls`, as Qwen's, Llama
+3.1's and Mistral's do) gets the record's `tools` and the turns' `tool_calls` as they are. Any
+other template gets the documented fallback (the Hermes / Qwen convention, plain text that
+every template can render): the tool schemas in the system message inside `<tools></tools>`,
+each call as `<tool_call>{"name", "arguments"}</tool_call>` in the assistant's text (so the
+calls are in the loss), and each result as a user turn inside `<tool_response></tool_response>`
+(never in the loss). For generation, a prompt (a list of messages) carries the record's tools
+on its first message under the key `tools`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tunesmith.data.formats import as_chat
 from tunesmith.errors import ModelError
+
+TOOLS_PREAMBLE = ("You can call these functions. To call one, answer with "
+                  '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -21,30 +34,71 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
+def knows_tools(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return isinstance(template, str) and ("tool_calls" in template or "tools" in template)
+
+
+def tool_call_text(calls: list[dict[str, Any]]) -> str:
+    """The fallback text of tool calls (also the reference an evaluation compares against)."""
+    return "\n".join("<tool_call>\n" + json.dumps(c["function"], ensure_ascii=False) + "\n</tool_call>"
+                     for c in calls)
+
+
+def _fallback(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """Tool calls, results and schemas as plain text in user/assistant/system turns."""
+    out = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if message.get("tool_calls"):
+            content = "\n".join(t for t in (content, tool_call_text(message["tool_calls"])) if t)
+        if role == "tool":
+            role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
+        out.append({"role": role, "content": content})
+    if tools:
+        schemas = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        block = f"{TOOLS_PREAMBLE}\n<tools>\n{schemas}\n</tools>"
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{block}"}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool,
+            tools: list[dict] | None = None) -> str:
+    tools = tools or next((m["tools"] for m in messages if m.get("tools")), None)
+    uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if uses_tools and not knows_tools(tokenizer):
+        return tokenizer.apply_chat_template(_fallback(messages, tools), tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    keep = ("role", "content", "tool_calls", "name", "tool_call_id")
+    plain = [{k: m[k] for k in keep if k in m} for m in messages]
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt,
+                                         **extra)
 
 
 def _require_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
-            "the tokenizer has no chat template, and the data is chat. Set model.chat_template "
-            "to a Jinja template, or use an instruct model."
+            "the tokenizer has no chat template, and the data is chat. Set model.chat_template: chatml "
+            "(the documented default), or your own Jinja template, or use an instruct model."
         )
 
 
-def answer_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def answer_spans(tokenizer: Any, messages: list[dict],
+                 tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its trainable assistant turns."""
     _require_template(tokenizer)
-    text = _render(tokenizer, messages, generation_prompt=False)
+    text = _render(tokenizer, messages, False, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or i == 0 or message.get("weight", 1) == 0:
             continue
-        start = len(_render(tokenizer, messages[:i], generation_prompt=True))
-        end = len(_render(tokenizer, messages[: i + 1], generation_prompt=False))
-        if not text.startswith(_render(tokenizer, messages[: i + 1], generation_prompt=False)):
+        start = len(_render(tokenizer, messages[:i], True, tools))
+        end = len(_render(tokenizer, messages[: i + 1], False, tools))
+        if not text.startswith(_render(tokenizer, messages[: i + 1], False, tools)):
             raise ModelError(
                 "the chat template renders a conversation differently from its prefixes, so "
                 "assistant turns cannot be located. Set train.loss_on: all, or model.chat_template."
@@ -64,7 +118,7 @@ def tokenize_record(
             ids = ids + [tokenizer.eos_token_id]
         ids = ids[:max_length]
         return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
-    text, spans = answer_spans(tokenizer, with_system(messages, system_prompt))
+    text, spans = answer_spans(tokenizer, with_system(messages, system_prompt), record.get("tools"))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     if loss_on == "all":
@@ -80,9 +134,16 @@ def prompt_and_reference(record: dict[str, Any], system_prompt: str | None) -> t
     if messages is None:
         raise ModelError("generation metrics need chat or classification records, not plain text.")
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return with_system(messages[:last], system_prompt), messages[last]["content"]
+    prompt = with_system(messages[:last], system_prompt)
+    if record.get("tools"):
+        prompt = [{**prompt[0], "tools": record["tools"]}, *prompt[1:]]
+    answer = messages[last]
+    reference = answer["content"]
+    if answer.get("tool_calls"):
+        reference = "\n".join(t for t in (reference, tool_call_text(answer["tool_calls"])) if t)
+    return prompt, reference
 
 
 def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
     _require_template(tokenizer)
-    return _render(tokenizer, messages, generation_prompt=True)
+    return _render(tokenizer, messages, True)

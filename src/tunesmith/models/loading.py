@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.recipe import ModelConfig
+from tunesmith.recipe import CHATML_TEMPLATE, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,11 @@ def embedded_path(name: str) -> Path:
 
 
 def _convert_gguf(source: Path, filename: str, target: Path) -> None:
-    from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    Console(stderr=True).print(f"[bold]Converting embedded {filename} to safetensors once[/] -> {target}")
+    from tunesmith.console import note
+
+    note(f"Converting embedded {filename} to safetensors once -> {target}")
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
     # The weights are plain float tensors now; drop the GGUF marks that Trainer and
@@ -140,15 +141,62 @@ def model_location(cfg: ModelConfig) -> str:
                 "convert them with `model.save_pretrained(dir, safe_serialization=True)`."
             )
         return str(path)
-    if cfg.name.startswith((".", "/", "~")):
-        raise ModelError(f"model.name {cfg.name}: directory not found.")
+    if _looks_local(cfg.name):
+        raise ModelError(f"model.name {cfg.name}: directory not found ({path.resolve()}). Check the path; "
+                         "a hub id has the form org/name.")
+    _check_hub(cfg)
     return cfg.name  # a hub id
+
+
+def _looks_local(name: str) -> bool:
+    """A path, not a hub id (org/name): ./x, /x, ~/x, x/y/z, or x/y where x is a local directory."""
+    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+_OFFLINE_CACHED: set[str] = set()
+
+
+def _check_hub(cfg: ModelConfig) -> None:
+    """Fail in seconds, not after a minute of retries, when a hub model cannot be had: the hub is
+    unreachable (or HF_HUB_OFFLINE is set) and the model is not in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(cfg.name, "config.json", revision=cfg.revision), str)
+    except ValueError:  # not a valid repo id
+        raise ModelError(f"model.name {cfg.name!r}: neither a local directory nor a valid hub id "
+                         "(org/name). Check the spelling.") from None
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") or not _hub_reachable():
+        if not cached:
+            raise ModelError(
+                f"model.name {cfg.name}: not a local directory, and the model hub cannot be reached "
+                "(offline) to download it, nor is it in the local cache. Check the path if it is "
+                "local; if it is a hub id, connect to the network (or HTTPS_PROXY) and run again.")
+        _OFFLINE_CACHED.add(cfg.name)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; let the download try
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _hub_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.revision:
         kwargs["revision"] = cfg.revision
+    if cfg.name in _OFFLINE_CACHED:
+        kwargs["local_files_only"] = True  # offline: the cached copy, without retrying the network
     return kwargs
 
 
@@ -161,7 +209,7 @@ def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
     except (OSError, ValueError) as error:  # missing files, offline hub, malformed repo id
         raise ModelError(f"model.name {cfg.name}: cannot load its tokenizer ({error}).") from None
     if cfg.chat_template:
-        tokenizer.chat_template = cfg.chat_template
+        tokenizer.chat_template = CHATML_TEMPLATE if cfg.chat_template == "chatml" else cfg.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

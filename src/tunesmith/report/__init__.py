@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.errors import ConfigError
+
 
 @dataclass
 class ReportResult:
@@ -18,12 +20,29 @@ class ReportResult:
 
 
 def run(run_dir) -> ReportResult:
+    """Write the card and the report into `run_dir` (a transaction's view of the run)."""
     from tunesmith.report.card import build_card
     from tunesmith.report.html import build_report
     from tunesmith.rundir import write_text
 
-    card, page = run_dir.root / "README.md", run_dir.root / "report.html"
-    write_text(card, build_card(run_dir))
-    write_text(page, build_report(run_dir))
-    run_dir.record("report", card, page)
-    return ReportResult(card, page)
+    if not run_dir.has_model():
+        raise ConfigError(f"{run_dir.home or run_dir.root}: no trained model (model/ is missing), and a "
+                          "model card describes a trained model. Run `tunesmith train RECIPE` first.")
+    write_text(run_dir.card, build_card(run_dir))
+    write_text(run_dir.report_html, build_report(run_dir))
+    return ReportResult(run_dir.card, run_dir.report_html)
+
+
+def rebuild(path: Path) -> ReportResult:
+    """`tunesmith report RUN_DIR`: the card and report of an existing run, rebuilt in place."""
+    from tunesmith.recipe import load_recipe
+    from tunesmith.rundir import open_run_dir
+
+    run = open_run_dir(path)
+    if not run.recipe.is_file() or not run.manifest.is_file():
+        raise ConfigError(f"{path}: not a run directory (no recipe.yaml and manifest.json). Point at a "
+                          "directory that `tunesmith run` or `tunesmith train` wrote, e.g. runs/demo.")
+    recipe = load_recipe(run.recipe)
+    with run.transaction(recipe, ("report",)) as view:
+        run(view)
+    return ReportResult(run.card, run.report_html)

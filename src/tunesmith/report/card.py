@@ -152,7 +152,7 @@ def build_card(run_dir: RunDir) -> str:
         front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
         name=recipe["name"], description=recipe.get("description", "").strip(), base_model=base_model,
         method=recipe["train"]["method"], train_rows=data_report.get("splits", {}).get("train", "?"),
-        run_dir=str(run_dir.root), intended_use=recipe.get("description") or
+        run_dir=str(run_dir.home or run_dir.root), intended_use=recipe.get("description") or
         "The task of the training data (see the recipe's description).",
         data_files=data_files, data_checks=_data_checks(data_report) if data_report else "not recorded.",
         splits=data_report.get("splits", {}), training=training, tune=tune_summary.get("card_text"),

@@ -100,10 +100,9 @@ def _delta_cell(entry: dict[str, Any]) -> str:
 
 
 def print_comparison(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from tunesmith.console import out as console
     recipe = Table(title="recipe differences")
     recipe.add_column("key")
     for name in result["runs"]:
