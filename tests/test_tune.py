@@ -5,6 +5,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -146,17 +147,58 @@ def test_empty_space_is_a_clear_error(tmp_path, tiny_model_dir, chat_files):
 
 
 PG_URL = os.environ.get("TUNESMITH_TEST_PG_URL")
+needs_pg = pytest.mark.skipif(not PG_URL and not os.environ.get("CI"),
+                              reason="needs PostgreSQL: scripts/postgres.sh starts one (CI runs it)")
 
 
-@pytest.mark.skipif(not PG_URL and not os.environ.get("CI"),
-                    reason="needs PostgreSQL: scripts/postgres.sh starts one (CI runs it)")
-def test_two_workers_share_one_postgres_study(tmp_path, tiny_model_dir, chat_files):
+@pytest.fixture
+def empty_pg_database():
+    """A database created for this test alone (no Optuna tables yet), dropped afterwards."""
     assert PG_URL, "CI must start PostgreSQL (scripts/postgres.sh) and export TUNESMITH_TEST_PG_URL"
+    import uuid
+
+    import psycopg
+
+    name = f"tunesmith_test_{uuid.uuid4().hex[:10]}"
+    admin = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield f"{admin}/{name}".replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+STORAGE_RACE = """
+import sys, time
+from tunesmith.recipe import load_recipe
+from tunesmith.rundir import RunDir
+from tunesmith.tune import _storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both workers start at the same instant
+_storage(load_recipe(None).tune, RunDir(__import__("pathlib").Path(sys.argv[3])), sys.argv[1])
+"""
+
+
+@needs_pg
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_workers_starting_together_on_an_empty_database_do_not_race(empty_pg_database, tmp_path, attempt):
+    """Before the advisory lock, two workers creating Optuna's schema at once failed 2 times in 3
+    (UniqueViolation on pg_type); each attempt here starts from a new, empty database."""
+    start = str(time.time() + 3)
+    workers = [subprocess.Popen([sys.executable, "-c", STORAGE_RACE, empty_pg_database, start,
+                                 str(tmp_path / f"w{i}")], stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-2000:]
+
+
+@needs_pg
+def test_two_workers_share_one_postgres_study(tmp_path, tiny_model_dir, chat_files, empty_pg_database):
     recipe_path = tmp_path / "r.yaml"
     recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.pruner=none")
     recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
-    study = f"two-workers-{os.getpid()}"
-    command = [sys.executable, "-m", "tunesmith", "tune", str(recipe_path), "--storage", PG_URL,
+    study = "two-workers"
+    command = [sys.executable, "-m", "tunesmith", "tune", str(recipe_path), "--storage", empty_pg_database,
                "--study", study, "--trials", "3"]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -165,10 +207,12 @@ def test_two_workers_share_one_postgres_study(tmp_path, tiny_model_dir, chat_fil
         assert worker.returncode == 0, err[-3000:]
     import optuna
 
-    loaded = optuna.load_study(study_name=study, storage=PG_URL)
+    loaded = optuna.load_study(study_name=study, storage=empty_pg_database)
     assert len(loaded.trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in loaded.trials)
     assert len({t.user_attrs["worker"] for t in loaded.trials}) == 2, "both workers ran trials"
+    trials = sorted(p.name for p in (tmp_path / "runs" / recipe.name / "tune" / "trials").iterdir())
+    assert len(trials) == 6, "each worker's trials were merged into the one run"
 
 
 def test_tune_writes_nothing_secret(tmp_path, tiny_model_dir, chat_files):

@@ -312,18 +312,17 @@ def _describing_all(recipe: Recipe, stages: dict[str, Any], changed: set[str]) -
     were made with (they agree with it wherever the new stages depend on them)."""
     from tunesmith.recipe import recipe_from_dict
 
-    raw = flatten(recipe.model_dump(mode="json"))
+    nested = recipe.model_dump(mode="json")
     for stage, info in stages.items():
-        if stage not in changed:
-            kept = flatten(info.get("recipe", {}))
-            raw.update({k: v for k, v in kept.items() if _covered(k, STAGE_KEYS[stage])})
-    nested: dict[str, Any] = {}
-    for key, value in raw.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        if stage in changed:
+            continue
+        for prefix in STAGE_KEYS[stage]:  # dotted paths of sections and fields (no dots in names)
+            *parents, leaf = prefix.split(".")
+            source, target = info.get("recipe", {}), nested
+            for part in parents:
+                source, target = source.get(part, {}), target.setdefault(part, {})
+            if leaf in source:
+                target[leaf] = source[leaf]
     return recipe_from_dict(nested, "recipe.yaml")
 
 
