@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REAL, write_jsonl
-from tunesmith.data.formats import check_record, as_chat, convert_row, detect_format
+from tunesmith.data.formats import as_chat, check_record, convert_row, detect_format
 from tunesmith.data.load import load_file
 from tunesmith.errors import DataError
 
@@ -55,7 +55,8 @@ def test_prompt_completion_text_and_classification():
 @pytest.mark.parametrize("row,fmt,message", [
     ({"instruction": "x"}, "alpaca", 'missing "output" (alpaca format)'),
     ({"instruction": "x", "output": ""}, "alpaca", 'empty "output" (alpaca format)'),
-    ({"conversations": [{"from": "bot", "value": "x"}]}, "sharegpt", "expected human, gpt, system, function_call"),
+    ({"conversations": [{"from": "bot", "value": "x"}]}, "sharegpt",
+     "expected human, gpt, system, function_call"),
     ({"messages": [{"role": "user", "content": "q"}]}, "openai", "no non-empty assistant turn"),
     ({"text": "t", "label": ""}, "classification", 'empty "label"'),
     (["a", "list"], "text", "expected an object"),

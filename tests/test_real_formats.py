@@ -30,7 +30,8 @@ def test_glaive_tool_calls_become_openai_tool_calls():
     assert first["tools"][0]["type"] == "function"
     assert first["tools"][0]["function"]["name"] == "search_recipes"
     raw = json.loads((REAL / "glaive_toolcall_en_demo.json").read_text())
-    assert sum(1 for r in loaded.records if r.get("tools")) == sum(1 for r in raw if r["tools"] not in ("", "[]"))
+    with_tools = sum(1 for r in raw if r["tools"] not in ("", "[]"))
+    assert sum(1 for r in loaded.records if r.get("tools")) == with_tools
 
 
 def _masked_text(tokenizer, record):
@@ -115,7 +116,8 @@ def test_rows_are_judged_after_cleaning(tmp_path):
 
 
 @pytest.mark.parametrize("name,fmt,kind_check", [
-    ("dpo_en_demo.json", "dpo", lambda r: r["chosen"] and r["rejected"] and r["prompt"][-1]["role"] == "user"),
+    ("dpo_en_demo.json", "dpo",
+     lambda r: r["chosen"] and r["rejected"] and r["prompt"][-1]["role"] == "user"),
     ("kto_en_demo.json", "kto", lambda r: isinstance(r["label"], bool) and r["completion"]),
 ])
 def test_preference_files_are_detected_and_refused_for_sft(tmp_path, name, fmt, kind_check):
@@ -136,8 +138,10 @@ def test_kto_labels_counted():
 
 def test_windows_encodings_are_named_and_readable(tmp_path):
     path = tmp_path / "cp.jsonl"
-    path.write_bytes('{"prompt": "Caf\u00e9 cr\u00e8me \u2013 price?", "completion": "3 \u20ac"}\n'.encode("cp1252"))
-    with pytest.raises(DataError, match=r"cp.jsonl:1: not UTF-8 \(byte 0xe9 at column 16\).*data.encoding: cp1252"):
+    row = '{"prompt": "Caf\u00e9 cr\u00e8me \u2013 price?", "completion": "3 \u20ac"}\n'
+    path.write_bytes(row.encode("cp1252"))
+    located = r"cp.jsonl:1: not UTF-8 \(byte 0xe9 at column 16\).*data.encoding: cp1252"
+    with pytest.raises(DataError, match=located):
         data.load(recipe_for(), str(path))
     loaded = data.load(recipe_for("data.encoding=cp1252"), str(path))
     assert loaded.records[0]["messages"][1]["content"] == "3 \u20ac"

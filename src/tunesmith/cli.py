@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
-        app(args=argv, prog_name="tunesmith", standalone_mode=False)
+        returned = app(args=argv, prog_name="tunesmith", standalone_mode=False)
+        if returned == 130:  # typer turns Ctrl-C into Exit(130) and returns that code
+            raise KeyboardInterrupt
+        code = returned if isinstance(returned, int) else 0
     except click.exceptions.Exit as done:
         code = done.exit_code
     except click.ClickException as usage:  # wrong arguments: click's own one-line message

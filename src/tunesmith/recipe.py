@@ -485,8 +485,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
+                key = ".".join(path[:path.index(part) + 1])
                 raise ConfigError(f"override {text!r}: {part} is not a section (it holds {child!r}); "
-                                  "set the key itself, e.g. " + ".".join(path[:path.index(part) + 1]) + "=VALUE")
+                                  f"set the key itself, e.g. {key}=VALUE")
             node = child
         node[path[-1]] = value
     return raw
@@ -528,7 +529,8 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
     return "\n".join(lines)
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe",
+                     overrides: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as error:

@@ -326,7 +326,8 @@ def _nothing_left(report: dict[str, Any]) -> str:
             steps.append(f"{entry['removed_from_train']} removed as copies of {name} rows "
                          "(data.leakage.action: drop_from_train)")
     if report.get("privacy", {}).get("rows_dropped"):
-        steps.append(f"{report['privacy']['rows_dropped']} dropped for personal data (data.privacy.mode: drop)")
+        steps.append(f"{report['privacy']['rows_dropped']} dropped for personal data "
+                     "(data.privacy.mode: drop)")
     return (f"{', '.join(report['files'])}: no training rows left: " + "; ".join(steps) + ". Add training "
             "data, or relax the step that removed the rows (data.filters, data.dedup, data.leakage.action: "
             "flag, data.privacy.mode).")

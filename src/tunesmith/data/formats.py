@@ -26,6 +26,7 @@ from, whatever its raw shape was).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -205,10 +206,8 @@ def parse_tool_calls(value: Any, where: str, fmt: str) -> list[dict[str, Any]]:
             raise RowError(f'{where}: a function call needs a "name" (and "arguments") ({fmt} format)')
         arguments = call.get("arguments", call.get("parameters", {}))
         if isinstance(arguments, str):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # else kept as the string the data had
                 arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                pass  # kept as the string the data had
         out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
     return out
 
@@ -366,7 +365,8 @@ def _preference_prompt(row: dict, fmt: str, parts: Counter) -> list[dict[str, An
         extra = _text_field(row, "input", fmt, allow_empty=True)
         instruction = _text_field(row, "instruction", fmt)
         return [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction}]
-    raise RowError(f'no prompt: expected "conversations", "messages", "prompt" or "instruction" ({fmt} format)')
+    raise RowError(f'no prompt: expected "conversations", "messages", "prompt" or "instruction" '
+                   f"({fmt} format)")
 
 
 def _answer(value: Any, key: str, fmt: str, parts: Counter) -> str:
@@ -397,8 +397,8 @@ def _kto(row: dict, parts: Counter) -> dict:
     messages = _preference_prompt(row, "kto", parts)
     if messages[-1]["role"] != "assistant":
         raise RowError("the last turn must be the assistant's answer that the label judges (kto format)")
-    return {"prompt": messages[:-1], "completion": _answer(messages[-1]["content"], "completion", "kto", parts),
-            "label": label}
+    completion = _answer(messages[-1]["content"], "completion", "kto", parts)
+    return {"prompt": messages[:-1], "completion": completion, "label": label}
 
 
 _CONVERTERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai,
@@ -432,8 +432,8 @@ def check_chat(messages: list[dict[str, Any]], key: str) -> None:
     for i, message in turns:
         if message["role"] == "user" and not message["content"].strip():
             raise RowError(f"{key}[{i}] is an empty user turn")
-    if not any(m["role"] == "assistant" and m.get("weight", 1) and (m["content"].strip() or m.get("tool_calls"))
-               for _, m in turns):
+    if not any(m["role"] == "assistant" and m.get("weight", 1)
+               and (m["content"].strip() or m.get("tool_calls")) for _, m in turns):
         raise RowError(f'"{key}" has no non-empty assistant turn to learn from')
 
 

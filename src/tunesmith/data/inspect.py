@@ -49,7 +49,8 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
         "examples": loaded.records[:examples],
         "non_text_parts_dropped": dict(loaded.non_text_parts),
     }
-    tools = [r for r in loaded.records if r.get("tools") or any(m.get("tool_calls") for m in r.get("messages", []))]
+    tools = [r for r in loaded.records
+             if r.get("tools") or any(m.get("tool_calls") for m in r.get("messages", []))]
     if tools:
         report["tool_calling_rows"] = len(tools)
     if loaded.kind == "preference":
@@ -114,8 +115,8 @@ def print_report(report: dict[str, Any]) -> None:
     if "tool_calling_rows" in report:
         table.add_row("tool calling", f"{report['tool_calling_rows']} rows with tool schemas or calls")
     if report.get("non_text_parts_dropped"):
-        table.add_row("non-text parts", ", ".join(f"{k}: {v}" for k, v in report["non_text_parts_dropped"].items())
-                      + " (dropped: tunesmith trains on text)")
+        parts = ", ".join(f"{k}: {v}" for k, v in report["non_text_parts_dropped"].items())
+        table.add_row("non-text parts", parts + " (dropped: tunesmith trains on text)")
     if "preference" in report:
         p = report["preference"]
         table.add_row("preference", f"{p['pairs']} chosen/rejected pairs" if p["pairs"] else

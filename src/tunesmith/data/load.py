@@ -65,6 +65,11 @@ def load_file(
     if not raw_rows:
         raise DataError(f"{path}: no rows. Point the recipe at a file with data in it.")
     values = [map_columns(r.value, columns or {}) for r in raw_rows]
+    if all(r.error for r in raw_rows):  # nothing to detect a format from: say what is wrong
+        first = raw_rows[0]
+        if on_invalid == "error":
+            raise DataError(f"{first.where}: {first.error}. {SKIP_HINT}")
+        raise DataError(f"{path}: every row is invalid (first: {first.where}: {first.error}). Fix the file.")
     if fmt == "auto":
         fmt = detect_format([v for r, v in zip(raw_rows, values, strict=True) if r.error is None], str(path))
     loaded = LoadedFile(str(path), fmt, [])

@@ -102,19 +102,31 @@ def _encoding(path: Path, options: ReadOptions) -> str:
             raise DataError(f"{path}: this is {what}, not text.")
     if b"\x00" in head:
         even, odd = head[0::2].count(0), head[1::2].count(0)
-        if odd > len(head) // 4 and even == 0:
-            return "utf-16-le"  # ASCII-range text in UTF-16 without a BOM
-        if even > len(head) // 4 and odd == 0:
-            return "utf-16-be"
+        guess = ("utf-16-le" if odd > len(head) // 4 and even == 0 else
+                 "utf-16-be" if even > len(head) // 4 and odd == 0 else None)
+        if guess and _mostly_latin(head[: len(head) // 2 * 2], guess):
+            return guess  # text in UTF-16 without a BOM
         raise DataError(f"{path}: a binary file, not text (NUL bytes in it). Point the recipe at a "
                         "JSONL, JSON, CSV or Parquet file.")
     return "utf-8"
+
+
+def _mostly_latin(raw: bytes, encoding: str) -> bool:
+    """Whether bytes decode to text that is mostly Latin script (how data files begin)."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return sum(ch < "\u0250" for ch in text) >= 0.8 * max(len(text), 1)
 
 
 def _decode_error(path: Path, raw: bytes, error: UnicodeDecodeError, encoding: str,
                   line_offset: int = 0) -> DataError:
     line = raw[:error.start].count(b"\n") + 1 + line_offset
     column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+    if encoding.startswith(("utf-16", "utf-32")):
+        return DataError(f"{path}: not valid {encoding} text (byte {error.start}: {error.reason}). "
+                         "Re-save the file as UTF-8, or set data.encoding to its real encoding.")
     guess = _guess_encoding(raw)
     return DataError(
         f"{path}:{line}: not {encoding} (byte 0x{raw[error.start]:02x} at column {column}); the file "

@@ -52,5 +52,5 @@ def print_summary(summary: dict[str, Any], run_dir: RunDir, console: Console | N
                           f"{result['prompts']} answers changed with the group only", highlight=False)
     for warning in summary.get("warnings", []):
         warn(warning)
-    console.print(f"run dir: {run_dir.home or run_dir.root}  (eval/summary.json, eval/predictions.jsonl, model/, "
-                  "train/log.jsonl, manifest.json)", highlight=False)
+    console.print(f"run dir: {run_dir.home or run_dir.root}  (eval/summary.json, eval/predictions.jsonl, "
+                  "model/, train/log.jsonl, manifest.json)", highlight=False)

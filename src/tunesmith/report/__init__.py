@@ -38,11 +38,11 @@ def rebuild(path: Path) -> ReportResult:
     from tunesmith.recipe import load_recipe
     from tunesmith.rundir import open_run_dir
 
-    run = open_run_dir(path)
-    if not run.recipe.is_file() or not run.manifest.is_file():
+    target = open_run_dir(path)
+    if not target.recipe.is_file() or not target.manifest.is_file():
         raise ConfigError(f"{path}: not a run directory (no recipe.yaml and manifest.json). Point at a "
                           "directory that `tunesmith run` or `tunesmith train` wrote, e.g. runs/demo.")
-    recipe = load_recipe(run.recipe)
-    with run.transaction(recipe, ("report",)) as view:
+    recipe = load_recipe(target.recipe)
+    with target.transaction(recipe, ("report",)) as view:
         run(view)
-    return ReportResult(run.card, run.report_html)
+    return ReportResult(target.card, target.report_html)

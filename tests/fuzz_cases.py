@@ -1,0 +1,383 @@
+"""The fuzz suite's cases: bad inputs a new user gives, generated from tables by family.
+
+Every case runs one `tunesmith` command against a copy of a complete, trained and evaluated
+run (`base`) and states what the one error line must say: where (a file and line, a recipe
+key, an override, a path) and the fix. `test_fuzz.py` runs them all and checks the contract:
+the exit code, exactly one `error:` line holding every expected piece, no traceback, and the
+run directory byte for byte as it was.
+
+    python tests/fuzz_cases.py        # list the cases (family, id, command)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class Workspace:
+    """A case's directory: the base recipe (a dict), its run under runs/base, the tiny model."""
+
+    dir: Path
+    model: Path
+    recipe: dict[str, Any]
+
+    @property
+    def run(self) -> Path:
+        return self.dir / "runs" / "base"
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    def rows(self, name: str, rows: list[Any]) -> Path:
+        return self.write(name, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def recipe_file(self, name: str = "r.yaml", **changes: Any) -> Path:
+        """The base recipe with dotted-key changes (`data__train=...` for data.train)."""
+        recipe = json.loads(json.dumps(self.recipe))
+        for key, value in changes.items():
+            node = recipe
+            *parents, leaf = key.split("__")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return self.write(name, yaml.safe_dump(recipe, sort_keys=False))
+
+
+@dataclass
+class Case:
+    family: str
+    id: str
+    argv: Callable[[Workspace], list[str]]
+    expect: Callable[[Workspace], tuple[str, ...]]
+    code: int = 2
+    signal: str | None = None
+    """Sent to a subprocess once the command has started work (the run's .staging exists)."""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+GOOD = {"instruction": "code for red", "output": "RE"}
+
+
+def _chat(*turns: tuple[str, Any], **extra: Any) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns], **extra}
+
+
+# -- data files: (id, file name, content builder, expected pieces); `train` on the base run, the
+# command that would replace its data and model if it succeeded --
+DATA_FILES: list[tuple[str, str, Callable[[Workspace], str | bytes], tuple[str, ...]]] = [
+    ("broken-json-line", "t.jsonl", lambda w: json.dumps(GOOD) + '\n{"instruction": "x"\n',
+     ("t.jsonl:2: not valid JSON", "data.on_invalid: skip")),
+    ("unclosed-json-array", "t.json", lambda w: '[\n  {"instruction": "a", "output": "b"},\n',
+     ("t.json: JSON array is not closed", "missing ']'")),
+    ("broken-json-array", "t.json",
+     lambda w: '[\n {"instruction": "a", "output": "b"},\n {"instruction": }\n]',
+     ("t.json:3: not valid JSON", "Fix the file")),
+    ("object-with-two-lists", "t.json", lambda w: json.dumps({"a": [GOOD], "b": [GOOD]}),
+     ("t.json: expected a JSON array of rows", "Convert it to JSON Lines")),
+    ("empty-file", "t.jsonl", lambda w: "", ("t.jsonl: no rows", "Point the recipe at a file")),
+    ("only-blank-lines", "t.jsonl", lambda w: "\n  \n\n", ("t.jsonl: no rows", "Point the recipe")),
+    ("cp1252-file", "t.jsonl", lambda w: json.dumps({"instruction": "Café – olé", "output": "x"},
+                                                    ensure_ascii=False).encode("cp1252"),
+     ("t.jsonl:1: not UTF-8 (byte 0xe9", "data.encoding: cp1252", "iconv")),
+    ("latin1-file", "t.jsonl",
+     lambda w: '{"instruction": "na\u00efve \u00bfqu\u00e9?\x81", "output": "x"}\n'.encode("latin-1"),
+     ("t.jsonl:1: not UTF-8", "or set data.encoding:")),
+    ("utf16-read-as-utf8", "t.jsonl", lambda w: b"x" + json.dumps(GOOD).encode("utf-16-le"),
+     ("t.jsonl: not valid utf-16-be text", "Re-save the file as UTF-8")),
+    ("binary-file", "t.jsonl", lambda w: bytes(range(256)) * 8,
+     ("t.jsonl: a binary file", "JSONL, JSON, CSV")),
+    ("gzip-as-jsonl", "t.jsonl", lambda w: gzip.compress(json.dumps(GOOD).encode()),
+     ("t.jsonl: this is gzip-compressed", "gunzip it first")),
+    ("zip-as-json", "t.json", lambda w: _zip(), ("t.json: this is a zip archive", "unzip it first")),
+    ("parquet-as-jsonl", "t.jsonl", lambda w: b"PAR1" + b"\x00" * 64, ("t.jsonl: this is Parquet",
+                                                                         "name it .parquet")),
+    ("corrupt-parquet", "t.parquet", lambda w: b"not parquet at all",
+     ("t.parquet: cannot read Parquet", "")),
+    ("nested-too-deep", "t.jsonl", lambda w: json.dumps({**GOOD, "x": json.loads("[" * 60 + "]" * 60)}),
+     ("t.jsonl:1: nested more than data.max_depth (50)", "data.on_invalid: skip")),
+    ("nested-past-the-parser", "t.jsonl", lambda w: "[" * 100_000 + "\n",
+     ("t.jsonl:1: nested too deeply to parse", "data.on_invalid: skip")),
+    ("ten-megabyte-row", "t.jsonl", lambda w: json.dumps({"instruction": "x" * 10_000_000, "output": "y"}),
+     ("t.jsonl:1: row is 10,000,034 characters, over data.max_row_chars (1,000,000)", "split it")),
+    ("row-is-a-list", "t.jsonl", lambda w: json.dumps(GOOD) + "\n[1, 2]\n",
+     ("t.jsonl:2: expected an object with keys, got list", "data.on_invalid: skip")),
+    ("row-is-a-string", "t.jsonl", lambda w: json.dumps(GOOD) + '\n"just text"\n',
+     ("t.jsonl:2: expected an object with keys, got str", "Fix the row")),
+    ("missing-output", "t.jsonl", lambda w: json.dumps(GOOD) + '\n{"instruction": "x"}\n',
+     ('t.jsonl:2: missing "output" (alpaca format)', "data.on_invalid: skip")),
+    ("output-not-text", "t.jsonl", lambda w: json.dumps(GOOD) + '\n{"instruction": "x", "output": 5}\n',
+     ('t.jsonl:2: "output" must be text, got int', "Fix the row")),
+    ("sharegpt-unknown-role", "t.jsonl", lambda w: json.dumps(
+        {"conversations": [{"from": "bot", "value": "hi"}]}),
+     ("t.jsonl:1: conversations[0].from is 'bot'", "expected human, gpt")),
+    ("openai-unknown-role", "t.jsonl", lambda w: json.dumps(_chat(("customer", "hi"), ("assistant", "x"))),
+     ("t.jsonl:1: messages[0].role is 'customer'", "expected system, user, assistant or tool")),
+    ("assistant-speaks-first", "t.jsonl", lambda w: json.dumps(_chat(("assistant", "Hi!"), ("user", "q"),
+                                                                     ("assistant", "a"))),
+     ("t.jsonl:1: messages[0] is a assistant turn with no user turn before it",
+      "Start the conversation with a user turn")),
+    ("image-only-user-turn", "t.jsonl", lambda w: json.dumps(_chat(
+        ("user", [{"type": "image_url", "image_url": {"url": "a.png"}}]), ("assistant", "a cat"))),
+     ("t.jsonl:1: messages[0].content holds only image_url parts and no text", "Add a text part")),
+    ("control-characters-only-prompt", "t.jsonl", lambda w: json.dumps(_chat(("user", "\x07\x08\u200b"),
+                                                                             ("assistant", "ok"))),
+     ("t.jsonl:1: messages[0] is a assistant turn", "Start the conversation with a user turn")),
+    ("fractional-weight", "t.jsonl", lambda w: json.dumps({"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0.5}]}),
+     ("t.jsonl:1: messages[1].weight is 0.5", "fully (1) or not at all (0)")),
+    ("loss-weight-on-user", "t.jsonl", lambda w: json.dumps({"messages": [
+        {"role": "user", "content": "q", "loss_weight": 1.0}, {"role": "assistant", "content": "a"}]}),
+     ("t.jsonl:1: messages[0].loss_weight is 1 on a user turn", "only assistant turns are trained")),
+    ("function-call-not-json", "t.jsonl", lambda w: json.dumps({"conversations": [
+        {"from": "human", "value": "q"}, {"from": "function_call", "value": "get_weather(Oslo)"}]}),
+     ("t.jsonl:1: conversations[1].value is not JSON", '{"name": ..., "arguments"')),
+    ("tool-result-without-call", "t.jsonl", lambda w: json.dumps(_chat(("user", "q"), ("tool", "42"),
+                                                                       ("assistant", "a"))),
+     ("t.jsonl:1: messages[1] is a tool result with no tool call before it", "data.on_invalid: skip")),
+    ("tools-column-not-json", "t.jsonl", lambda w: json.dumps({"conversations": [
+        {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "[{oops"}),
+     ('t.jsonl:1: "tools" is not JSON', "data.on_invalid: skip")),
+    ("csv-extra-cells", "t.csv", lambda w: "instruction,output\na,b\nc,d,e\n",
+     ("t.csv:3: 1 more cell(s) than the header", "data.on_invalid: skip")),
+    ("csv-unclosed-quote-huge-field", "t.csv", lambda w: 'instruction,output\n"' + "x" * 1_100_000 + "\n",
+     ("t.csv:", "not valid CSV", "data.max_row_chars")),
+    ("csv-empty", "t.csv", lambda w: "", ("t.csv: empty CSV (no header row)", "The first line must name")),
+    ("tsv-unknown-columns", "t.tsv", lambda w: "question\tanswer\nq\ta\n",
+     ("t.tsv: cannot detect the data format", "data.columns")),
+    ("unknown-suffix", "t.txt", lambda w: "hello", ("t.txt: unknown file type '.txt'", "Use .jsonl")),
+    ("dpo-preference-file", "t.json",
+     lambda w: json.dumps([{"conversations": [{"from": "human", "value": "q"}],
+                            "chosen": {"from": "gpt", "value": "good"},
+                            "rejected": {"from": "gpt", "value": "bad"}}]),
+     ("t.json: preference data (dpo", "not built yet", "tunesmith data inspect")),
+    ("kto-preference-file", "t.jsonl", lambda w: json.dumps({**_chat(("user", "q"), ("assistant", "a")),
+                                                             "label": False}),
+     ("t.jsonl: preference data (kto", "not built yet")),
+    ("bracketed-name-missing", "tickets[bold].jsonl", None,
+     ("tickets[bold].jsonl: file not found", "Check the path in the recipe")),
+]
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train.jsonl", json.dumps(GOOD))
+    return buffer.getvalue()
+
+
+def _data_case(case_id: str, name: str, build: Callable | None, expect: tuple[str, ...]) -> Case:
+    def argv(w: Workspace) -> list[str]:
+        path = w.write(name, build(w)) if build else w.dir / name
+        return ["train", str(w.recipe_file()), f"data.train={path}"]
+
+    return Case("data file", case_id, argv, lambda w: expect)
+
+
+# -- recipes: (id, recipe text or builder, expected); run through `train` --
+RECIPES: list[tuple[str, Callable[[Workspace], str | bytes], tuple[str, ...]]] = [
+    ("yaml-bad-indentation", lambda w: "data:\n  train: a.jsonl\n   val: b.jsonl\n",
+     ("r.yaml:3:", "not valid YAML", "Check the indentation")),
+    ("yaml-tab", lambda w: "train:\n\tlr: 1\n", ("r.yaml:2:", "not valid YAML", "Check the indentation")),
+    ("yaml-unclosed-quote", lambda w: 'name: "demo\n', ("r.yaml:", "not valid YAML", "quote values")),
+    ("duplicate-key", lambda w: "train:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 3.0e-4\n",
+     ("r.yaml:4:3: key 'lr' appears twice in one section (first on line 2)", "keep one")),
+    ("duplicate-section", lambda w: "train:\n  lr: 1.0e-4\ntrain:\n  epochs: 2\n",
+     ("r.yaml:3:1: key 'train' appears twice", "keep one")),
+    ("recipe-is-a-list", lambda w: "- data\n- train\n",
+     ("r.yaml: a recipe is a YAML mapping", "recipes/demo.yaml")),
+    ("recipe-is-a-scalar", lambda w: "just words\n", ("r.yaml: a recipe is a YAML mapping", "Start from")),
+    ("recipe-not-utf8", lambda w: b"name: caf\xe9\n", ("r.yaml: not UTF-8 text", "Save the recipe as UTF-8")),
+    ("typo-in-key", lambda w: yaml.safe_dump({**w.recipe, "train": {"epochz": 2}}),
+     ('r.yaml: train.epochz: unknown key (did you mean "epochs"?)',)),
+    ("wrong-type", lambda w: yaml.safe_dump({**w.recipe, "train": {"lr": "fast"}}),
+     ("r.yaml: train.lr: Input should be a valid number", "got 'fast'")),
+    ("negative-batch", lambda w: yaml.safe_dump({**w.recipe, "train": {"batch_size": -4}}),
+     ("r.yaml: train.batch_size: Input should be greater than 0", "got -4")),
+    ("eval-set-named-train", lambda w: yaml.safe_dump({**w.recipe, "data": {
+        **w.recipe["data"], "eval_sets": {"train": "x.jsonl"}}}),
+     ("r.yaml: data.eval_sets: train is taken by a split", "give the eval set another name")),
+    ("cap-without-cap", lambda w: yaml.safe_dump({**w.recipe, "data": {
+        **w.recipe["data"], "balance": {"strategy": "cap"}}}),
+     ("r.yaml: data.balance: strategy cap needs balance.cap",)),
+    ("no-training-data", lambda w: "name: empty\n", ("data.train is empty", "set it to your training file")),
+    ("unknown-encoding",
+     lambda w: yaml.safe_dump({**w.recipe, "data": {**w.recipe["data"], "encoding": "klingon"}}),
+     ("data.encoding 'klingon': unknown encoding", "Use a Python codec name")),
+    ("lora-target-matches-nothing", lambda w: yaml.safe_dump({**w.recipe, "train": {
+        **w.recipe["train"], "lora": {"targets": ["q_proj", "query_key_value"]}}}),
+     ("train.lora.targets: query_key_value matches no linear layer", "or use all-linear")),
+    ("chat-data-no-template", lambda w: yaml.safe_dump({**w.recipe, "model": {
+        "name": str(_no_template_model(w))}}),
+     ("the tokenizer has no chat template", "model.chat_template: chatml")),
+]
+
+
+def _no_template_model(w: Workspace) -> Path:
+    """A copy of the tiny model whose tokenizer has no chat template."""
+    import shutil
+
+    target = w.dir / "plain-model"
+    if not target.exists():
+        shutil.copytree(w.model, target)
+        config = target / "tokenizer_config.json"
+        settings = json.loads(config.read_text())
+        settings.pop("chat_template", None)
+        config.write_text(json.dumps(settings))
+        (target / "chat_template.jinja").unlink(missing_ok=True)
+    return target
+
+
+def _recipe_case(case_id: str, build: Callable, expect: tuple[str, ...]) -> Case:
+    return Case("recipe", case_id, lambda w: ["train", str(w.write("r.yaml", build(w)))], lambda w: expect)
+
+
+# -- overrides: (id, override, expected) on `train RECIPE override` --
+OVERRIDES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("value-starts-with-star", "train.lr=*fast",
+     ("override train.lr=*fast: train.lr: Input should be a valid number", "got '*fast'")),
+    ("value-starts-with-at", "train.optimizer=@adam", ("override train.optimizer=@adam: train.optimizer",
+                                                       "'adamw', 'sgd' or 'rmsprop'")),
+    ("value-starts-with-bracket", "train.lr=[1e-4", ("override train.lr=[1e-4: train.lr", "got '[1e-4'")),
+    ("value-unclosed-brace", "data.columns={a: b", ("override data.columns={a: b: data.columns",
+                                                     "valid dictionary")),
+    ("no-equals", "train.lr", ("override 'train.lr': expected key.sub=value", "e.g. train.lr=3e-4")),
+    ("no-key", "=3", ("override '=3': expected key.sub=value",)),
+    ("empty-part", "train..lr=1", ("override 'train..lr=1': expected key.sub=value",)),
+    ("into-a-value", "train.lr.x=1", ("override 'train.lr.x=1': lr is not a section", "train.lr=VALUE")),
+    ("typo-section", "trian.lr=1", ("override trian.lr=1: trian: unknown key", 'did you mean "train"?')),
+    ("typo-key", "train.lrr=1", ('override train.lrr=1: train.lrr: unknown key (did you mean "lr"?)',)),
+    ("bad-literal", "eval.metric=bleu", ("override eval.metric=bleu: eval.metric", "'exact_match'")),
+    ("missing-data-file", "data.test=nowhere.jsonl", ("nowhere.jsonl: file not found", "Check the path")),
+]
+
+
+def _override_case(case_id: str, override: str, expect: tuple[str, ...]) -> Case:
+    return Case("override", case_id, lambda w: ["train", str(w.recipe_file()), override], lambda w: expect)
+
+
+# -- model paths: (id, model.name builder, expected) on `train` --
+MODELS: list[tuple[str, Callable[[Workspace], str], tuple[str, ...]]] = [
+    ("dot-path-missing", lambda w: "./nowhere",
+     ("model.name ./nowhere: directory not found", "Check the path")),
+    ("relative-path-missing", lambda w: str(w.write("models/keep", "") and "models/mine"),
+     ("model.name models/mine: directory not found", "a hub id has the form org/name")),
+    ("nested-path-missing", lambda w: "a/b/c", ("model.name a/b/c: directory not found",)),
+    ("a-file-not-a-dir", lambda w: str(w.write("model.safetensors", "x")),
+     ("model.safetensors: expected a model directory, got a file", "model.name")),
+    ("dir-without-config", lambda w: str(w.write("empty-model/README.md", "hi").parent),
+     ("empty-model: no config.json", "saved transformers model directory")),
+    ("pickle-only-weights", lambda w: str(_pickled_model(w)),
+     ("no .safetensors weights", "never loads pickle")),
+    ("unknown-embedded", lambda w: "embedded:gpt-5", ("model.name 'embedded:gpt-5': unknown embedded model",
+                                                      "embedded:smollm2-135m-instruct")),
+    ("invalid-hub-id", lambda w: "not a repo!", ("model.name 'not a repo!': neither a local directory nor a "
+                                                 "valid hub id", "Check the spelling")),
+]
+
+
+def _pickled_model(w: Workspace) -> Path:
+    w.write("pickled/config.json", "{}")
+    return w.write("pickled/pytorch_model.bin", b"\x80\x04not loaded").parent
+
+
+def _model_case(case_id: str, build: Callable[[Workspace], str], expect: tuple[str, ...]) -> Case:
+    return Case("model path", case_id,
+                lambda w: ["train", str(w.recipe_file(model__name=build(w)))], lambda w: expect)
+
+
+def _run_cases() -> list[Case]:
+    """Commands pointed at run directories that cannot take them."""
+    def prepared_only(w: Workspace) -> Path:
+        recipe = w.recipe_file(output__run_name="prepared")
+        from tunesmith.cli import main
+
+        with contextlib.suppress(SystemExit):  # the run is set up; the case is what follows
+            main(["data", "prepare", str(recipe)])
+        return w.dir / "runs" / "prepared"
+
+    return [
+        Case("run dir", "report-missing-dir", lambda w: ["report", str(w.dir / "runs" / "nope")],
+             lambda w: ("runs/nope: not a run directory", "e.g. runs/demo")),
+        Case("run dir", "report-not-a-run", lambda w: ["report", str(w.write("notes/a.txt", "x").parent)],
+             lambda w: ("notes: not a run directory", "tunesmith run")),
+        Case("run dir", "report-before-training", lambda w: ["report", str(prepared_only(w))],
+             lambda w: ("runs/prepared: no trained model", "tunesmith train RECIPE")),
+        Case("run dir", "eval-before-training",
+             lambda w: (prepared_only(w), ["eval", str(w.recipe_file(output__run_name="prepared"))])[1],
+             lambda w: ("no trained model", "tunesmith train RECIPE")),
+        Case("run dir", "eval-with-another-learning-rate",
+             lambda w: ["eval", str(w.recipe_file()), "train.lr=0.5"],
+             lambda w: ("runs/base: its train artifacts were made with other recipe values",
+                        "train.lr: 0.01 -> 0.5", "output.run_name=NAME")),
+        Case("run dir", "prepare-other-data-under-a-model",
+             lambda w: ["data", "prepare", str(w.recipe_file()), "data.val_fraction=0.3"],
+             lambda w: ("runs/base: this would make its train artifacts stale",
+                        "data.val_fraction: 0.25 -> 0.3", "output.run_name=NAME")),
+        Case("run dir", "resume-nothing", lambda w: ["train", str(w.recipe_file()), "--resume"],
+             lambda w: ("runs/base: nothing to resume", "Train without --resume")),
+        Case("run dir", "tune-empty-space", lambda w: ["tune", str(w.recipe_file())],
+             lambda w: ("tune.space is empty", "tune.space: {train.lr:")),
+        Case("run dir", "compare-one-run", lambda w: ["compare", str(w.run)],
+             lambda w: ("compare needs at least two run directories",)),
+        Case("run dir", "compare-unevaluated", lambda w: ["compare", str(w.run), str(prepared_only(w))],
+             lambda w: ("runs/prepared: not an evaluated run directory", "Run `tunesmith eval`")),
+        Case("run dir", "compare-html-is-a-dir",
+             lambda w: ["compare", str(w.run), str(w.run), "--html", str(w.dir)],
+             lambda w: ("--html", "is a directory. Give a file name")),
+        Case("run dir", "compare-html-under-a-file",
+             lambda w: ["compare", str(w.run), str(w.run), "--html", str(w.write("f", "x") / "c.html")],
+             lambda w: ("is a file, not a directory", "Choose another path")),
+        Case("run dir", "recipe-is-a-directory", lambda w: ["train", str(w.dir)],
+             lambda w: (": is a directory", "Pass the path of a YAML recipe")),
+        Case("run dir", "recipe-missing", lambda w: ["run", str(w.dir / "missing.yaml")],
+             lambda w: ("missing.yaml: recipe not found", "Pass the path of a YAML recipe")),
+        Case("run dir", "all-rows-leak-into-test",
+             lambda w: ["data", "prepare", str(w.recipe_file(output__run_name="leaky")),
+                        f"data.test={w.recipe['data']['train']}"],
+             lambda w: ("no training rows left", "removed as copies of test rows",
+                        "data.leakage.action: flag")),
+    ]
+
+
+def _signal_cases() -> list[Case]:
+    return [
+        Case("signal", "sigint-during-train",
+             lambda w: ["train", str(w.recipe_file()), "train.max_steps=100000", "train.save_steps=1000"],
+             lambda w: ("interrupted", "the run directory is as it was"), code=130, signal="SIGINT"),
+        Case("signal", "sigterm-during-eval",
+             lambda w: ["eval", str(w.recipe_file()), "eval.max_new_tokens=400",
+                        "eval.forgetting_probe=true"],
+             lambda w: ("interrupted", "the run directory is as it was"), code=130, signal="SIGTERM"),
+    ]
+
+
+def cases() -> list[Case]:
+    found = ([_data_case(*row) for row in DATA_FILES] + [_recipe_case(*row) for row in RECIPES]
+             + [_override_case(*row) for row in OVERRIDES] + [_model_case(*row) for row in MODELS]
+             + _run_cases() + _signal_cases())
+    ids = [c.id for c in found]
+    assert len(ids) == len(set(ids)), "case ids are unique"
+    return found
+
+
+if __name__ == "__main__":
+    for case in cases():
+        print(f"{case.family:10} {case.id}")
+    print(f"{len(cases())} cases")
