@@ -344,6 +344,14 @@ def _run_cases() -> list[Case]:
         Case("run dir", "compare-html-under-a-file",
              lambda w: ["compare", str(w.run), str(w.run), "--html", str(w.write("f", "x") / "c.html")],
              lambda w: ("is a file, not a directory", "Choose another path")),
+        Case("run dir", "tune-storage-unreachable",
+             lambda w: ["tune", str(w.recipe_file()), SPACE, "--storage",
+                        "postgresql://me:s3cret@127.0.0.1:1/none"],
+             lambda w: ("tune storage ...@127.0.0.1:1/none: cannot connect",
+                        "pip install 'tunesmith[distributed]'")),
+        Case("run dir", "tune-storage-unknown-scheme",
+             lambda w: ["tune", str(w.recipe_file()), SPACE, "--storage", "nosuchdb://x/y"],
+             lambda w: ("tune storage ...@nosuchdb://x/y: cannot connect", "Check the URL")),
         Case("run dir", "recipe-is-a-directory", lambda w: ["train", str(w.dir)],
              lambda w: (": is a directory", "Pass the path of a YAML recipe")),
         Case("run dir", "recipe-missing", lambda w: ["run", str(w.dir / "missing.yaml")],
@@ -354,6 +362,9 @@ def _run_cases() -> list[Case]:
              lambda w: ("no training rows left", "removed as copies of test rows",
                         "data.leakage.action: flag")),
     ]
+
+
+SPACE = "tune.space={train.lr: {type: float, low: 0.001, high: 0.01}}"
 
 
 def _signal_cases() -> list[Case]:

@@ -97,6 +97,7 @@ def test_bad_input_gets_one_located_line_and_changes_nothing(case: Case, tmp_pat
     line = _one_line(err, "error")
     for piece in case.expect(workspace):
         assert piece in line, f"{piece!r} not in {line!r}"
+    assert "s3cret" not in out + err, "a password in a URL is never printed"
     assert snapshot(workspace.dir / "runs") == before, "the failed command changed a run"
     assert not list((workspace.dir / "runs").glob("*/.staging")), "staging left behind"
 

@@ -178,3 +178,17 @@ def test_check_record_rejects_a_tool_result_without_a_call():
                                        {"role": "assistant", "content": "a"}]}, "openai")
     with pytest.raises(RowError, match=r"messages\[1\] is a tool result with no tool call before it"):
         check_record(record)
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    """chmod 000 does not stop root (CI), so the read itself is made to fail."""
+    from tunesmith.data import readers
+
+    path = write_jsonl(tmp_path / "locked.jsonl", [{"text": "x"}])
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(readers, "open", refuse, raising=False)
+    with pytest.raises(DataError, match=r"locked.jsonl: cannot read it \(Permission denied\)"):
+        data.load(recipe_for(), str(path))
