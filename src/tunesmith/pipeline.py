@@ -37,6 +37,8 @@ def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
         data.print_stats(data.run(recipe, view).stats)
         result = train.run(recipe, view, resume=resume)
     shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume
+    if run_dir.work.is_dir() and not any(run_dir.work.iterdir()):
+        run_dir.work.rmdir()
     return replace(result, model_dir=run_dir.model)
 
 

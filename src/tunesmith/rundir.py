@@ -81,6 +81,10 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 """The recipe keys (dotted prefixes) whose values a stage's artifacts depend on."""
 
+MERGED = {"tune"}
+"""Stages whose outputs are merged into the run's, not replaced: workers sharing a study each
+add their trials."""
+
 JOURNAL = ".commit.json"
 STAGING = ".staging"
 WORK = ".work"
@@ -281,11 +285,11 @@ def commit(run: RunDir, recipe: Recipe, stages: tuple[str, ...], view: RunDir) -
                 staged = view.root / name
                 if staged.exists() and not staged.is_symlink():
                     moves.append([str(staged), str(run.root / name)])
-                elif stage != "tune":
+                elif stage not in MERGED:
                     removals.append(str(run.root / name))
         for other in stale:
             removals += [str(run.root / name) for name in STAGE_OUTPUTS[other]]
-        gone = changed | set(stale)
+        gone = (changed - MERGED) | set(stale)  # a merged stage keeps the files earlier runs added
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest["artifacts"] = {k: v for k, v in manifest["artifacts"].items() if v["stage"] not in gone}
         for stage in stale:
@@ -296,7 +300,7 @@ def commit(run: RunDir, recipe: Recipe, stages: tuple[str, ...], view: RunDir) -
             manifest["stages"][stage] = {"time": when, "recipe": new}
         journal = {"moves": moves, "remove": removals, "manifest": manifest,
                    "recipe": dump_recipe(_describing_all(recipe, manifest["stages"], changed)),
-                   "merge": ["tune"] if "tune" in changed else []}
+                   "merge": sorted(MERGED & changed)}
         with signals_deferred():
             write_json(run.root / JOURNAL, journal)
             _roll_forward(run)
