@@ -74,3 +74,18 @@ def test_eval_before_train(tmp_path, chat_files, tiny_model_dir):
     assert tunesmith("data", "prepare", str(recipe), cwd=tmp_path).returncode == 0
     assert_clean_error(tunesmith("eval", str(recipe), cwd=tmp_path), "no trained model",
                        "tunesmith train RECIPE")
+
+
+def test_usage_mistakes_are_click_messages_not_internal_errors(capsys):
+    """typer vendors its own click: its usage errors must not fall through to 'internal error'."""
+    import pytest
+
+    from tunesmith.cli import main
+
+    for argv, expected in ((["train"], "Missing argument 'recipe'"), (["bogus"], "No such command 'bogus'"),
+                           (["tune", "r.yaml", "--trials", "0"], "Invalid value for '--trials'")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and expected in err, err
+        assert "internal error" not in err and "Traceback" not in err

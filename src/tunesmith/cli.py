@@ -26,7 +26,6 @@ import traceback
 import warnings
 from pathlib import Path
 
-import click
 import typer
 
 from tunesmith.console import out, problem
@@ -39,6 +38,11 @@ app.add_typer(data_app, name="data")
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
                               show_default=False)
+try:  # typer >= 0.2x vendors its own click (Exit and Abort are typer's); older ones use click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
 BUG_REPORT = ("This is a bug in tunesmith, not in your input: please report it with the output of "
               "the same command run with --debug.")
 
@@ -211,12 +215,12 @@ def main(argv: list[str] | None = None) -> None:
         if returned == 130:  # typer turns Ctrl-C into Exit(130) and returns that code
             raise KeyboardInterrupt
         code = returned if isinstance(returned, int) else 0
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         code = done.exit_code
-    except click.ClickException as usage:  # wrong arguments: click's own one-line message
+    except ClickException as usage:  # wrong arguments: click's own usage message
         usage.show()
         code = usage.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         problem("interrupted", "stopped before it finished; the run directory is as it was "
                 "(an interrupted training resumes with --resume).", style="bold yellow")
         code = 130
