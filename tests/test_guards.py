@@ -63,3 +63,19 @@ def test_model_dropout_reaches_the_config(tiny_model_dir):
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}"])
     model = load_model(recipe.model, dropout=0.3)
     assert model.config.attention_dropout == 0.3
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    """bf16 autocast only where the CPU computes bf16 natively (emulated, it is slower than fp32)."""
+    from tunesmith.models.loading import cpu_native_bf16
+    from tunesmith.recipe import load_recipe
+    from tunesmith.train import mixed_precision
+
+    recipe = load_recipe(None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_native_bf16() and mixed_precision(recipe, "cpu") == "no"
+    assert mixed_precision(load_recipe(None, ["train.mixed_precision=bf16"]), "cpu") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    native = cpu_native_bf16()
+    assert mixed_precision(recipe, "cpu") == ("bf16" if native else "no")
+    assert mixed_precision(recipe, "mps") == "no"

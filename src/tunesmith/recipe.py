@@ -268,8 +268,9 @@ class TrainConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     """LoRA settings (used when method is `lora`)."""
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    """`auto` is bf16 autocast where supported: on CUDA (Ampere+) and on the CPU, where it
-    measured 1.5-2x faster than fp32 for SmolLM2 LoRA."""
+    """`auto` is bf16 autocast where the hardware computes bf16: CUDA (Ampere+) and CPUs with AMX or
+    AVX512-BF16 (measured 1.60x fp32 for SmolLM2 LoRA); fp32 on other CPUs, where emulated bf16
+    measured 0.49x (AVX-512) and slower still on AVX2."""
     group_by_length: bool = True
     """Batch examples of similar length together: less padding, faster steps (order stays seeded)."""
     gradient_checkpointing: bool = False

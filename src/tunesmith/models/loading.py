@@ -74,6 +74,23 @@ def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
     return torch.float32
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 AMX-BF16 or AVX512-BF16, Arm BF16). Elsewhere
+    oneDNN emulates bf16 and autocast is slower than fp32. Honours ONEDNN_MAX_CPU_ISA, so a
+    machine limited to, say, AVX2 decides as such a CPU would."""
+    import re
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa not in ("", "ALL", "DEFAULT") and "BF16" not in isa and "AMX" not in isa:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: stay with fp32, which is never the slow choice
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags)
+                or re.search(r"^Features\s*:.*\bbf16\b", flags, re.MULTILINE))
+
+
 def embedded_path(name: str) -> Path:
     """Path of the converted embedded model, converting it on first use."""
     key = name.removeprefix(EMBEDDED_PREFIX)
