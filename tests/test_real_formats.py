@@ -192,3 +192,21 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "open", refuse, raising=False)
     with pytest.raises(DataError, match=r"locked.jsonl: cannot read it \(Permission denied\)"):
         data.load(recipe_for(), str(path))
+
+
+def test_chatml_is_the_documented_default_for_a_model_without_a_template(tmp_path, tiny_model_dir):
+    import shutil
+
+    from tunesmith.models.chat import render_prompt
+    from tunesmith.models.loading import load_tokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    assert not load_tokenizer(recipe_for(f"model.name={plain}").model).chat_template
+    tokenizer = load_tokenizer(recipe_for(f"model.name={plain}", "model.chat_template=chatml").model)
+    assert render_prompt(tokenizer, [{"role": "user", "content": "hi"}]) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
