@@ -95,3 +95,17 @@ def test_a_commit_cut_short_by_kill_9_is_finished_by_the_next_command(tmp_path):
         run.data / "train.jsonl")
     _roll_forward(reopened)  # nothing left to do, and doing it again is harmless
     shutil.rmtree(run.root / "half-moved")
+
+
+def test_resume_needs_an_interrupted_training_of_the_same_recipe(tmp_path):
+    from tunesmith.train import check_resumable
+
+    r = recipe(tmp_path, "train.lr=0.001")
+    run = open_run(r)
+    with pytest.raises(ConfigError, match="nothing to resume .* Train without --resume"):
+        check_resumable(r, run, resume=True)
+    write_text(run.checkpoints / "checkpoint-5" / "trainer_state.json", "{}")
+    write_text(run.checkpoints / "recipe.json", json.dumps(r.model_dump(mode="json")))
+    check_resumable(r, run, resume=True)  # the same recipe: fine
+    with pytest.raises(ConfigError, match=r"other recipe values \(train.lr: 0.001 -> 0.002\)"):
+        check_resumable(recipe(tmp_path, "train.lr=0.002"), run, resume=True)
