@@ -68,7 +68,8 @@ class Case:
     expect: Callable[[Workspace], tuple[str, ...]]
     code: int = 2
     signal: str | None = None
-    """Sent to a subprocess once the command has started work (the run's .staging exists)."""
+    """Sent to a subprocess once the command has started work: when `begun` exists in the run."""
+    begun: str = ".staging"
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -367,14 +368,23 @@ def _run_cases() -> list[Case]:
 SPACE = "tune.space={train.lr: {type: float, low: 0.001, high: 0.01}}"
 
 
+def _big_data(w: Workspace) -> Path:
+    """20,000 rows: the data stage takes ~10 s on the tiny model's tokenizer (a wide window for a
+    signal, whatever the machine's load)."""
+    words = "refund invoice login crash calendar export sync team owner billing plan seat".split()
+    rows = [{"instruction": " ".join(words[(i * 7 + j) % len(words)] for j in range(40)) + f" #{i}",
+             "output": "RE"} for i in range(20_000)]
+    return w.rows("big.jsonl", rows)
+
+
 def _signal_cases() -> list[Case]:
     return [
         Case("signal", "sigint-during-train",
              lambda w: ["train", str(w.recipe_file()), "train.max_steps=100000", "train.save_steps=1000"],
-             lambda w: ("interrupted", "the run directory is as it was"), code=130, signal="SIGINT"),
-        Case("signal", "sigterm-during-eval",
-             lambda w: ["eval", str(w.recipe_file()), "eval.max_new_tokens=400",
-                        "eval.forgetting_probe=true"],
+             lambda w: ("interrupted", "the run directory is as it was"), code=130, signal="SIGINT",
+             begun=".work/checkpoints/recipe.json"),
+        Case("signal", "sigterm-while-preparing-new-data",
+             lambda w: ["train", str(w.recipe_file()), f"data.train={_big_data(w)}"],
              lambda w: ("interrupted", "the run directory is as it was"), code=130, signal="SIGTERM"),
     ]
 

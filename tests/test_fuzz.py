@@ -112,12 +112,11 @@ def test_a_signal_leaves_the_run_as_it_was(case: Case, tmp_path, base_template, 
     process = subprocess.Popen([sys.executable, "-m", "tunesmith", *argv], cwd=tmp_path, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    started = (workspace.run / ".work" / "checkpoints" / "recipe.json" if argv[0] == "train"
-               else workspace.run / ".staging")
+    started = workspace.run / case.begun
     deadline = time.time() + 120
     while not started.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
-    time.sleep(1.0)  # well inside the work: training steps, or loading and generating
+    time.sleep(1.0)  # well inside the work: training steps, or preparing 20,000 rows
     assert process.poll() is None, process.communicate()[1][-3000:]
     process.send_signal(getattr(signal, case.signal))
     out, err = process.communicate(timeout=120)
