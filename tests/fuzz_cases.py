@@ -371,7 +371,8 @@ SPACE = "tune.space={train.lr: {type: float, low: 0.001, high: 0.01}}"
 def _big_data(w: Workspace) -> Path:
     """20,000 rows: the data stage takes ~10 s on the tiny model's tokenizer (a wide window for a
     signal, whatever the machine's load)."""
-    words = "refund invoice login crash calendar export sync team owner billing plan seat".split()
+    words = ["refund", "invoice", "login", "crash", "calendar", "export", "sync", "team", "owner",
+             "billing", "plan", "seat"]
     rows = [{"instruction": " ".join(words[(i * 7 + j) % len(words)] for j in range(40)) + f" #{i}",
              "output": "RE"} for i in range(20_000)]
     return w.rows("big.jsonl", rows)
