@@ -5,9 +5,10 @@ import json
 import pytest
 
 from conftest import REAL, write_jsonl
-from tunesmith.data.formats import as_chat, check_record, convert_row, detect_format
+from tunesmith.data.formats import convert_row, detect_format
 from tunesmith.data.load import load_file
 from tunesmith.errors import DataError
+from tunesmith.records import as_chat, check_record
 
 
 def test_alpaca_with_input_system_and_history():

@@ -67,9 +67,8 @@ def test_model_dropout_reaches_the_config(tiny_model_dir):
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
     """bf16 autocast only where the CPU computes bf16 natively (emulated, it is slower than fp32)."""
-    from tunesmith.models.loading import cpu_native_bf16
+    from tunesmith.models.device import cpu_native_bf16, mixed_precision
     from tunesmith.recipe import load_recipe
-    from tunesmith.train import mixed_precision
 
     recipe = load_recipe(None)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")

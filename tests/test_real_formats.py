@@ -8,10 +8,11 @@ import pytest
 
 from conftest import REAL, build_char_tokenizer, write_jsonl
 from tunesmith import data, pipeline
-from tunesmith.data.formats import RowError, check_record, convert_row
+from tunesmith.data.formats import convert_row
 from tunesmith.errors import DataError
 from tunesmith.models.chat import answer_spans, tokenize_record
 from tunesmith.recipe import load_recipe
+from tunesmith.records import RowError, check_record
 
 
 def recipe_for(*overrides):

@@ -135,12 +135,33 @@ class RunDir:
         return self.root / "train" / "summary.json"
 
     @property
+    def data_report(self) -> Path:
+        return self.data / "report.json"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 
     @property
+    def eval_summary(self) -> Path:
+        return self.eval / "summary.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval / "predictions.jsonl"
+
+    @property
     def tune(self) -> Path:
         return self.root / "tune"
+
+    @property
+    def tune_summary(self) -> Path:
+        return self.tune / "summary.json"
+
+    @property
+    def trials(self) -> Path:
+        """One run directory per tuning trial (recipe, logs, summary; no weights)."""
+        return self.tune / "trials"
 
     @property
     def card(self) -> Path:

@@ -22,13 +22,8 @@ from typing import Any
 from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.chat import tokenize_record
-from tunesmith.models.loading import (
-    cpu_native_bf16,
-    load_model,
-    load_tokenizer,
-    model_location,
-    resolve_device,
-)
+from tunesmith.models.device import mixed_precision, resolve_device
+from tunesmith.models.loading import load_model, load_tokenizer, model_location
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, write_json
 
@@ -59,20 +54,6 @@ def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> An
             "raise train.max_length."
         )
     return datasets.Dataset.from_list(kept)
-
-
-def mixed_precision(recipe: Recipe, device: str) -> str:
-    """bf16 autocast where it pays: CUDA with bf16 support, and CPUs that compute bf16 natively
-    (bench/precision.py, SmolLM2 LoRA: 1.60x fp32 with AMX / AVX512-BF16, but 0.49x with AVX-512
-    alone and far slower on AVX2, where bf16 is emulated); fp16 on older GPUs; none on MPS."""
-    import torch
-
-    choice = recipe.train.mixed_precision
-    if choice != "auto":
-        return choice
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device == "cpu" and cpu_native_bf16() else "no"
 
 
 def _wrap_lora(model: Any, recipe: Recipe) -> Any:

@@ -204,7 +204,7 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
     import optuna
 
     cfg = recipe.tune
-    trials_dir = run_dir.root / "tune" / "trials"
+    trials_dir = run_dir.trials
     strata = resolve_strata(splits["train"], recipe.data.balance.by)
 
     def objective(trial: optuna.Trial) -> float:
@@ -344,7 +344,7 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
     import optuna
 
     cfg = recipe.tune
-    out = run_dir.root / "tune"
+    out = run_dir.tune
     frame = study.trials_dataframe()
     write_text(out / "trials.csv", frame.to_csv(index=False))
     states = [t.state for t in study.trials]
@@ -379,7 +379,7 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
         f"steps in all" + (f" (budget {cfg.max_training_steps})" if cfg.max_training_steps else "")
         + f". Best validation loss {best_value} with "
         + ", ".join(f"{k} = {v}" for k, v in best_params.items()) + ".")
-    write_json(out / "summary.json", summary)
+    write_json(run_dir.tune_summary, summary)
     return TuneResult(best_value, best_params, best_path, len(study.trials), pruned, study)
 
 

@@ -23,12 +23,12 @@ from tunesmith.data.augment import augment
 from tunesmith.data.clean import normalise_record
 from tunesmith.data.dedup import NearDupParams, exact_duplicate_groups, near_duplicate_clusters
 from tunesmith.data.filters import answers, drop_reason
-from tunesmith.data.formats import turn_text
 from tunesmith.data.load import LoadedFile, load_file
 from tunesmith.data.readers import ReadOptions
 from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.errors import DataError
 from tunesmith.recipe import Recipe
+from tunesmith.records import turn_text
 from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
 
 MAX_LISTED = 50
@@ -307,7 +307,7 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     run_dir.data.mkdir(parents=True, exist_ok=True)
     for name, rows in ordered.items():
         write_jsonl(run_dir.split(name), rows)
-    write_json(run_dir.data / "report.json", report)
+    write_json(run_dir.data_report, report)
     write_html(report, run_dir.data / "report.html")
     return DataResult(ordered, kind, report)
 

@@ -16,7 +16,7 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-from tunesmith.data.formats import as_chat, turn_text
+from tunesmith.records import as_chat, turn_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _RUN = re.compile(r"(.)\1{19,}", re.DOTALL)

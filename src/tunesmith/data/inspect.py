@@ -12,8 +12,8 @@ from pathlib import Path
 from statistics import quantiles
 from typing import Any
 
-from tunesmith.data.formats import as_chat
 from tunesmith.recipe import Recipe
+from tunesmith.records import as_chat
 
 PERCENTILES = (50, 90, 99)
 

@@ -3,7 +3,7 @@
 `load_file(path, fmt="auto", columns={}, on_invalid="error")` returns a `LoadedFile` with the
 detected format, the records (each with `meta.source`/`meta.line`), and the invalid rows
 (`where`, `error`). A row is judged as it will be trained: converted, cleaned (`clean`, when
-the recipe cleans) and then checked (`formats.check_record`). With `on_invalid="error"` the
+the recipe cleans) and then checked (`records.check_record`). With `on_invalid="error"` the
 first invalid row raises a `DataError` that says where it is and how to fix it.
 """
 
@@ -15,16 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import (
-    RECORD_KIND,
-    RowError,
-    check_record,
-    convert_row,
-    detect_format,
-    map_columns,
-)
+from tunesmith.data.formats import RECORD_KIND, convert_row, detect_format, map_columns
 from tunesmith.data.readers import RawRow, ReadOptions, read_rows
 from tunesmith.errors import DataError
+from tunesmith.records import RowError, check_record
 
 SKIP_HINT = "Fix the row, or set data.on_invalid: skip to drop invalid rows."
 

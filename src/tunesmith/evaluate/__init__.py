@@ -32,7 +32,8 @@ from tunesmith.evaluate.generation import Generator, HFGenerator
 from tunesmith.evaluate.metrics import score, set_scores
 from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
 from tunesmith.models.chat import prompt_and_reference, tokenize_record
-from tunesmith.models.loading import load_model, load_tokenizer, model_location, resolve_device
+from tunesmith.models.device import generation_bf16, resolve_device
+from tunesmith.models.loading import load_model, load_tokenizer, model_location
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
 
@@ -77,15 +78,6 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
             total += float((losses * weights).sum())
             count += int(weights.sum())
     return total / max(count, 1)
-
-
-def generation_bf16(recipe: Recipe, device: str) -> bool:
-    """Whether answers are generated under bf16 autocast (see eval.precision)."""
-    import torch
-
-    if recipe.eval.precision != "auto":
-        return recipe.eval.precision == "bf16"
-    return device == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _models(recipe: Recipe, run_dir: RunDir) -> tuple[Any, Any, Any]:
@@ -283,8 +275,8 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
                     + ", ".join(f"{g} {v:.3f}" for g, v in result["per_group"].items()) + ")")
 
     run_dir.eval.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir.eval / "summary.json", summary)
-    write_jsonl(run_dir.eval / "predictions.jsonl", predictions)
+    write_json(run_dir.eval_summary, summary)
+    write_jsonl(run_dir.predictions, predictions)
     gate = None
     if cfg.bias.on_gap == "fail" and any("bias:" in w for w in summary["warnings"]):
         gate = ("; ".join(w for w in summary["warnings"] if w.startswith("bias:"))

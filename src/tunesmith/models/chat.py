@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tunesmith.data.formats import as_chat
 from tunesmith.errors import ModelError
+from tunesmith.records import as_chat
 
 TOOLS_PREAMBLE = ("You can call these functions. To call one, answer with "
                   '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.')

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
+from tunesmith.models.device import resolve_device, resolve_dtype
 from tunesmith.recipe import CHATML_TEMPLATE, ModelConfig
 
 
@@ -46,49 +47,6 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("tunesmith"))
-
-
-def resolve_device(cfg: ModelConfig) -> str:
-    import torch
-
-    if cfg.device != "auto":
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ModelError("model.device is cuda, but no CUDA GPU is visible. Use model.device=auto.")
-        return cfg.device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
-    """Weights dtype: bf16 on a GPU that supports it; float32 on the CPU, where training still
-    gets bf16 speed through autocast (train.mixed_precision) while master weights stay exact."""
-    import torch
-
-    if cfg.dtype != "auto":
-        return getattr(torch, cfg.dtype)
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def cpu_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86 AMX-BF16 or AVX512-BF16, Arm BF16). Elsewhere
-    oneDNN emulates bf16 and autocast is slower than fp32. Honours ONEDNN_MAX_CPU_ISA, so a
-    machine limited to, say, AVX2 decides as such a CPU would."""
-    import re
-
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if isa not in ("", "ALL", "DEFAULT") and "BF16" not in isa and "AMX" not in isa:
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux: stay with fp32, which is never the slow choice
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags)
-                or re.search(r"^Features\s*:.*\bbf16\b", flags, re.MULTILINE))
 
 
 def embedded_path(name: str) -> Path:

@@ -87,10 +87,10 @@ def build_card(run_dir: RunDir) -> str:
     import jinja2
 
     recipe = yaml.safe_load(run_dir.recipe.read_text(encoding="utf-8"))
-    data_report = _optional_json(run_dir.data / "report.json")
-    train = _optional_json(run_dir.root / "train" / "summary.json")
-    evaluation = _optional_json(run_dir.eval / "summary.json")
-    tune_summary = _optional_json(run_dir.root / "tune" / "summary.json")
+    data_report = _optional_json(run_dir.data_report)
+    train = _optional_json(run_dir.train_summary)
+    evaluation = _optional_json(run_dir.eval_summary)
+    tune_summary = _optional_json(run_dir.tune_summary)
     base_model, license_name = base_model_and_license(recipe["model"]["name"])
     metric = evaluation.get("metric", recipe["eval"]["metric"])
 

@@ -35,11 +35,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _load(path: Path) -> dict[str, Any]:
     run = RunDir(Path(path))
-    summary = run.eval / "summary.json"
+    summary = run.eval_summary
     if not run.recipe.exists() or not summary.exists():
         raise ConfigError(f"{path}: not an evaluated run directory (needs recipe.yaml and "
                           "eval/summary.json). Run `tunesmith eval` on it first.")
-    predictions_file = run.eval / "predictions.jsonl"
+    predictions_file = run.predictions
     predictions = read_jsonl(predictions_file) if predictions_file.exists() else []
     return {"name": Path(path).name, "recipe": _flatten(yaml.safe_load(run.recipe.read_text())),
             "summary": read_json(summary), "predictions": predictions}

@@ -84,9 +84,9 @@ def _bias_figure(dimensions: dict[str, Any]) -> str:
 
 def build_report(run_dir: RunDir) -> str:
     recipe = yaml.safe_load(run_dir.recipe.read_text(encoding="utf-8"))
-    evaluation = _optional(run_dir.eval / "summary.json")
-    data_report = _optional(run_dir.data / "report.json")
-    train = _optional(run_dir.root / "train" / "summary.json")
+    evaluation = _optional(run_dir.eval_summary)
+    data_report = _optional(run_dir.data_report)
+    train = _optional(run_dir.train_summary)
     sets = evaluation.get("sets", {})
     parts = [f"<h1>tunesmith run: {html.escape(recipe['name'])}</h1>",
              f"<p>{html.escape(recipe.get('description', ''))}</p>",
@@ -130,11 +130,11 @@ def build_report(run_dir: RunDir) -> str:
             fired = [[g["guard"], g["step"], g["message"]] for g in train["guards"]]
             parts.append("<h3>Overfitting guards that fired</h3>"
                          + html_table(fired, ["guard", "step", "message"]))
-    tune_summary = _optional(run_dir.root / "tune" / "summary.json")
+    tune_summary = _optional(run_dir.tune_summary)
     if tune_summary:
         parts.append(f"<h2>Hyperparameter search</h2><p>{html.escape(tune_summary['card_text'])}</p>")
         for figure in tune_summary.get("figures", []):
-            png = run_dir.root / "tune" / figure
+            png = run_dir.tune / figure
             if png.exists():
                 parts.append(img(figure, base64.b64encode(png.read_bytes()).decode()))
     for name, row in sets.items():

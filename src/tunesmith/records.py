@@ -1,0 +1,75 @@
+"""Canonical records (DESIGN.md): the one shape every input format becomes, and what every
+stage reads. Below the stages: data, models, evaluate and serve all import from here.
+
+    chat            {"messages": [{role, content, tool_calls?, weight?}], "tools"?, "meta"}
+    classification  {"text", "label", "meta"}
+    text            {"text", "meta"}
+    preference      {"prompt": [messages], "chosen", "rejected"} (DPO) or
+                    {"prompt": [messages], "completion", "label": bool} (KTO)
+
+`check_record` judges a record as it will be trained; `as_chat` is the conversation a record
+trains and evaluates as; `turn_text` is a turn as text for comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class RowError(ValueError):
+    """A row that does not fit its format; the message names the field and the fix."""
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise RowError unless the record, as it will be trained, has something to learn from."""
+    if "messages" in record:
+        check_chat(record["messages"], "messages")
+    elif "chosen" in record or "completion" in record:
+        check_chat(record["prompt"] + [{"role": "assistant", "content": "answer"}], "prompt")
+    elif not record.get("text", "").strip():
+        raise RowError('empty "text" after cleaning')
+    elif "label" in record and not record["label"].strip():
+        raise RowError('empty "label" after cleaning')
+
+
+def check_chat(messages: list[dict[str, Any]], key: str) -> None:
+    turns = [(i, m) for i, m in enumerate(messages) if m["role"] != "system"]
+    if not turns:
+        raise RowError(f'"{key}" has no user or assistant turn')
+    first, message = turns[0]
+    if message["role"] != "user":
+        raise RowError(f"{key}[{first}] is a {message['role']} turn with no user turn before it: nothing "
+                       "prompts it. Start the conversation with a user turn")
+    for (_, previous), (i, message) in zip(turns, turns[1:], strict=False):
+        if message["role"] == "tool" and not (previous.get("tool_calls") or previous["role"] == "tool"):
+            raise RowError(f"{key}[{i}] is a tool result with no tool call before it")
+    for i, message in turns:
+        if message["role"] == "user" and not message["content"].strip():
+            raise RowError(f"{key}[{i}] is an empty user turn")
+    if not any(m["role"] == "assistant" and m.get("weight", 1)
+               and (m["content"].strip() or m.get("tool_calls")) for _, m in turns):
+        raise RowError(f'"{key}" has no non-empty assistant turn to learn from')
+
+
+def turn_text(message: dict[str, Any]) -> str:
+    """A turn as text for comparisons (dedup, leakage, filters): content, then any tool calls."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    rendered = json.dumps([c["function"] for c in calls], ensure_ascii=False, sort_keys=True)
+    return f"{message['content']}\n{rendered}".strip()
+
+
+def as_chat(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The conversation to train/evaluate on: chat records as they are, classification as
+    text -> label; None for plain text records (continued pre-training)."""
+    if "messages" in record:
+        return record["messages"]
+    if "label" in record and "text" in record:
+        return [{"role": "user", "content": record["text"]},
+                {"role": "assistant", "content": record["label"]}]
+    if "prompt" in record:
+        answer = record.get("chosen", record.get("completion", ""))
+        return [*record["prompt"], {"role": "assistant", "content": answer}]
+    return None
