@@ -167,23 +167,6 @@ def report(trial: Any, value: float, step: int, last_step: int) -> bool:
     return step < last_step and bool(trial.should_prune())
 
 
-def _pruning_callback(trial: Any) -> Any:
-    from transformers import TrainerCallback
-
-    class ReportToOptuna(TrainerCallback):
-        pruned = False
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get("eval_loss")
-            if value is None:
-                return
-            if report(trial, value, state.global_step, state.max_steps):
-                self.pruned = True
-                control.should_training_stop = True
-
-    return ReportToOptuna()
-
-
 def cv_folds(records: list[dict], k: int, strata: str, seed: int) -> list[tuple[list[dict], list[dict]]]:
     """k (train, validation) pairs; each record validates exactly once; stratified when possible."""
     remaining = list(range(len(records)))
@@ -234,10 +217,16 @@ def _objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
                 trial.set_user_attr("cv_std", statistics.pstdev(losses))
                 trial.set_user_attr("steps", steps)
                 return statistics.fmean(losses)
-            pruning = _pruning_callback(trial)
-            result = train.run(candidate, trial_dir, extra_callbacks=(pruning,), splits=splits)
+            pruned: list[int] = []
+
+            def prune(step: int, last_step: int, value: float) -> bool:
+                if report(trial, value, step, last_step):
+                    pruned.append(step)
+                return bool(pruned)
+
+            result = train.run(candidate, trial_dir, on_eval_loss=prune, splits=splits)
             trial.set_user_attr("steps", result.steps)
-            if pruning.pruned:
+            if pruned:
                 raise optuna.TrialPruned()
             if result.final_eval_loss is None:
                 raise ConfigError("tuning needs validation data: set data.val or data.val_fraction > 0.")

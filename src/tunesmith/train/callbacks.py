@@ -1,0 +1,98 @@
+"""The TRL/Trainer side of training: callbacks that adapt the backend-independent pieces.
+
+Imported only when training starts (it imports transformers), so the CLI stays quick.
+    ProgressLog      progress bar (or plain lines in logs), tokens/s, and train/log.jsonl
+    GuardsCallback   feeds losses to `guards.OverfittingGuards`, stops training when it says so
+    EvalLossHook     hands each validation loss to a function (the tune stage's pruning)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from transformers import TrainerCallback
+
+from tunesmith.train.guards import OverfittingGuards
+
+
+class ProgressLog(TrainerCallback):
+    """Progress bar with loss, tokens/s and ETA; also appends every log to log.jsonl."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.start_time, self.start_tokens = time.time(), 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_time = time.time()
+        self.start_tokens = state.num_input_tokens_seen
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps,
+                                           completed=state.global_step, loss="-", tps="-")
+
+    def tokens_per_second(self, state) -> float:
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        return (state.num_input_tokens_seen - self.start_tokens) / elapsed
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step,
+                             tps=f"{self.tokens_per_second(state):.0f}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if "loss" in logs:
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+            if not self.progress.console.is_terminal:  # no live bar in logs: print a line
+                self.progress.console.print(
+                    f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                    f"{self.tokens_per_second(state):.0f} tok/s", highlight=False)
+        entry = {"step": state.global_step, "epoch": state.epoch, **logs,
+                 "tokens_seen": state.num_input_tokens_seen,
+                 "tokens_per_second": self.tokens_per_second(state), "time": time.time()}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.progress.stop()
+
+
+class GuardsCallback(TrainerCallback):
+    def __init__(self, guards: OverfittingGuards) -> None:
+        self.guards = guards
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.guards.train_loss(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get("eval_loss")
+        if value is not None and self.guards.validation_loss(state.global_step, value):
+            control.should_training_stop = True
+
+
+class EvalLossHook(TrainerCallback):
+    """`hook(step, max_steps, eval_loss)` after every validation; training stops when it returns True."""
+
+    def __init__(self, hook: Callable[[int, int, float], bool]) -> None:
+        self.hook = hook
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get("eval_loss")
+        if value is not None and self.hook(state.global_step, state.max_steps, value):
+            control.should_training_stop = True

@@ -1,0 +1,74 @@
+"""Overfitting guards that do not depend on the training backend: they see losses, not a Trainer.
+
+`OverfittingGuards(cfg)` is told each train loss and each validation loss; it raises the
+train/validation gap alarm (`train.max_val_train_gap`) and decides early stopping
+(`train.early_stopping`). Every firing is kept in `events` (train/summary.json, the report).
+`l1_penalised_loss` adds the L1 penalty (`train.l1`) to the usual token cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.console import note, warn
+from tunesmith.recipe import TrainConfig
+
+
+class OverfittingGuards:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.events: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.checks_without_improvement = 0
+        self.last_train_loss: float | None = None
+
+    def train_loss(self, loss: float) -> None:
+        self.last_train_loss = loss
+
+    def validation_loss(self, step: int, val: float) -> bool:
+        """Record a validation loss; True when training should stop (early stopping)."""
+        self._gap_alarm(step, val)
+        patience = self.cfg.early_stopping.patience
+        if patience is None:
+            return False
+        if self.best is None or val < self.best - self.cfg.early_stopping.min_delta:
+            self.best, self.checks_without_improvement = val, 0
+            return False
+        self.checks_without_improvement += 1
+        if self.checks_without_improvement < patience:
+            return False
+        message = (f"early stopping at step {step}: validation loss {val:.4f} has not "
+                   f"improved on {self.best:.4f} for {patience} checks")
+        self.events.append({"guard": "early_stopping", "step": step, "message": message})
+        note(message)
+        return True
+
+    def _gap_alarm(self, step: int, val: float) -> None:
+        gap_limit, train = self.cfg.max_val_train_gap, self.last_train_loss
+        if gap_limit is None or train is None or val - train <= gap_limit:
+            return
+        message = (f"validation loss {val:.4f} exceeds train loss {train:.4f} by {val - train:.4f} > "
+                   f"train.max_val_train_gap {gap_limit} at step {step}: overfitting (or an unstable run, "
+                   "if the train loss is high as well).")
+        self.events.append({"guard": "gap_alarm", "step": step, "message": message})
+        warn(message)
+
+
+def l1_penalised_loss(model: Any, coefficient: float):
+    """A `compute_loss_func`: the usual token cross-entropy plus coefficient x sum |w| of the
+    trainable weights (an L1 penalty that Trainer does not offer). It costs TRL one extra
+    no-grad forward per step for its token metrics, so it is only used when train.l1 > 0."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs.logits[:, :-1].float()
+        targets = labels[:, 1:].to(logits.device)
+        total = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        penalty = sum(p.abs().sum() for p in params)
+        return total / torch.as_tensor(count, device=logits.device).clamp(min=1) + coefficient * penalty
+
+    return loss
