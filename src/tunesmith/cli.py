@@ -111,7 +111,7 @@ def tune_command(
     trials: int | None = typer.Option(None, min=1, help="Trials for this worker (default tune.trials)."),
 ) -> None:
     """Search hyperparameters (tune.space); writes tune/trials.csv and tune/best.yaml."""
-    from tunesmith import pipeline, tune
+    from tunesmith import pipeline
 
     parsed = _recipe(recipe, overrides)
     result = pipeline.search(parsed, storage=storage, study_name=study, trials=trials)
@@ -119,7 +119,7 @@ def tune_command(
               f"{result.best_value} with {result.best_params}")
     out.print(f"replay the best: tunesmith run {result.best_recipe}")
     if parsed.tune.cv_folds >= 2 and result.best_params:
-        tune.retrain_best(result.best_recipe)
+        pipeline.retrain_best(result.best_recipe)
 
 
 @app.command("report")

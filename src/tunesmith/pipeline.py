@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 from tunesmith import data, evaluate, report, train, tune
 from tunesmith.errors import QualityGateError
@@ -59,6 +60,13 @@ def search(recipe: Recipe, storage: str | None = None, study_name: str | None = 
     run_dir = open_run(recipe)
     return tune.run(recipe, run_dir, storage=storage, study_name=study_name, trials=trials,
                     after=report.run if run_dir.has_model() else None)
+
+
+def retrain_best(best_path: Path) -> RunDir:
+    """After a cross-validated search: the best values on all of train, evaluated once on test."""
+    from tunesmith.recipe import load_recipe
+
+    return run(load_recipe(best_path))
 
 
 def run(recipe: Recipe, resume: bool = False) -> RunDir:

@@ -370,11 +370,3 @@ def _write_outputs(recipe: Recipe, run_dir: RunDir, study: Any, seconds: float) 
         + ", ".join(f"{k} = {v}" for k, v in best_params.items()) + ".")
     write_json(run_dir.tune_summary, summary)
     return TuneResult(best_value, best_params, best_path, len(study.trials), pruned, study)
-
-
-def retrain_best(best_path: Path) -> RunDir:
-    """After a cross-validated search: the best values on all of train, evaluated once on test."""
-    from tunesmith import pipeline
-    from tunesmith.recipe import load_recipe
-
-    return pipeline.run(load_recipe(best_path))

@@ -13,7 +13,7 @@ from typing import Any
 
 from tunesmith.data.balance import distribution, entropy_bits
 from tunesmith.data.filters import answers
-from tunesmith.report.figures import figure_png, html_table, page
+from tunesmith.figures import figure_png, html_table, page
 from tunesmith.rundir import write_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)

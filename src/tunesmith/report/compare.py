@@ -16,8 +16,8 @@ import yaml
 
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.stats import paired_bootstrap
+from tunesmith.figures import html_table, page
 from tunesmith.report.card import pct
-from tunesmith.report.figures import html_table, page
 from tunesmith.rundir import RunDir, read_json, read_jsonl, write_text
 
 IGNORED_PREFIXES = ("output.", "tune.")

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from tunesmith.figures import figure_png, html_table, img, page
 from tunesmith.report.card import delta_text, pct
-from tunesmith.report.figures import figure_png, html_table, img, page
 from tunesmith.rundir import RunDir, read_json
 
 

@@ -1,0 +1,73 @@
+"""The layering of DESIGN.md, checked on the source: a stage imports only what lies below it.
+
+Layers, lowest first: the shared base (errors and console; recipe, records and figures;
+rundir; models), then the stages in the order they run (data; train; tune and evaluate, which
+must not import each other; report), then what drives them (pipeline and demo; cli). A module
+may import its own package and anything in a lower layer; every `tunesmith.*` import counts,
+including those inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
+LAYERS = [
+    {"errors", "console"},
+    {"recipe", "records", "figures"},
+    {"rundir"},
+    {"models"},
+    {"data"},
+    {"train"},
+    {"tune", "evaluate"},
+    {"report"},
+    {"pipeline", "demo"},
+    {"cli"},
+    {"__main__"},
+]
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "tunesmith" and len(parts) > 1 else None
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, tunesmith unit) of every import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, _unit(alias.name)) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "tunesmith":  # from tunesmith import data, train
+                found += [(node.lineno, alias.name) for alias in node.names]
+            else:
+                found.append((node.lineno, _unit(node.module)))
+    return [(line, unit) for line, unit in found if unit and unit != "__version__"]
+
+
+def test_every_module_has_a_layer():
+    units = {p.stem if p.parent == SRC else p.relative_to(SRC).parts[0] for p in SRC.rglob("*.py")}
+    assert units - {"__init__"} <= set(RANK), sorted(units - set(RANK) - {"__init__"})
+
+
+def test_no_stage_imports_one_above_it_or_beside_it():
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        own = path.stem if path.parent == SRC else path.relative_to(SRC).parts[0]
+        if own == "__init__":
+            continue
+        for line, unit in imports(path):
+            if unit != own and RANK[unit] >= RANK[own]:
+                wrong.append(f"{path.relative_to(SRC)}:{line} ({own}) imports {unit}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    """The scan itself works: an import of a later stage is found, with its line."""
+    sample = tmp_path / "sample.py"
+    sample.write_text("import json\n\ndef f():\n    from tunesmith import report\n"
+                      "    from tunesmith.train import run\n")
+    assert imports(sample) == [(4, "report"), (5, "train")]
