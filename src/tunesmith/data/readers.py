@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError
+from tunesmith.recipe import DataConfig
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
             ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -41,13 +42,12 @@ class RawRow:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    encoding: str = "auto"
-    """Text encoding; `auto` reads UTF-8 (with or without BOM) and UTF-16/32, and refuses the rest
-    with a guess of what the file is."""
-    max_row_chars: int = 1_000_000
-    """A longer row is invalid (a runaway row would take gigabytes in cleaning and tokenizing)."""
-    max_depth: int = 50
-    """A row nested deeper (lists in dicts in lists ...) is invalid."""
+    """How files are read; the defaults are the recipe's (`data.encoding`, `data.max_row_chars`,
+    `data.max_depth`), whose docstrings say what each does."""
+
+    encoding: str = DataConfig.model_fields["encoding"].default
+    max_row_chars: int = DataConfig.model_fields["max_row_chars"].default
+    max_depth: int = DataConfig.model_fields["max_depth"].default
 
 
 def read_rows(path: str | Path, max_rows: int | None = None,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -152,6 +153,7 @@ def _check_hub(cfg: ModelConfig) -> None:
         _OFFLINE_CACHED.add(cfg.name)
 
 
+@functools.cache  # once per process: data, train and evaluate each resolve the model
 def _hub_reachable(timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlparse
