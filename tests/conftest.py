@@ -8,7 +8,24 @@ from pathlib import Path
 
 import pytest
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+def _real_fixtures() -> Path:
+    """../shared/fixtures/real beside the repo (as CI has it), or beside the repository a local
+    clone came from (`git clone . $(mktemp -d)`), or where TUNESMITH_SHARED points."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [Path(os.environ["TUNESMITH_SHARED"])] if os.environ.get("TUNESMITH_SHARED") else []
+    candidates.append(repo.parent / "shared")
+    origin = subprocess.run(["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True,
+                            text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared")
+    found = next((c for c in candidates if (c / "fixtures" / "real").is_dir()), candidates[0])
+    return found / "fixtures" / "real"
+
+
+REAL = _real_fixtures()
 
 CHATML = (
     "{% for message in messages %}"
