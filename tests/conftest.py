@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _real_fixtures() -> Path:
     """../shared/fixtures/real beside the repo (as CI has it), or beside the repository a local
     clone came from (`git clone . $(mktemp -d)`), or where TUNESMITH_SHARED points."""
