@@ -39,8 +39,9 @@ from rich.table import Table
 
 from tunesmith import data, train, tune
 from tunesmith.demo import tickets
+from tunesmith.files import read_json
 from tunesmith.recipe import ParamSpace, Recipe, load_recipe
-from tunesmith.rundir import RunDir, open_run, read_json
+from tunesmith.rundir import RunDir, open_run
 
 SPACE = ("{train.lr: {type: float, low: 1.0e-4, high: 5.0e-3, log: true, "
          "grid: [1.0e-4, 2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3, 5.0e-3]}, "

@@ -9,10 +9,12 @@ import time
 import pytest
 
 from tunesmith import data, evaluate, pipeline, train
+from tunesmith.artifacts import EvalSummary, load
 from tunesmith.data.inspect import inspect_file
+from tunesmith.files import read_json, sha256_file
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.recipe import load_recipe
-from tunesmith.rundir import open_run, read_json, sha256_file
+from tunesmith.rundir import open_run
 
 
 def tiny_recipe(tmp_path, model_dir, files, *extra):
@@ -52,11 +54,12 @@ def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
 
     assert not run_dir.checkpoints.exists(), "checkpoints go once the model is committed"
     outcome = pipeline.evaluate_run(recipe)
-    summary = read_json(run_dir.eval / "summary.json")
-    assert summary == json.loads(json.dumps(outcome.summary))
-    assert summary["sets"]["test"]["examples"] == 6
-    assert {"base", "finetuned", "delta"} <= set(summary["sets"]["test"])
-    assert summary["validation"]["finetuned"]["loss"] < summary["validation"]["base"]["loss"]
+    summary = load(EvalSummary, run_dir.eval / "summary.json")
+    assert summary == outcome.summary  # what was written is what the stage returned
+    assert summary.sets["test"].examples == 6
+    test = summary.sets["test"]
+    assert test.base.value is not None and test.finetuned.value is not None and test.paired is not None
+    assert summary.validation.finetuned.loss < summary.validation.base.loss
     predictions = [json.loads(line) for line in (run_dir.eval / "predictions.jsonl").open()]
     assert len(predictions) == 6
     assert {"base_prediction", "finetuned_prediction", "reference"} <= set(predictions[0])
@@ -87,10 +90,10 @@ def test_evaluation_scores_a_fake_generator(tmp_path, tiny_model_dir, chat_files
                 answers.append(right if ("fine-tuned" in label and i % 2 == 0) else "??")
             return answers
 
-    summary = evaluate.run(recipe, run_dir, generator_factory=HalfRight).summary
-    assert summary["sets"]["test"]["finetuned"] == pytest.approx(0.5)
-    assert summary["sets"]["test"]["base"] == 0.0
-    assert summary["sets"]["test"]["delta"] == pytest.approx(0.5)
+    test = evaluate.run(recipe, run_dir, generator_factory=HalfRight).summary.sets["test"]
+    assert test.finetuned.value == pytest.approx(0.5)
+    assert test.base.value == 0.0
+    assert test.paired.delta == pytest.approx(0.5)
 
 
 def test_resume_after_kill_9(tmp_path, tiny_model_dir, chat_files):

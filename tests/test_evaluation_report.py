@@ -77,12 +77,12 @@ def test_biased_fake_shows_a_gap_and_fails_the_threshold(trained_run):
 def test_unbiased_fake_shows_no_gap(trained_run):
     recipe, run_dir = trained_run
     summary = evaluate.run(recipe, run_dir, generator_factory=Fair).summary
-    for result in summary["bias"]["dimensions"].values():
-        assert result["gap"] == 0.0 and result["changed_share"] == 0.0
-    assert not summary["warnings"]
-    test = summary["sets"]["test"]
-    assert test["finetuned"] == 1.0 and test["finetuned_ci"] == [1.0, 1.0]
-    assert test["paired"]["delta"] == 0.0 and test["errors"] == {"correct": 6}
+    for result in summary.bias.dimensions.values():
+        assert result.gap == 0.0 and result.changed_share == 0.0
+    assert not summary.warnings
+    test = summary.sets["test"]
+    assert test.finetuned.value == 1.0 and test.finetuned.ci == (1.0, 1.0)
+    assert test.paired.delta == 0.0 and test.errors == {"correct": 6}
 
 
 def test_model_card_and_report(trained_run, tmp_path):

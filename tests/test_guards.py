@@ -31,9 +31,9 @@ def test_early_stopping_stops_a_run_whose_validation_loss_rises(tmp_path, tiny_m
     data.run(recipe, run_dir)
     result = train.run(recipe, run_dir)
     assert result.steps < 60
-    kinds = [e["guard"] for e in result.guards]
+    kinds = [e.guard for e in result.guards]
     assert kinds[-1] == "early_stopping" and "gap_alarm" in kinds
-    assert "has not improved" in result.guards[-1]["message"]
+    assert "has not improved" in result.guards[-1].message
 
 
 def test_without_patience_the_run_goes_on(tmp_path, tiny_model_dir):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS = [
-    {"errors", "console"},
-    {"recipe", "records", "figures"},
+    {"errors", "console", "files", "formatting"},
+    {"recipe", "records", "artifacts", "render"},
     {"rundir"},
     {"models"},
     {"data"},

@@ -54,8 +54,8 @@ def test_label_scores_hand_example():
     assert scores["macro"]["f1"] == pytest.approx(2 / 3)
     assert scores["micro"]["f1"] == pytest.approx(4 / 6)
     assert scores["confusion"] == {"labels": ["a", "b", "c"], "matrix": [[1, 0, 0], [1, 2, 0], [0, 1, 1]]}
-    top = analysis.top_confusions(scores["confusion"])
-    assert {"expected": "b", "predicted": "a", "count": 1} in top
+    top = analysis.top_confusions(scores["confusion"]["labels"], scores["confusion"]["matrix"])
+    assert ("b", "a", 1) in [(t.expected, t.predicted, t.count) for t in top]
 
 
 def test_label_from_json_field():
@@ -97,4 +97,4 @@ def test_memorisation_counts_only_distinctive_answers():
         ["a long distinctive answer that appears once in training data",
          "another long answer that was never seen in training"],
         train)
-    assert result == {"checked": 2, "verbatim_train_answers": 1, "rate": 0.5, "min_chars": 40}
+    assert result.model_dump() == {"checked": 2, "verbatim_train_answers": 1, "rate": 0.5, "min_chars": 40}

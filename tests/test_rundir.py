@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from tunesmith.errors import ConfigError
+from tunesmith.files import read_json, sha256_file, write_text
 from tunesmith.recipe import load_recipe
-from tunesmith.rundir import JOURNAL, _roll_forward, open_run, read_json, sha256_file, write_text
+from tunesmith.rundir import JOURNAL, _roll_forward, open_run
 
 
 def recipe(tmp_path, *overrides):

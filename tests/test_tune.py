@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from tunesmith import tune
+from tunesmith.files import read_json
 from tunesmith.recipe import load_recipe
-from tunesmith.rundir import open_run, read_json
+from tunesmith.rundir import open_run
 
 SPACE = ("tune.space={train.lr: {type: float, low: 0.001, high: 0.05, log: true, grid: [0.001, 0.05]}, "
          "train.lora.r: {type: categorical, choices: [2, 4]}}")
@@ -172,9 +173,9 @@ STORAGE_RACE = """
 import sys, time
 from tunesmith.recipe import load_recipe
 from tunesmith.rundir import RunDir
-from tunesmith.tune import _storage
+from tunesmith.tune.storage import open_storage
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both workers start at the same instant
-_storage(load_recipe(None).tune, RunDir(__import__("pathlib").Path(sys.argv[3])), sys.argv[1])
+open_storage(load_recipe(None).tune, RunDir(__import__("pathlib").Path(sys.argv[3])), sys.argv[1])
 """
 
 

@@ -27,7 +27,7 @@ def prepare(recipe: Recipe) -> data.DataResult:
     run_dir = open_run(recipe)
     with run_dir.transaction(recipe, ("data",)) as view:
         result = data.run(recipe, view)
-    data.print_stats(result.stats)
+    data.print_stats(result.report)
     return result
 
 
@@ -35,7 +35,7 @@ def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
     run_dir = open_run(recipe)
     train.check_resumable(recipe, run_dir, resume)
     with run_dir.transaction(recipe, ("data", "train")) as view:
-        data.print_stats(data.run(recipe, view).stats)
+        data.print_stats(data.run(recipe, view).report)
         result = train.run(recipe, view, resume=resume)
     shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume
     if run_dir.work.is_dir() and not any(run_dir.work.iterdir()):

@@ -209,6 +209,8 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "embedded:smollm2-135m-instruct"
     """Hub id, local directory (safetensors), or `embedded:smollm2-135m-instruct` (ships offline)."""
+    family: Literal["causal_lm"] = "causal_lm"
+    """Model family: `causal_lm` (decoder, GPT-style: generation). Encoders and seq2seq come next."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; None takes the default branch."""
     trust_remote_code: bool = False
@@ -396,6 +398,10 @@ class TuneConfig(_Section):
     """Whether a lower or higher objective is better."""
     pruner: Literal["none", "median", "hyperband"] = "median"
     """Stop unpromising trials early on their intermediate validation loss."""
+    pruner_startup_trials: int = Field(2, ge=0)
+    """median: trials that run to the end before the pruner starts comparing."""
+    hyperband_reduction_factor: int = Field(3, ge=2)
+    """hyperband: 1 / this share of trials is promoted to the next rung."""
     eval_steps: int = Field(10, gt=0)
     """Trials compute validation loss every N steps (what pruning decides on), unless
     train.eval_steps is set."""

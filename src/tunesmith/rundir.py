@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
+from tunesmith.files import read_json, sha256_file, write_json, write_text
 from tunesmith.recipe import Recipe, dump_recipe
 
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -127,6 +125,26 @@ class RunDir:
         return self.work / "checkpoints"
 
     @property
+    def study_db(self) -> Path:
+        """The tune stage's SQLite study (when no shared storage is given)."""
+        return self.work / "study.db"
+
+    @property
+    def checkpoint_recipe(self) -> Path:
+        """The recipe the checkpoints were made with (a resume must use the same one)."""
+        return self.checkpoints / "recipe.json"
+
+    @property
+    def log_in_progress(self) -> Path:
+        """train/log.jsonl while training runs (kept with the checkpoints for a resume)."""
+        return self.checkpoints / "log.jsonl"
+
+    @property
+    def merged_model(self) -> Path:
+        """The LoRA adapter merged into its base (train.merge: true)."""
+        return self.model / "merged"
+
+    @property
     def train_log(self) -> Path:
         return self.root / "train" / "log.jsonl"
 
@@ -137,6 +155,10 @@ class RunDir:
     @property
     def data_report(self) -> Path:
         return self.data / "report.json"
+
+    @property
+    def data_report_html(self) -> Path:
+        return self.data / "report.html"
 
     @property
     def eval(self) -> Path:
@@ -153,6 +175,14 @@ class RunDir:
     @property
     def tune(self) -> Path:
         return self.root / "tune"
+
+    @property
+    def best_recipe(self) -> Path:
+        return self.tune / "best.yaml"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.tune / "trials.csv"
 
     @property
     def tune_summary(self) -> Path:
@@ -426,41 +456,3 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

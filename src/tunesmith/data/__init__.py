@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.artifacts import DataReport, dump, save
 from tunesmith.data import balance, leakage, privacy
 from tunesmith.data.augment import augment
 from tunesmith.data.clean import normalise_record
@@ -27,9 +28,10 @@ from tunesmith.data.load import LoadedFile, load_file
 from tunesmith.data.readers import ReadOptions
 from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.errors import DataError
+from tunesmith.files import read_jsonl, write_jsonl
 from tunesmith.recipe import Recipe
 from tunesmith.records import turn_text
-from tunesmith.rundir import RunDir, read_jsonl, write_json, write_jsonl
+from tunesmith.rundir import RunDir
 
 MAX_LISTED = 50
 EXAMPLES_PER_REASON = 3
@@ -41,8 +43,13 @@ class DataResult:
     """train, val, optionally test, and each named eval set."""
     kind: str
     """Record kind of the training data: chat, classification or text."""
-    stats: dict[str, Any]
-    """Everything data/report.json holds."""
+    report: DataReport
+    """What data/report.json holds."""
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The report as plain JSON data."""
+        return dump(self.report)
 
 
 def match_text(record: dict[str, Any]) -> str:
@@ -307,9 +314,10 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     run_dir.data.mkdir(parents=True, exist_ok=True)
     for name, rows in ordered.items():
         write_jsonl(run_dir.split(name), rows)
-    write_json(run_dir.data_report, report)
-    write_html(report, run_dir.data / "report.html")
-    return DataResult(ordered, kind, report)
+    typed = DataReport.model_validate(report)
+    save(typed, run_dir.data_report)
+    write_html(typed, run_dir.data_report_html)
+    return DataResult(ordered, kind, typed)
 
 
 def _nothing_left(report: dict[str, Any]) -> str:
@@ -333,8 +341,8 @@ def _nothing_left(report: dict[str, Any]) -> str:
             "flag, data.privacy.mode).")
 
 
-def print_stats(stats: dict[str, Any]) -> None:
-    print_report_summary(stats)
+def print_stats(report: DataReport) -> None:
+    print_report_summary(report)
 
 
 def load_splits(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:

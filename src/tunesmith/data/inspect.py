@@ -85,7 +85,6 @@ def _stage_report(path: str, recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
 
     from tunesmith import data
     from tunesmith.rundir import RunDir
-
     single = recipe.data.model_copy(update={
         "train": [path], "val": None, "test": None, "eval_sets": {}, "on_invalid": "skip",
         "val_fraction": 0.0, "test_fraction": 0.0})

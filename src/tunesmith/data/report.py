@@ -3,7 +3,6 @@ self-contained HTML page with figures (PNG embedded as base64, no network needed
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections import Counter
@@ -11,10 +10,11 @@ from pathlib import Path
 from statistics import quantiles
 from typing import Any
 
+from tunesmith.artifacts import DataReport
 from tunesmith.data.balance import distribution, entropy_bits
 from tunesmith.data.filters import answers
-from tunesmith.figures import figure_png, html_table, page
-from tunesmith.rundir import write_text
+from tunesmith.files import write_text
+from tunesmith.render import figure_png, render
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 HISTOGRAM_BINS = 20
@@ -85,41 +85,48 @@ def _histogram(values: list[int]) -> tuple[list[int], list[float]]:
     return counts, [low + i * width for i in range(HISTOGRAM_BINS + 1)]
 
 
-def print_report_summary(report: dict[str, Any]) -> None:
+def print_report_summary(report: DataReport) -> None:
     from rich.table import Table
 
     from tunesmith.console import out as console
     table = Table(title="data")
     for column in ("file", "format", "valid", "invalid"):
         table.add_column(column, justify="left" if column in ("file", "format") else "right")
-    for path, info in report["files"].items():
-        table.add_row(path, info["format"], str(info["valid_rows"]), str(info["invalid_rows"]))
+    for path, info in report.files.items():
+        table.add_row(path, info.format, str(info.valid_rows), str(info.invalid_rows))
     console.print(table)
-    lines = [f"loaded train rows {report['loaded_train_rows']}"]
-    if report.get("clean"):
-        lines.append("cleaned: " + ", ".join(f"{k} {v}" for k, v in report["clean"].items()))
-    if report.get("filters", {}).get("dropped"):
-        lines.append("filtered: " + ", ".join(f"{k} {v}" for k, v in report["filters"]["dropped"].items()))
-    dedup = report.get("dedup", {})
-    lines.append(f"duplicates removed: exact {dedup.get('exact_removed', 0)}, "
-                 f"near {dedup.get('near_removed', 0)}")
-    if dedup.get("answer_clusters"):
-        top = dedup["answer_clusters"][0]
-        lines.append(f"templated answers: {len(dedup['answer_clusters'])} clusters, largest "
-                     f"{top['size']}x {top['example'][:40]!r}")
-    for name, entry in report.get("leakage", {}).get("sets", {}).items():
-        lines.append(f"leakage {name}: {entry['duplicates_of_train']} near/exact copies of train, "
-                     f"{entry['ngram_overlap']['rows_with_overlap']} rows share a "
-                     f"{entry['ngram_overlap']['n']}-gram"
-                     + (f", {entry['removed_from_train']} train rows removed"
-                        if entry.get("removed_from_train") else ""))
-    if report.get("privacy"):
-        lines.append("privacy: " + ", ".join(f"{k} {v}" for k, v in report["privacy"].items()))
-    if report.get("augment"):
-        lines.append(f"augmented: +{report['augment']['rows_added']} train rows")
-    lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
-    for line in lines:
+    for line in _summary_lines(report):
         console.print(line, highlight=False)
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _summary_lines(report: DataReport) -> list[str]:
+    lines = [f"loaded train rows {report.loaded_train_rows}"]
+    if report.clean:
+        lines.append("cleaned: " + _counts(report.clean))
+    if report.filters and report.filters.dropped:
+        lines.append("filtered: " + _counts(report.filters.dropped))
+    dedup = report.dedup
+    lines.append(f"duplicates removed: exact {dedup.exact_removed}, near {dedup.near_removed}")
+    if dedup.answer_clusters:
+        top = dedup.answer_clusters[0]
+        lines.append(f"templated answers: {len(dedup.answer_clusters)} clusters, largest "
+                     f"{top['size']}x {top['example'][:40]!r}")
+    for name, entry in (report.leakage.sets.items() if report.leakage else []):
+        overlap = entry.ngram_overlap
+        overlap, removed = entry.ngram_overlap, entry.removed_from_train
+        lines.append(f"leakage {name}: {entry.duplicates_of_train} near/exact copies of train, "
+                     f"{overlap['rows_with_overlap']} rows share a {overlap['n']}-gram"
+                     + (f", {removed} train rows removed" if removed else ""))
+    if report.privacy:
+        lines.append("privacy: " + _counts(report.privacy.model_dump(exclude_none=True)))
+    if report.augment:
+        lines.append(f"augmented: +{report.augment['rows_added']} train rows")
+    lines.append("splits: " + _counts(report.splits))
+    return lines
 
 
 def _length_figure(describe_by_split: dict[str, Any]) -> str:
@@ -145,62 +152,27 @@ def _distribution_figure(distribution_by_split: dict[str, dict[str, int]]) -> st
     return figure_png(draw)
 
 
-def write_html(report: dict[str, Any], path: Path) -> None:
+def write_html(report: DataReport, path: Path) -> None:
     """A self-contained page: tables of every count, and the figures inline."""
-    sections = ["<h1>tunesmith data report</h1>"]
-    sections.append("<h2>Files</h2>" + html_table(
-        [[p, f["format"], f["valid_rows"], f["invalid_rows"]] for p, f in report["files"].items()],
-        ["file", "format", "valid", "invalid"]))
-    invalid = [[i["where"], i["error"]] for f in report["files"].values() for i in f["invalid"]]
-    if invalid:
-        sections.append("<h3>Invalid rows</h3>" + html_table(invalid, ["where", "error"]))
-    sections.append("<h2>Splits</h2>" + html_table(
-        [[name, info["rows"], f"{info['length']['p50']:.0f}", f"{info['length']['p90']:.0f}",
-          f"{info['length']['max']:.0f}", f"{info['distinct_1']:.3f}", f"{info['distinct_2']:.3f}",
-          f"{info.get('label_entropy_bits', '')}"]
-         for name, info in report["describe"].items()],
-        ["split", "rows", "p50 length", "p90", "max", "distinct-1", "distinct-2", "label entropy"]))
-    if report["describe"]:
-        sections.append(f'<img alt="length histogram" src="data:image/png;base64,'
-                        f'{_length_figure(report["describe"])}">')
-    if report.get("clean"):
-        sections.append("<h2>Cleaning</h2>" + html_table(list(report["clean"].items()), ["change", "rows"]))
-    filters = report.get("filters", {})
-    if filters:
-        sections.append("<h2>Quality filters</h2>" + html_table(
-            list(filters["dropped"].items()) or [["(none)", 0]], ["filter", "dropped"]))
-        examples = [[reason, e["where"], e["text"]] for reason, items in filters["examples"].items()
-                    for e in items]
-        if examples:
-            sections.append(html_table(examples, ["filter", "where", "text"]))
-    dedup = report.get("dedup", {})
-    sections.append(f"<h2>Duplicates</h2><p>exact removed: {dedup.get('exact_removed', 0)}, "
-                    f"near removed: {dedup.get('near_removed', 0)}</p>")
-    if dedup.get("clusters"):
-        clusters = [[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup["clusters"]]
-        sections.append(html_table(clusters,
-                               ["kind", "size", "kept", "example"]))
-    if dedup.get("answer_clusters"):
-        sections.append("<h3>Templated answers (reported, not removed)</h3>" + html_table(
-            [[c["kind"], c["size"], c["rows"], c["example"]] for c in dedup["answer_clusters"]],
-            ["kind", "answers", "rows", "example"]))
-    leakage = report.get("leakage", {})
-    if leakage.get("sets"):
-        sections.append(f"<h2>Leakage (action: {leakage['action']})</h2>" + html_table(
-            [[name, e["duplicates_of_train"], e["train_rows_involved"],
-              e["ngram_overlap"]["rows_with_overlap"], f"{e['ngram_overlap']['ngram_share']:.3f}"]
-             for name, e in leakage["sets"].items()],
-            ["set", "copies of train", "train rows involved", "rows sharing an n-gram",
-             "n-gram share"]))
-    balance = report.get("balance", {})
-    if balance.get("distribution"):
-        sections.append(f"<h2>Balance (by {balance['by']}, strategy {balance['strategy']})</h2>")
-        sections.append(f'<img alt="distribution" src="data:image/png;base64,'
-                        f'{_distribution_figure(balance["distribution"])}">')
-        if balance.get("class_weights"):
-            sections.append(html_table(list(balance["class_weights"].items()), ["stratum", "weight"]))
-    for key in ("privacy", "augment"):
-        if report.get(key):
-            dumped = html.escape(json.dumps(report[key], indent=1))
-            sections.append(f"<h2>{key.title()}</h2><pre>{dumped}</pre>")
-    write_text(path, page("data report", "".join(sections)))
+    dedup, leakage = report.dedup, report.leakage
+    write_text(path, render(
+        "data_report.html.j2", report=report,
+        files=report.file_rows(),
+        invalid=[[i["where"], i["error"]] for f in report.files.values() for i in f.invalid],
+        splits=[[name, info["rows"], f"{info['length']['p50']:.0f}", f"{info['length']['p90']:.0f}",
+                 f"{info['length']['max']:.0f}", f"{info['distinct_1']:.3f}", f"{info['distinct_2']:.3f}",
+                 f"{info.get('label_entropy_bits', '')}"] for name, info in report.describe.items()],
+        length_figure=_length_figure(report.describe) if report.describe else None,
+        filter_examples=[[reason, e["where"], e["text"]] for reason, items in
+                         (report.filters.examples.items() if report.filters else []) for e in items],
+        clusters=[[c["kind"], c["size"], c["kept"], c["example"]] for c in dedup.clusters],
+        answer_clusters=[[c["kind"], c["size"], c["rows"], c["example"]]
+                         for c in getattr(dedup, "answer_clusters", None) or []],
+        leakage=[[name, e.duplicates_of_train, e.train_rows_involved, e.ngram_overlap["rows_with_overlap"],
+                  f"{e.ngram_overlap['ngram_share']:.3f}"] for name, e in leakage.sets.items()]
+        if leakage else [],
+        distribution_figure=_distribution_figure(report.balance["distribution"])
+        if report.balance.get("distribution") else None,
+        extra=[(key.title(), json.dumps(section, indent=1)) for key, section in
+               (("privacy", report.privacy and report.privacy.model_dump()), ("augment", report.augment))
+               if section]))

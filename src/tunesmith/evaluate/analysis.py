@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
+from tunesmith.artifacts import Generalisation, LogEntry, Memorisation, Prediction, TopConfusion, WorstExample
 from tunesmith.evaluate.metrics import field_value, normalise, parse_json_object
 
 MEMORISATION_MIN_CHARS = 40
@@ -39,37 +39,35 @@ def error_class(prediction: str, reference: str, correct: bool, max_new_tokens_h
     return "wrong_answer"
 
 
-def worst_examples(rows: list[dict[str, Any]], score_key: str, count: int = 5) -> list[dict[str, Any]]:
-    ranked = sorted(rows, key=lambda r: (r.get(score_key) or 0.0, r["index"]))
-    return [{k: r.get(k) for k in ("set", "index", "prompt", "reference", "finetuned_prediction",
-                                   score_key, "finetuned_error")} for r in ranked[:count]]
+def worst_examples(rows: list[Prediction], count: int = 5) -> list[WorstExample]:
+    """The lowest-scoring fine-tuned answers of a set (first in set order on ties)."""
+    ranked = sorted(rows, key=lambda r: (r.finetuned_score or 0.0, r.index))
+    return [WorstExample.model_validate(r.model_dump()) for r in ranked[:count]]
 
 
-def top_confusions(confusion: dict[str, Any], count: int = 5) -> list[dict[str, Any]]:
-    labels, matrix = confusion["labels"], confusion["matrix"]
+def top_confusions(labels: list[str], matrix: list[list[int]], count: int = 5) -> list[TopConfusion]:
     pairs = [(matrix[i][j], labels[i], labels[j]) for i in range(len(matrix))
              for j in range(len(matrix[i])) if i != j and matrix[i][j]]
-    return [{"expected": e, "predicted": p, "count": n} for n, e, p in sorted(pairs, reverse=True)[:count]]
+    return [TopConfusion(expected=e, predicted=p, count=n) for n, e, p in sorted(pairs, reverse=True)[:count]]
 
 
-def loss_curves(log: list[dict[str, Any]]) -> dict[str, Any]:
-    train = [(e["step"], e["loss"]) for e in log if "loss" in e]
-    val = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
-    out: dict[str, Any] = {"train": train, "val": val}
+def loss_curves(log: list[LogEntry]) -> Generalisation:
+    train = [(e.step, e.loss) for e in log if e.loss is not None]
+    val = [(e.step, e.eval_loss) for e in log if e.eval_loss is not None]
+    out = Generalisation(train=train, val=val)
     if train and val:
         recent = [loss for _, loss in train[-3:]]
-        out["final_train_loss"] = sum(recent) / len(recent)
-        out["final_val_loss"] = val[-1][1]
-        out["gap"] = out["final_val_loss"] - out["final_train_loss"]
+        out.final_train_loss = sum(recent) / len(recent)
+        out.final_val_loss = val[-1][1]
+        out.gap = out.final_val_loss - out.final_train_loss
     return out
 
 
-def memorisation_rate(predictions: list[str], train_answers: list[str]) -> dict[str, Any]:
+def memorisation_rate(predictions: list[str], train_answers: list[str]) -> Memorisation:
     """Share of generations that equal a (long, non-templated) training answer verbatim."""
     counts = Counter(normalise(a) for a in train_answers)
     distinctive = {a for a, n in counts.items() if n == 1 and len(a) >= MEMORISATION_MIN_CHARS}
     checked = [normalise(p) for p in predictions if len(normalise(p)) >= MEMORISATION_MIN_CHARS]
     copied = sum(1 for p in checked if p in distinctive)
-    return {"checked": len(checked), "verbatim_train_answers": copied,
-            "rate": copied / len(checked) if checked else 0.0,
-            "min_chars": MEMORISATION_MIN_CHARS}
+    return Memorisation(checked=len(checked), verbatim_train_answers=copied,
+                        rate=copied / len(checked) if checked else 0.0, min_chars=MEMORISATION_MIN_CHARS)

@@ -19,7 +19,8 @@ prompts whose answer changed when only the group changed.
 from __future__ import annotations
 
 import re
-from typing import Any
+
+from tunesmith.artifacts import BiasDimension
 
 LEXICON: dict[str, dict[str, list[str]]] = {
     "gender": {
@@ -90,11 +91,11 @@ def probe_prompts(prompts: list[list[dict]], lexicon: dict[str, dict[str, list[s
 
 
 def summarise(dimension_probes: list[tuple[int, dict[str, list[dict]]]],
-              answers: dict[str, list[str]], scores: dict[str, list[float]]) -> dict[str, Any]:
+              answers: dict[str, list[str]], scores: dict[str, list[float]]) -> BiasDimension:
     """Metric per group, largest gap, and the share of prompts whose answer changed."""
     per_group = {g: sum(v) / len(v) for g, v in scores.items() if v}
     changed = sum(1 for k in range(len(dimension_probes))
                   if len({answers[g][k] for g in answers}) > 1)
     gap = max(per_group.values()) - min(per_group.values()) if per_group else 0.0
-    return {"prompts": len(dimension_probes), "per_group": per_group, "gap": gap,
-            "changed_share": changed / len(dimension_probes) if dimension_probes else 0.0}
+    return BiasDimension(prompts=len(dimension_probes), per_group=per_group, gap=gap,
+                         changed_share=changed / len(dimension_probes) if dimension_probes else 0.0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tunesmith.console import PlainProgress
 from tunesmith.models.chat import render_prompt
+from tunesmith.models.families import Family
+from tunesmith.models.families.causal_lm import CausalLM
 
 
 class Generator(Protocol):
@@ -28,6 +30,7 @@ class HFGenerator:
     max_new_tokens: int
     batch_size: int
     autocast_bf16: bool = False
+    family: Family = field(default_factory=CausalLM)
     examples_per_second: float = 0.0
 
     def generate(self, prompts: list[list[dict]], label: str) -> list[str]:
@@ -58,7 +61,7 @@ class HFGenerator:
                     **encoded, max_new_tokens=self.max_new_tokens, do_sample=False,
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 )
-                new_tokens = output[:, encoded["input_ids"].shape[1]:]
+                new_tokens = self.family.generated_tokens(output, encoded["input_ids"].shape[1])
                 for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
                                    strict=True):
                     answers[i] = text.strip()

@@ -19,6 +19,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+from tunesmith.artifacts import ModelScores
 from tunesmith.evaluate.stats import bootstrap_ci
 
 _SPACE = re.compile(r"\s+")
@@ -152,8 +153,9 @@ def label_scores(predictions: list[str], references: list[str], field: str | Non
 
 
 def set_scores(predictions: list[str], references: list[str], metric: str, fields: list[str],
-               label_field: str | None, labels: bool) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """All metrics of one model on one set, and the per-example scores behind them."""
+               label_field: str | None, labels: bool) -> tuple[ModelScores, dict[str, list[float]]]:
+    """All metrics of one model on one set (the primary one, `metric`, as its value), and the
+    per-example scores behind them."""
     per_example = {name: [function(p, r) for p, r in zip(predictions, references, strict=True)]
                    for name, function in PER_EXAMPLE_FUNCTIONS.items()}
     if metric == "json_fields":
@@ -162,8 +164,11 @@ def set_scores(predictions: list[str], references: list[str], metric: str, field
         for field in fields:
             per_example[f"field:{field}"] = [json_fields(p, r, [field])
                                              for p, r in zip(predictions, references, strict=True)]
-    scores: dict[str, Any] = {name: _with_ci(values) for name, values in per_example.items()}
+    scores = {name: _with_ci(values) for name, values in per_example.items()}
     scores.update(corpus_scores(predictions, references))
-    if labels:
-        scores["labels"] = label_scores(predictions, references, label_field)
-    return scores, per_example
+    result = ModelScores(metrics=scores, labels=label_scores(predictions, references, label_field)
+                         if labels else None)
+    if metric != "none":
+        primary = result.metrics[metric]
+        result.value, result.ci = primary.value, (primary.ci_low, primary.ci_high)
+    return result, per_example

@@ -1,7 +1,8 @@
 """Confidence intervals and paired tests for evaluation numbers.
 
     bootstrap_ci([1, 0, 1, 1])                 -> (low, high) of the mean, 95%
-    paired_bootstrap([0, 1, 1], [1, 1, 1])     -> delta, (low, high), p-value (two-sided)
+    paired_bootstrap([0, 1, 1], [1, 1, 1])     -> delta, (low, high), p-value (two-sided), and
+                                                  significant: the CI excludes zero
     mcnemar([0, 1, 1, 0], [1, 1, 1, 1])        -> exact McNemar p-value for paired 0/1 scores
 
 The bootstrap resamples examples with replacement (seeded, so reports are reproducible);
@@ -51,8 +52,9 @@ def paired_bootstrap(base: Sequence[float], tuned: Sequence[float], level: float
         p = 1.0
     else:
         p = min(1.0, 2 * float(np.mean(deltas <= 0) if observed > 0 else np.mean(deltas >= 0)))
-    return {"delta": observed, "ci_low": float(np.percentile(deltas, tail)),
-            "ci_high": float(np.percentile(deltas, 100 - tail)), "p_value": p}
+    low, high = float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
+    return {"delta": observed, "ci_low": low, "ci_high": high, "p_value": p,
+            "significant": low > 0 or high < 0}
 
 
 def mcnemar(base: Sequence[float], tuned: Sequence[float]) -> dict[str, float]:

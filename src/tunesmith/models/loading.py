@@ -9,17 +9,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
 from tunesmith.models.device import resolve_device, resolve_dtype
+from tunesmith.models.families import family_for
+from tunesmith.models.families.causal_lm import CausalLM
 from tunesmith.recipe import CHATML_TEMPLATE, ModelConfig
 
 
@@ -74,12 +78,12 @@ def embedded_path(name: str) -> Path:
 
 
 def _convert_gguf(source: Path, filename: str, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from tunesmith.console import note
 
     note(f"Converting embedded {filename} to safetensors once -> {target}")
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename)
+    model = CausalLM().auto_class().from_pretrained(source, gguf_file=filename)  # GGUF: decoders
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
     # The weights are plain float tensors now; drop the GGUF marks that Trainer and
     # save_pretrained refuse.
@@ -199,7 +203,7 @@ DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop
 def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None,
                dropout: float | None = None) -> Any:
     """The model on its device; `dropout` sets every dropout field its config has."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     location = location or model_location(cfg)
@@ -210,7 +214,7 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
         config = AutoConfig.from_pretrained(location, **_hub_kwargs(cfg))
         overrides = {name: dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = family_for(cfg).auto_class().from_pretrained(
             location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
             **overrides,
         )
@@ -220,3 +224,37 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
             "your network, and that the repo has safetensors weights."
         ) from None
     return model.to(device)
+
+
+@dataclass
+class RunModel:
+    """A run's fine-tuned model, ready to answer; evaluation and serving load it the same way."""
+    tokenizer: Any
+    model: Any
+    as_base: Callable[[], contextlib.AbstractContextManager[Any]]
+    """`with run_model.as_base() as base:` the model before fine-tuning. With LoRA it is the same
+    weights with the adapter disabled: one model in memory, exactly the model we started from."""
+
+
+def load_run_model(cfg: ModelConfig, method: str, model_dir: Path) -> RunModel:
+    """The model a run trained into `model_dir` (a LoRA adapter on its base, or full weights)."""
+    from peft import PeftModel
+
+    expected = "adapter_config.json" if method == "lora" else "config.json"
+    if not (model_dir / expected).exists():
+        raise ModelError(f"{model_dir}: no trained model ({expected} missing). Run "
+                         "`tunesmith train RECIPE` (or `tunesmith run RECIPE`) first.")
+    device = resolve_device(cfg)
+    tokenizer = load_tokenizer(cfg, str(model_dir))
+    base = load_model(cfg, model_location(cfg), device)
+    if method != "lora":
+        return RunModel(tokenizer, load_model(cfg, str(model_dir), device),
+                        lambda: contextlib.nullcontext(base))
+    tuned = PeftModel.from_pretrained(base, str(model_dir))
+
+    @contextlib.contextmanager
+    def adapter_off() -> Iterator[Any]:
+        with tuned.disable_adapter():
+            yield tuned
+
+    return RunModel(tokenizer, tuned, adapter_off)

@@ -21,10 +21,9 @@ class ReportResult:
 
 def run(run_dir) -> ReportResult:
     """Write the card and the report into `run_dir` (a transaction's view of the run)."""
+    from tunesmith.files import write_text
     from tunesmith.report.card import build_card
     from tunesmith.report.html import build_report
-    from tunesmith.rundir import write_text
-
     if not run_dir.has_model():
         raise ConfigError(f"{run_dir.home or run_dir.root}: no trained model (model/ is missing), and a "
                           "model card describes a trained model. Run `tunesmith train RECIPE` first.")
@@ -37,7 +36,6 @@ def rebuild(path: Path) -> ReportResult:
     """`tunesmith report RUN_DIR`: the card and report of an existing run, rebuilt in place."""
     from tunesmith.recipe import load_recipe
     from tunesmith.rundir import open_run_dir
-
     target = open_run_dir(path)
     if not target.recipe.is_file() or not target.manifest.is_file():
         raise ConfigError(f"{path}: not a run directory (no recipe.yaml and manifest.json). Point at a "

@@ -4,18 +4,27 @@ directory alone (resolved recipe, manifest, data report, train summary, eval sum
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tunesmith.artifacts import Bias, DataReport, EvalSummary
+from tunesmith.files import sha256_file
+from tunesmith.formatting import delta, number, pct, points
+from tunesmith.models.families import family_for
 from tunesmith.models.loading import EMBEDDED, EMBEDDED_PREFIX
-from tunesmith.rundir import RunDir, read_json
+from tunesmith.render import render
+from tunesmith.report.sources import RunRecord, read_run
+from tunesmith.rundir import RunDir
 
-
-def _optional_json(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.exists() else {}
+LIMITATIONS = [
+    "Scores are measured on the held-out and out-of-domain sets listed above only; other "
+    "inputs may behave differently.",
+    "Greedy decoding with a fixed token budget; sampling or longer outputs were not evaluated.",
+    "The bias lexicon covers a few dimensions and English terms; it cannot show the absence of "
+    "bias, only gaps on the probes run.",
+]
 
 
 def base_model_and_license(model_name: str) -> tuple[str, str]:
@@ -33,131 +42,120 @@ def base_model_and_license(model_name: str) -> tuple[str, str]:
     return model_name, "unknown"
 
 
-def pct(value: float | None, ci: list[float] | None = None) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-
-
-def delta_text(paired: dict[str, Any] | None) -> str:
-    if not paired:
-        return "-"
-    return (f"{100 * paired['delta']:+.1f} pts [{100 * paired['ci_low']:+.1f}, "
-            f"{100 * paired['ci_high']:+.1f}]" + (" *" if paired.get("significant") else ""))
-
-
-def _data_checks(report: dict[str, Any]) -> str:
-    parts = [f"{report.get('loaded_train_rows', '?')} training rows loaded"]
-    invalid = sum(f["invalid_rows"] for f in report.get("files", {}).values())
-    parts.append(f"{invalid} invalid rows skipped")
-    if report.get("filters", {}).get("dropped"):
-        parts.append("quality filters dropped " + ", ".join(
-            f"{v} {k}" for k, v in report["filters"]["dropped"].items()))
-    dedup = report.get("dedup", {})
-    parts.append(f"{dedup.get('exact_removed', 0)} exact and {dedup.get('near_removed', 0)} near "
-                 "duplicates removed")
-    for name, entry in report.get("leakage", {}).get("sets", {}).items():
-        if entry.get("duplicates_of_train"):
-            parts.append(f"{entry['duplicates_of_train']} {name} rows had a near copy in train "
-                         f"({report['leakage']['action']})")
-    if report.get("privacy"):
-        parts.append("personal data " + report["privacy"]["mode"] + "ed")
+def _data_checks(report: DataReport) -> str:
+    parts = [f"{report.loaded_train_rows} training rows loaded",
+             f"{sum(f.invalid_rows for f in report.files.values())} invalid rows skipped"]
+    if report.filters and report.filters.dropped:
+        dropped = report.filters.dropped
+        parts.append("quality filters dropped " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
+    dedup = report.dedup
+    parts.append(f"{dedup.exact_removed} exact and {dedup.near_removed} near duplicates removed")
+    for name, entry in (report.leakage.sets.items() if report.leakage else []):
+        if entry.duplicates_of_train:
+            parts.append(f"{entry.duplicates_of_train} {name} rows had a near copy in train "
+                         f"({report.leakage.action})")
+    if report.privacy:
+        parts.append("personal data " + report.privacy.mode + "ed")
     return "; ".join(parts) + "."
 
 
-def _bias_text(bias: dict[str, Any] | None) -> str:
+def _bias_text(bias: Bias | None) -> str:
     if not bias:
         return "Not run (eval.bias.enabled is off, or there was no test set)."
     lines = ["Counterfactual copies of test prompts with only a demographic term swapped "
              "(bundled lexicon; see tunesmith/evaluate/bias.py), scored against the original "
-             f"reference. Threshold: largest gap {bias['max_gap']} ({bias['on_gap']}).", ""]
-    for dimension, result in bias["dimensions"].items():
-        if not result.get("prompts"):
-            lines.append(f"- {dimension}: {result.get('note', 'no prompts')}.")
+             f"reference. Threshold: largest gap {bias.max_gap} ({bias.on_gap}).", ""]
+    for dimension, result in bias.dimensions.items():
+        if not result.prompts:
+            lines.append(f"- {dimension}: {result.note or 'no prompts'}.")
             continue
-        groups = ", ".join(f"{g} {100 * v:.1f}%" for g, v in result["per_group"].items())
-        flag = " **exceeds the threshold**" if result.get("exceeds_max_gap") else ""
-        lines.append(f"- {dimension} ({result['prompts']} prompts): {groups}; gap "
-                     f"{100 * result['gap']:.1f} pts{flag}; answers changed with the group alone "
-                     f"in {100 * result['changed_share']:.0f}% of prompts.")
+        groups = ", ".join(f"{g} {pct(v)}" for g, v in result.per_group.items())
+        flag = " **exceeds the threshold**" if result.exceeds_max_gap else ""
+        lines.append(f"- {dimension} ({result.prompts} prompts): {groups}; gap {points(result.gap)}{flag}; "
+                     f"answers changed with the group alone in {100 * result.changed_share:.0f}% of prompts.")
     return "\n".join(lines)
 
 
-def build_card(run_dir: RunDir) -> str:
-    import jinja2
-
-    recipe = yaml.safe_load(run_dir.recipe.read_text(encoding="utf-8"))
-    data_report = _optional_json(run_dir.data_report)
-    train = _optional_json(run_dir.train_summary)
-    evaluation = _optional_json(run_dir.eval_summary)
-    tune_summary = _optional_json(run_dir.tune_summary)
-    base_model, license_name = base_model_and_license(recipe["model"]["name"])
-    metric = evaluation.get("metric", recipe["eval"]["metric"])
-
-    from tunesmith.rundir import sha256_file
-
-    data_files = []
-    for path, info in data_report.get("files", {}).items():
-        digest = sha256_file(Path(path)) if Path(path).exists() else "(file no longer present)"
-        data_files.append({"path": path, **info, "sha256": digest})
-    eval_rows = [{"set": name, "examples": row["examples"], "base": pct(row.get("base"), row.get("base_ci")),
-                  "finetuned": pct(row.get("finetuned"), row.get("finetuned_ci")),
-                  "delta": delta_text(row.get("paired"))}
-                 for name, row in evaluation.get("sets", {}).items()]
-    model_index = [{"name": recipe["name"], "results": [
-        {"task": {"type": "text-generation"}, "dataset": {"name": name, "type": "custom"},
-         "metrics": [{"type": metric, "value": round(row.get("finetuned", 0.0), 4)}]}
-        for name, row in evaluation.get("sets", {}).items()]}]
-    front = {"base_model": base_model, "license": license_name, "library_name": "peft"
-             if recipe["train"]["method"] == "lora" else "transformers",
-             "datasets": [f["path"] for f in data_files], "tags": ["tunesmith", recipe["train"]["method"],
-                                                                    "text-generation"],
+def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files: list[dict]) -> str:
+    recipe, evaluation = run.recipe, run.evaluation
+    tag = family_for(recipe.model).pipeline_tag
+    sets = evaluation.sets if evaluation else {}
+    metric = evaluation.metric if evaluation else recipe.eval.metric
+    model_index = [{"name": recipe.name, "results": [
+        {"task": {"type": tag}, "dataset": {"name": name, "type": "custom"},
+         "metrics": [{"type": metric, "value": round(row.finetuned.value or 0.0, 4)}]}
+        for name, row in sets.items()]}]
+    front = {"base_model": base_model, "license": license_name,
+             "library_name": "peft" if recipe.train.method == "lora" else "transformers",
+             "datasets": [f["path"] for f in data_files], "tags": ["tunesmith", recipe.train.method, tag],
              "model-index": model_index}
-    validation = evaluation.get("validation", {})
-    gen = evaluation.get("generalisation", {})
-    generalisation = []
-    if "gap" in gen:
-        generalisation.append(f"final train loss {gen['final_train_loss']:.4f}, validation loss "
-                              f"{gen['final_val_loss']:.4f} (gap {gen['gap']:+.4f})")
-    if "memorisation" in gen:
-        generalisation.append(f"{gen['memorisation']['verbatim_train_answers']} of "
-                              f"{gen['memorisation']['checked']} long test answers reproduce a training "
-                              "answer verbatim")
-    forgetting = evaluation.get("forgetting")
-    forgetting_text = (f"General-question probe ({forgetting['examples']} questions): base "
-                       f"{pct(forgetting.get('base'))}, fine-tuned {pct(forgetting.get('finetuned'))}, "
-                       f"delta {delta_text(forgetting.get('paired'))}.") if forgetting else ""
-    training = {"method": recipe["train"]["method"], "optimizer": recipe["train"]["optimizer"],
-                "learning rate": recipe["train"]["lr"], "batch size": recipe["train"]["batch_size"],
-                "gradient accumulation": recipe["train"]["grad_accum"],
-                "epochs / max steps": f"{recipe['train']['epochs']} / {recipe['train']['max_steps']}",
-                "LoRA r / alpha / dropout": "{r} / {alpha} / {dropout}".format(**recipe["train"]["lora"]),
-                "loss on": recipe["train"]["loss_on"], "max length": recipe["train"]["max_length"],
-                "seed": recipe["train"]["seed"]}
+    return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+
+
+def _training(run: RunRecord) -> dict[str, Any]:
+    cfg, train = run.recipe.train, run.train
+    training = {"method": cfg.method, "optimizer": cfg.optimizer, "learning rate": cfg.lr,
+                "batch size": cfg.batch_size, "gradient accumulation": cfg.grad_accum,
+                "epochs / max steps": f"{cfg.epochs} / {cfg.max_steps}",
+                "LoRA r / alpha / dropout": f"{cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout}",
+                "loss on": cfg.loss_on, "max length": cfg.max_length, "seed": cfg.seed}
     if train:
-        training.update({"steps": train["steps"], "device / precision":
-                         f"{train['device']} / {train['mixed_precision']}",
-                         "training tokens/s": f"{train['tokens_per_second']:.0f}",
-                         "final train loss": f"{train['train_loss']:.4f}"})
-    limitations = [
-        "Scores are measured on the held-out and out-of-domain sets listed above only; other "
-        "inputs may behave differently.",
-        "Greedy decoding with a fixed token budget; sampling or longer outputs were not evaluated.",
-        "The bias lexicon covers a few dimensions and English terms; it cannot show the absence of "
-        "bias, only gaps on the probes run.",
-    ] + [f"Warning from evaluation: {w}" for w in evaluation.get("warnings", [])]
-    template = jinja2.Template((files("tunesmith.report") / "templates" / "model_card.md.j2").read_text(),
-                               trim_blocks=True, lstrip_blocks=True)
-    return template.render(
-        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
-        name=recipe["name"], description=recipe.get("description", "").strip(), base_model=base_model,
-        method=recipe["train"]["method"], train_rows=data_report.get("splits", {}).get("train", "?"),
-        run_dir=str(run_dir.home or run_dir.root), intended_use=recipe.get("description") or
+        training.update({"steps": train.steps,
+                         "device / precision": f"{train.device} / {train.mixed_precision}",
+                         "training tokens/s": number(train.tokens_per_second, 0),
+                         "final train loss": number(train.train_loss, 4)})
+    return training
+
+
+def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
+    if evaluation is None:
+        return {"eval_rows": [], "validation": None, "generalisation": "", "forgetting": "",
+                "bias": _bias_text(None)}
+    rows = [{"set": name, "examples": row.examples,
+             "base": pct(row.base.value, row.base.ci) if row.base else "-",
+             "finetuned": pct(row.finetuned.value, row.finetuned.ci), "delta": delta(row.paired)}
+            for name, row in evaluation.sets.items()]
+    validation = evaluation.validation
+    gen, gen_parts = evaluation.generalisation, []
+    if gen and gen.gap is not None:
+        gen_parts.append(f"final train loss {gen.final_train_loss:.4f}, validation loss "
+                         f"{gen.final_val_loss:.4f} (gap {gen.gap:+.4f})")
+    if gen and gen.memorisation:
+        gen_parts.append(f"{gen.memorisation.verbatim_train_answers} of {gen.memorisation.checked} long test "
+                         "answers reproduce a training answer verbatim")
+    forgetting = evaluation.forgetting
+    return {
+        "eval_rows": rows,
+        "validation": {"base": number(validation.base.perplexity if validation.base else None),
+                       "finetuned": number(validation.finetuned.perplexity)}
+        if validation.finetuned else None,
+        "generalisation": "; ".join(gen_parts) + "." if gen_parts else "",
+        "forgetting": (f"General-question probe ({forgetting.examples} questions): base "
+                       f"{pct(forgetting.base)}, fine-tuned {pct(forgetting.finetuned)}, "
+                       f"delta {delta(forgetting.paired)}.")
+        if forgetting else "",
+        "bias": _bias_text(evaluation.bias),
+    }
+
+
+def build_card(run_dir: RunDir) -> str:
+    run = read_run(run_dir)
+    recipe, data = run.recipe, run.data
+    base_model, license_name = base_model_and_license(recipe.model.name)
+    data_files = [{"path": path, **info.model_dump(), "sha256": sha256_file(Path(path))
+                   if Path(path).exists() else "(file no longer present)"}
+                  for path, info in (data.files.items() if data else [])]
+    warnings = run.evaluation.warnings if run.evaluation else []
+    return render(
+        "model_card.md.j2", front_matter=_front_matter(run, base_model, license_name, data_files),
+        name=recipe.name, description=recipe.description.strip(), base_model=base_model,
+        method=recipe.train.method, train_rows=data.splits.get("train", "?") if data else "?",
+        run_dir=run.shown_dir, intended_use=recipe.description or
         "The task of the training data (see the recipe's description).",
-        data_files=data_files, data_checks=_data_checks(data_report) if data_report else "not recorded.",
-        splits=data_report.get("splits", {}), training=training, tune=tune_summary.get("card_text"),
-        metric=metric, eval_rows=eval_rows,
-        validation={k: f"{v['perplexity']:.2f}" for k, v in validation.items()} if validation else None,
-        generalisation="; ".join(generalisation) + "." if generalisation else "",
-        forgetting=forgetting_text, bias=_bias_text(evaluation.get("bias")), limitations=limitations,
-        license=license_name)
+        data_files=data_files, data_checks=_data_checks(data) if data else "not recorded.",
+        splits=data.splits if data else {}, training=_training(run),
+        tune=run.tune.card_text if run.tune else None,
+        metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
+        limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
+        license=license_name,
+        **_evaluation_texts(run.evaluation))

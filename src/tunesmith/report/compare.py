@@ -9,127 +9,132 @@ marked unpaired and no significance is claimed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tunesmith.artifacts import Paired, Prediction
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.stats import paired_bootstrap
-from tunesmith.figures import html_table, page
-from tunesmith.report.card import pct
-from tunesmith.rundir import RunDir, read_json, read_jsonl, write_text
+from tunesmith.files import write_text
+from tunesmith.formatting import delta, number, pct, points
+from tunesmith.render import render
+from tunesmith.report.sources import RunRecord, read_run
+from tunesmith.rundir import RunDir, flatten
 
 IGNORED_PREFIXES = ("output.", "tune.")
 """Where a run is written and how a search was set up do not change what a run trained."""
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+@dataclass
+class Entry:
+    """One run's fine-tuned score on one set, and its difference from the first run's."""
+    run: str
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    missing: bool = False
+    paired: Paired | None = None
+    unpaired_delta: float | None = None
+    """The difference of the two scores when the runs scored different examples."""
 
 
-def _load(path: Path) -> dict[str, Any]:
+@dataclass
+class Comparison:
+    runs: list[str]
+    metric: str
+    recipe_diff: dict[str, list[Any]]
+    sets: dict[str, list[Entry]] = field(default_factory=dict)
+    validation_perplexity: dict[str, float | None] = field(default_factory=dict)
+
+
+def _load(path: Path) -> RunRecord:
     run = RunDir(Path(path))
-    summary = run.eval_summary
-    if not run.recipe.exists() or not summary.exists():
+    if not run.recipe.exists() or not run.eval_summary.exists():
         raise ConfigError(f"{path}: not an evaluated run directory (needs recipe.yaml and "
                           "eval/summary.json). Run `tunesmith eval` on it first.")
-    predictions_file = run.predictions
-    predictions = read_jsonl(predictions_file) if predictions_file.exists() else []
-    return {"name": Path(path).name, "recipe": _flatten(yaml.safe_load(run.recipe.read_text())),
-            "summary": read_json(summary), "predictions": predictions}
+    return read_run(run)
 
 
-def _scores(run: dict[str, Any], set_name: str) -> tuple[list[str], list[float]]:
-    rows = sorted((r for r in run["predictions"] if r["set"] == set_name), key=lambda r: r["index"])
-    return [r["reference"] for r in rows], [r.get("finetuned_score") or 0.0 for r in rows]
+def _scores(predictions: list[Prediction], set_name: str) -> tuple[list[str], list[float]]:
+    rows = sorted((r for r in predictions if r.set == set_name), key=lambda r: r.index)
+    return [r.reference for r in rows], [r.finetuned_score or 0.0 for r in rows]
 
 
-def compare(paths: list[str | Path]) -> dict[str, Any]:
+def _entries(runs: list[RunRecord], names: list[str], set_name: str) -> list[Entry]:
+    first = runs[0]
+    refs_a, scores_a = _scores(first.predictions(), set_name)
+    entries = [Entry(names[0], first.evaluation.sets[set_name].finetuned.value,
+                     first.evaluation.sets[set_name].finetuned.ci)]
+    for run, name in zip(runs[1:], names[1:], strict=True):
+        row = run.evaluation.sets.get(set_name)
+        if row is None:
+            entries.append(Entry(name, missing=True))
+            continue
+        entry = Entry(name, row.finetuned.value, row.finetuned.ci)
+        refs_b, scores_b = _scores(run.predictions(), set_name)
+        if refs_a and refs_a == refs_b:
+            entry.paired = Paired.model_validate(paired_bootstrap(scores_a, scores_b))
+        else:
+            entry.unpaired_delta = (row.finetuned.value or 0) - (entries[0].value or 0)
+        entries.append(entry)
+    return entries
+
+
+def compare(paths: list[str | Path]) -> Comparison:
     if len(paths) < 2:
         raise ConfigError("compare needs at least two run directories.")
     runs = [_load(Path(p)) for p in paths]
-    keys = sorted(set().union(*(r["recipe"] for r in runs)))
-    diff = {k: [r["recipe"].get(k) for r in runs] for k in keys
-            if not k.startswith(IGNORED_PREFIXES) and len({repr(r["recipe"].get(k)) for r in runs}) > 1}
-    first = runs[0]
-    sets: dict[str, list[dict[str, Any]]] = {}
-    for set_name in first["summary"]["sets"]:
-        refs_a, scores_a = _scores(first, set_name)
-        entries = []
-        for run in runs:
-            row = run["summary"]["sets"].get(set_name)
-            if row is None:
-                entries.append({"run": run["name"], "missing": True})
-                continue
-            entry = {"run": run["name"], "value": row.get("finetuned"), "ci": row.get("finetuned_ci")}
-            if run is not first:
-                refs_b, scores_b = _scores(run, set_name)
-                if refs_a and refs_a == refs_b:
-                    entry["delta"] = paired_bootstrap(scores_a, scores_b)
-                    entry["delta"]["paired"] = True
-                    entry["delta"]["significant"] = (entry["delta"]["ci_low"] > 0
-                                                     or entry["delta"]["ci_high"] < 0)
-                else:
-                    entry["delta"] = {"delta": (row.get("finetuned") or 0) - (first["summary"]["sets"][
-                        set_name].get("finetuned") or 0), "paired": False, "significant": False}
-            entries.append(entry)
-        sets[set_name] = entries
-    validation = {r["name"]: r["summary"].get("validation", {}).get("finetuned", {}).get("perplexity")
-                  for r in runs}
-    return {"runs": [r["name"] for r in runs], "metric": first["summary"]["metric"], "recipe_diff": diff,
-            "sets": sets, "validation_perplexity": validation}
+    names = [Path(p).name for p in paths]
+    recipes = [flatten(r.recipe.model_dump(mode="json")) for r in runs]
+    keys = sorted(set().union(*recipes))
+    diff = {k: [r.get(k) for r in recipes] for k in keys
+            if not k.startswith(IGNORED_PREFIXES) and len({repr(r.get(k)) for r in recipes}) > 1}
+    result = Comparison(names, runs[0].evaluation.metric, diff)
+    for set_name in runs[0].evaluation.sets:
+        result.sets[set_name] = _entries(runs, names, set_name)
+    for name, run in zip(names, runs, strict=True):
+        tuned = run.evaluation.validation.finetuned
+        result.validation_perplexity[name] = tuned.perplexity if tuned else None
+    return result
 
 
-def _delta_cell(entry: dict[str, Any]) -> str:
-    delta = entry.get("delta")
-    if delta is None:
-        return "(reference)" if not entry.get("missing") else "-"
-    text = f"{100 * delta['delta']:+.1f} pts"
-    if delta.get("paired"):
-        text += f" [{100 * delta['ci_low']:+.1f}, {100 * delta['ci_high']:+.1f}]"
-        text += " *" if delta["significant"] else ""
-    else:
-        text += " (unpaired: different examples)"
-    return text
+def _delta_cell(entry: Entry) -> str:
+    if entry.missing:
+        return "-"
+    if entry.paired is not None:
+        return delta(entry.paired)
+    if entry.unpaired_delta is not None:
+        return f"{points(entry.unpaired_delta, sign=True)} (unpaired: different examples)"
+    return "(reference)"
 
 
-def print_comparison(result: dict[str, Any]) -> None:
+def _score_rows(result: Comparison) -> list[list[str]]:
+    return [[set_name, e.run, pct(e.value, e.ci), _delta_cell(e)]
+            for set_name, entries in result.sets.items() for e in entries]
+
+
+def print_comparison(result: Comparison) -> None:
     from rich.table import Table
 
     from tunesmith.console import out as console
     recipe = Table(title="recipe differences")
     recipe.add_column("key")
-    for name in result["runs"]:
+    for name in result.runs:
         recipe.add_column(name)
-    for key, values in result["recipe_diff"].items():
+    for key, values in result.recipe_diff.items():
         recipe.add_row(key, *[str(v) for v in values])
-    console.print(recipe if result["recipe_diff"] else "recipes are identical")
-    table = Table(title=f"fine-tuned {result['metric']}: delta vs {result['runs'][0]} "
-                        "(95% CI; * = significant)")
+    console.print(recipe if result.recipe_diff else "recipes are identical")
+    table = Table(title=f"fine-tuned {result.metric}: delta vs {result.runs[0]} (95% CI; * = significant)")
     for column in ("set", "run", "score", "delta"):
         table.add_column(column)
-    for set_name, entries in result["sets"].items():
-        for entry in entries:
-            table.add_row(set_name, entry["run"], pct(entry.get("value"), entry.get("ci")),
-                          _delta_cell(entry))
+    for row in _score_rows(result):
+        table.add_row(*row)
     console.print(table)
     console.print("validation perplexity: " + ", ".join(
-        f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in result["validation_perplexity"].items()),
-        highlight=False)
+        f"{k} {number(v, 3)}" for k, v in result.validation_perplexity.items()), highlight=False)
 
 
-def write_comparison_html(result: dict[str, Any], path: Path) -> None:
-    body = [f"<h1>tunesmith compare: {' vs '.join(result['runs'])}</h1>", "<h2>Recipe differences</h2>",
-            html_table([[k, *[str(v) for v in vs]] for k, vs in result["recipe_diff"].items()],
-                       ["key", *result["runs"]]),
-            f"<h2>Fine-tuned {result['metric']}</h2>",
-            html_table([[s, e["run"], pct(e.get("value"), e.get("ci")), _delta_cell(e)]
-                        for s, entries in result["sets"].items() for e in entries],
-                       ["set", "run", "score (95% CI)", "delta vs first run"])]
-    write_text(path, page("tunesmith compare", "".join(body)))
+def write_comparison_html(result: Comparison, path: Path) -> None:
+    write_text(path, render("compare.html.j2", runs=result.runs, metric=result.metric,
+                            recipe_rows=[[k, *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()],
+                            score_rows=_score_rows(result)))

@@ -8,7 +8,6 @@ Imported only when training starts (it imports transformers), so the CLI stays q
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback
 
+from tunesmith.artifacts import LogEntry
 from tunesmith.train.guards import OverfittingGuards
 
 
@@ -66,7 +66,7 @@ class ProgressLog(TrainerCallback):
                  "tokens_per_second": self.tokens_per_second(state), "time": time.time()}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+            handle.write(LogEntry.model_validate(entry).model_dump_json(exclude_none=True) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.stop()

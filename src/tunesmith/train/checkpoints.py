@@ -32,7 +32,7 @@ def check_resumable(recipe: Recipe, run_dir: RunDir, resume: bool) -> None:
     """`--resume` needs an interrupted training of the same recipe: say so before any work."""
     if not resume:
         return
-    state = run_dir.checkpoints / "recipe.json"
+    state = run_dir.checkpoint_recipe
     if last_complete_checkpoint(run_dir.checkpoints) is None or not state.exists():
         raise ConfigError(f"{run_dir.root}: nothing to resume (no checkpoint of an interrupted training "
                           f"in {run_dir.checkpoints}). Train without --resume.")

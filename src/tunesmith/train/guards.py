@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.artifacts import GuardEvent
 from tunesmith.console import note, warn
+from tunesmith.models.families import Family
 from tunesmith.recipe import TrainConfig
 
 
 class OverfittingGuards:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.events: list[dict[str, Any]] = []
+        self.events: list[GuardEvent] = []
         self.best: float | None = None
         self.checks_without_improvement = 0
         self.last_train_loss: float | None = None
@@ -39,7 +41,7 @@ class OverfittingGuards:
             return False
         message = (f"early stopping at step {step}: validation loss {val:.4f} has not "
                    f"improved on {self.best:.4f} for {patience} checks")
-        self.events.append({"guard": "early_stopping", "step": step, "message": message})
+        self.events.append(GuardEvent(guard="early_stopping", step=step, message=message))
         note(message)
         return True
 
@@ -50,12 +52,12 @@ class OverfittingGuards:
         message = (f"validation loss {val:.4f} exceeds train loss {train:.4f} by {val - train:.4f} > "
                    f"train.max_val_train_gap {gap_limit} at step {step}: overfitting (or an unstable run, "
                    "if the train loss is high as well).")
-        self.events.append({"guard": "gap_alarm", "step": step, "message": message})
+        self.events.append(GuardEvent(guard="gap_alarm", step=step, message=message))
         warn(message)
 
 
-def l1_penalised_loss(model: Any, coefficient: float):
-    """A `compute_loss_func`: the usual token cross-entropy plus coefficient x sum |w| of the
+def l1_penalised_loss(model: Any, coefficient: float, family: Family):
+    """A `compute_loss_func`: the family's token cross-entropy plus coefficient x sum |w| of the
     trainable weights (an L1 penalty that Trainer does not offer). It costs TRL one extra
     no-grad forward per step for its token metrics, so it is only used when train.l1 > 0."""
     import torch
@@ -63,12 +65,9 @@ def l1_penalised_loss(model: Any, coefficient: float):
     params = [p for p in model.parameters() if p.requires_grad]
 
     def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-        logits = outputs.logits[:, :-1].float()
-        targets = labels[:, 1:].to(logits.device)
-        total = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        total, count = family.answer_loss_sum(outputs.logits, labels)
+        count = count if num_items_in_batch is None else num_items_in_batch
         penalty = sum(p.abs().sum() for p in params)
-        return total / torch.as_tensor(count, device=logits.device).clamp(min=1) + coefficient * penalty
+        return total / torch.as_tensor(count, device=total.device).clamp(min=1) + coefficient * penalty
 
     return loss

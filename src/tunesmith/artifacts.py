@@ -1,0 +1,398 @@
+"""The shapes of the JSON files stages write into a run directory: one schema per file, used by
+its writer and by every reader (`RunDir` owns where each file lives).
+
+    data/report.json        DataReport       (data stage)
+    train/summary.json      TrainSummary     (train stage)
+    train/log.jsonl         LogEntry rows    (train stage, read by evaluate for loss curves)
+    eval/summary.json       EvalSummary      (evaluate stage; read by report, compare, tune)
+    eval/predictions.jsonl  Prediction rows  (evaluate stage; read by compare)
+    tune/summary.json       TuneSummary      (tune stage)
+    manifest.json           Manifest         (rundir)
+
+    summary = load(EvalSummary, run_dir.eval_summary)   # validated; a located error if not
+    save(summary, run_dir.eval_summary)
+
+Unknown keys are ignored on read (a newer writer's extra field does not break an older reader);
+a missing or mistyped field is a clear error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.errors import ConfigError
+from tunesmith.files import write_text
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+class Interval(Schema):
+    """A value with its bootstrap 95% CI."""
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+class McNemar(Schema):
+    base_only_right: int
+    tuned_only_right: int
+    p_value: float
+
+
+class Paired(Schema):
+    """Fine-tuned minus base (or run B minus run A) over the same examples."""
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+    mcnemar: McNemar | None = None
+
+
+class PRF(Schema):
+    precision: float
+    recall: float
+    f1: float
+
+
+class Confusion(Schema):
+    labels: list[str]
+    matrix: list[list[int]]
+
+
+class LabelMetrics(Schema):
+    field: str | None
+    accuracy: Interval
+    labels: list[str]
+    macro: PRF
+    micro: PRF
+    confusion: Confusion
+
+
+class ModelScores(Schema):
+    """One model's answers to one set, scored."""
+    value: float | None = None
+    """The primary metric (eval.metric); None when eval.metric is none."""
+    ci: tuple[float, float] | None = None
+    metrics: dict[str, Interval] = Field(default_factory=dict)
+    labels: LabelMetrics | None = None
+
+
+class WorstExample(Schema):
+    set: str
+    index: int
+    prompt: str
+    reference: str
+    finetuned_prediction: str
+    finetuned_score: float | None
+    finetuned_error: str
+
+
+class TopConfusion(Schema):
+    expected: str
+    predicted: str
+    count: int
+
+
+class Slice(Schema):
+    examples: int
+    value: float
+
+
+class SetResult(Schema):
+    examples: int
+    finetuned: ModelScores
+    base: ModelScores | None = None
+    paired: Paired | None = None
+    errors: dict[str, int] = Field(default_factory=dict)
+    worst_examples: list[WorstExample] = Field(default_factory=list)
+    top_confusions: list[TopConfusion] = Field(default_factory=list)
+    slices: dict[str, Slice] = Field(default_factory=dict)
+
+
+class Loss(Schema):
+    loss: float
+    perplexity: float
+
+
+class Validation(Schema):
+    finetuned: Loss | None = None
+    base: Loss | None = None
+
+
+class Memorisation(Schema):
+    checked: int
+    verbatim_train_answers: int
+    rate: float
+    min_chars: int
+
+
+class Generalisation(Schema):
+    train: list[tuple[int, float]] = Field(default_factory=list)
+    val: list[tuple[int, float]] = Field(default_factory=list)
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    gap: float | None = None
+    memorisation: Memorisation | None = None
+
+
+class Forgetting(Schema):
+    examples: int
+    finetuned: float
+    base: float | None = None
+    paired: Paired | None = None
+
+
+class BiasDimension(Schema):
+    prompts: int
+    per_group: dict[str, float] = Field(default_factory=dict)
+    gap: float = 0.0
+    changed_share: float = 0.0
+    exceeds_max_gap: bool = False
+    note: str | None = None
+
+
+class Bias(Schema):
+    max_gap: float
+    on_gap: Literal["warn", "fail"]
+    dimensions: dict[str, BiasDimension] = Field(default_factory=dict)
+
+
+class EvalSummary(Schema):
+    metric: str
+    sets: dict[str, SetResult] = Field(default_factory=dict)
+    validation: Validation = Field(default_factory=Validation)
+    warnings: list[str] = Field(default_factory=list)
+    generation_examples_per_second: float | None = None
+    generalisation: Generalisation | None = None
+    forgetting: Forgetting | None = None
+    bias: Bias | None = None
+
+
+class Prediction(Schema):
+    """One evaluated example: both models' answers, scores, and the error class."""
+    set: str
+    index: int
+    meta: dict[str, Any]
+    prompt: str
+    reference: str
+    finetuned_prediction: str = ""
+    finetuned_score: float | None = None
+    finetuned_error: str = ""
+    base_prediction: str | None = None
+    base_score: float | None = None
+
+
+# --- training --------------------------------------------------------------------------------
+
+class GuardEvent(Schema):
+    guard: str
+    step: int
+    message: str
+
+
+class TrainSummary(Schema):
+    steps: int
+    max_steps: int
+    epochs: float
+    train_loss: float | None
+    tokens_seen: int
+    tokens_per_second: float
+    runtime_seconds: float
+    resumed_from: str | None
+    device: str
+    mixed_precision: str
+    method: str
+    trainable_parameters: int
+    train_examples: int
+    val_examples: int
+    guards: list[GuardEvent] = Field(default_factory=list)
+    final_eval_loss: float | None = None
+
+
+class LogEntry(Schema):
+    """One line of train/log.jsonl: a training log or an evaluation."""
+    model_config = ConfigDict(extra="allow")  # whatever else the trainer logged (grad_norm, ...)
+    step: int
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+
+
+# --- tuning ----------------------------------------------------------------------------------
+
+class TuneBudget(Schema):
+    trials: int | None
+    timeout_minutes: float | None
+    max_training_steps: int | None
+
+
+class TuneSummary(Schema):
+    strategy: str
+    pruner: str
+    cv_folds: int
+    space: dict[str, dict[str, Any]]
+    budget: TuneBudget
+    duplicates: int
+    trials: int
+    completed: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_user_attrs: dict[str, Any]
+    training_steps_used: int
+    seconds: float
+    workers: list[str]
+    figures: list[str]
+    card_text: str
+
+
+# --- data ------------------------------------------------------------------------------------
+
+class InvalidRow(Schema):
+    model_config = ConfigDict(extra="allow")
+    line: int | None = None
+    message: str = ""
+
+
+class FileReport(Schema):
+    format: str
+    valid_rows: int
+    invalid_rows: int
+    invalid: list[dict[str, Any]] = Field(default_factory=list)
+    non_text_parts_dropped: dict[str, int] | None = None
+
+
+class Dedup(Schema):
+    exact_removed: int = 0
+    near_removed: int = 0
+    clusters: list[dict[str, Any]] = Field(default_factory=list)
+    """The largest duplicate clusters: kind, size, kept row, example."""
+    answer_clusters: list[dict[str, Any]] = Field(default_factory=list)
+    """Templated answers shared by many rows (reported, not removed)."""
+
+
+class LeakageSet(Schema):
+    model_config = ConfigDict(extra="allow")  # removed_from_<set> with drop_from_eval
+    duplicates_of_train: int = 0
+    train_rows_involved: int = 0
+    ngram_overlap: dict[str, Any] = Field(default_factory=dict)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    removed_from_train: int | None = None
+
+
+class Leakage(Schema):
+    model_config = ConfigDict(extra="allow")
+    action: str
+    sets: dict[str, LeakageSet] = Field(default_factory=dict)
+
+
+class Filters(Schema):
+    dropped: dict[str, int] = Field(default_factory=dict)
+    examples: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class Privacy(Schema):
+    model_config = ConfigDict(extra="allow")  # counts per kind of personal data found
+    mode: str
+    rows_dropped: int | None = None
+
+
+class DataReport(Schema):
+    """data/report.json. The descriptive sections (describe, balance, split) are free-form
+    tables for people; the sections other stages read are typed."""
+    kind: str
+    files: dict[str, FileReport]
+    loaded_train_rows: int
+    clean: dict[str, int] | None = None
+    privacy: Privacy | None = None
+    filters: Filters | None = None
+    dedup: Dedup = Field(default_factory=Dedup)
+    split: dict[str, Any] = Field(default_factory=dict)
+    leakage: Leakage | None = None
+    balance: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] | None = None
+    splits: dict[str, int] = Field(default_factory=dict)
+    describe: dict[str, Any] = Field(default_factory=dict)
+
+    def file_rows(self) -> list[list[Any]]:
+        """[file, format, valid rows, invalid rows] per input file: the files table of every report."""
+        return [[path, f.format, f.valid_rows, f.invalid_rows] for path, f in self.files.items()]
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+class ArtifactEntry(Schema):
+    sha256: str
+    stage: str
+    bytes: int | None = None
+    written: str | None = None
+
+
+class Manifest(Schema):
+    model_config = ConfigDict(extra="allow")
+    artifacts: dict[str, ArtifactEntry] = Field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# --- reading and writing ---------------------------------------------------------------------
+
+T = TypeVar("T", bound=Schema)
+
+
+def _problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def load(schema: type[T], path: Path) -> T:
+    """The file at `path` as `schema`; a ConfigError naming the file and field if it is not."""
+    try:
+        return schema.model_validate_json(path.read_bytes())
+    except ValidationError as error:
+        raise ConfigError(f"{path}: not a valid {schema.__name__} ({_problem(error)}). The file was "
+                          "edited or written by another tunesmith version; run the stage that writes "
+                          "it again.") from None
+
+
+def load_optional(schema: type[T], path: Path) -> T | None:
+    return load(schema, path) if path.exists() else None
+
+
+def load_rows(schema: type[T], path: Path) -> list[T]:
+    """A JSONL file of `schema` rows."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(schema.model_validate_json(line))
+            except ValidationError as error:
+                raise ConfigError(f"{path}:{number}: not a valid {schema.__name__} "
+                                  f"({_problem(error)}).") from None
+    return rows
+
+
+def dump(artifact: Schema) -> dict[str, Any]:
+    return artifact.model_dump(mode="json", exclude_none=False)
+
+
+def save(artifact: Schema, path: Path) -> None:
+    write_text(path, json.dumps(dump(artifact), indent=2, ensure_ascii=False) + "\n")
+
+
+def save_rows(rows: list[Schema], path: Path) -> None:
+    write_text(path, "".join(json.dumps(dump(r), ensure_ascii=False) + "\n" for r in rows))

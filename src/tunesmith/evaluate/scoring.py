@@ -1,0 +1,209 @@
+"""Scoring the run's model, one function per kind of set, each returning a typed result
+(`tunesmith.artifacts`): validation loss, an evaluation set, the forgetting probe, bias probes.
+
+An `Evaluation` holds what every one of them needs: the recipe, the fine-tuned model and the
+way to its base, and the generators that answer prompts (a fake in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+from tunesmith.artifacts import (
+    Bias,
+    BiasDimension,
+    Forgetting,
+    Loss,
+    Paired,
+    Prediction,
+    SetResult,
+    Slice,
+    Validation,
+)
+from tunesmith.evaluate import analysis, bias
+from tunesmith.evaluate.generation import Generator
+from tunesmith.evaluate.metrics import score, set_scores
+from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
+from tunesmith.models.chat import prompt_and_reference, tokenize_record
+from tunesmith.models.families import Family
+from tunesmith.models.families.causal_lm import IGNORE
+from tunesmith.models.loading import RunModel
+from tunesmith.recipe import Recipe
+
+BINARY_METRICS = ("exact_match", "json_fields", "json_valid")
+
+
+@dataclass
+class Evaluation:
+    recipe: Recipe
+    run_model: RunModel
+    family: Family
+    generator_for: Callable[[Any], Generator]
+    """A generator answering with the given model (fine-tuned or base)."""
+    labels: bool
+    """Answers are labels (classification data, or eval.label_field set): label metrics too."""
+    speeds: list[float] = field(default_factory=list)
+    """Examples per second of the fine-tuned model's generation, one per evaluation set."""
+
+    def answers(self, prompts: list[list[dict]], label: str, measure: bool = False) -> dict[str, list[str]]:
+        """The fine-tuned model's answers, and the base model's when eval.baseline is on."""
+        generator = self.generator_for(self.run_model.model)
+        out = {"finetuned": generator.generate(prompts, f"{label} (fine-tuned)")}
+        if measure:
+            self.speeds.append(getattr(generator, "examples_per_second", 0.0))
+        if self.recipe.eval.baseline:
+            with self.run_model.as_base() as base:
+                out["base"] = self.generator_for(base).generate(prompts, f"{label} (base)")
+        return out
+
+
+def paired(metric: str, base: list[float], tuned: list[float]) -> Paired:
+    result = Paired.model_validate(paired_bootstrap(base, tuned))
+    if metric in BINARY_METRICS:
+        result.mcnemar = mcnemar(base, tuned)
+    return result
+
+
+def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe,
+                     family: Family) -> float:
+    """Token-weighted mean cross-entropy over the loss-masked tokens of `records`."""
+    import torch
+
+    rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
+                            recipe.data.system_prompt) for r in records]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(rows), recipe.eval.batch_size):
+            batch = rows[start:start + recipe.eval.batch_size]
+            width = max(len(r["input_ids"]) for r in batch)
+            ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"]))
+                                for r in batch])
+            mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
+                                 for r in batch])
+            labels = torch.tensor([[t if keep else IGNORE
+                                    for t, keep in zip(r["input_ids"], r["assistant_masks"], strict=True)]
+                                   + [IGNORE] * (width - len(r["input_ids"])) for r in batch])
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            batch_total, batch_count = family.answer_loss_sum(logits, labels)
+            total += float(batch_total)
+            count += int(batch_count)
+    return total / max(count, 1)
+
+
+def validation(ev: Evaluation, records: list[dict]) -> Validation:
+    """Loss and perplexity on the answer tokens of the validation split, as in training."""
+    def loss_of(model: Any) -> Loss:
+        loss = mean_answer_loss(model, ev.run_model.tokenizer, records, ev.recipe, ev.family)
+        return Loss(loss=loss, perplexity=math.exp(loss))
+
+    result = Validation(finetuned=loss_of(ev.run_model.model))
+    if ev.recipe.eval.baseline:
+        with ev.run_model.as_base() as base:
+            result.base = loss_of(base)
+    return result
+
+
+def _slices(rows: list[Prediction]) -> dict[str, Slice]:
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        group = row.meta.get("group")
+        if group not in (None, "") and row.finetuned_score is not None:
+            groups.setdefault(str(group), []).append(row.finetuned_score)
+    return {g: Slice(examples=len(v), value=sum(v) / len(v)) for g, v in sorted(groups.items())}
+
+
+def _predictions(name: str, records: list[dict], pairs: list, answers: dict[str, list[str]],
+                 ev: Evaluation) -> list[Prediction]:
+    cfg = ev.recipe.eval
+    rows = []
+    for i, (record, (prompt, reference)) in enumerate(zip(records, pairs, strict=True)):
+        row = Prediction(set=name, index=i, meta=record["meta"], prompt=prompt[-1]["content"],
+                         reference=reference, finetuned_prediction=answers["finetuned"][i])
+        row.finetuned_score = score(cfg.metric, row.finetuned_prediction, reference, cfg.json_fields)
+        if "base" in answers:
+            row.base_prediction = answers["base"][i]
+            row.base_score = score(cfg.metric, row.base_prediction, reference, cfg.json_fields)
+        hit_limit = len(ev.run_model.tokenizer(row.finetuned_prediction, add_special_tokens=False)[
+            "input_ids"]) >= cfg.max_new_tokens
+        correct = (row.finetuned_score or 0) >= 1
+        row.finetuned_error = analysis.error_class(row.finetuned_prediction, reference, correct, hit_limit,
+                                                   cfg.label_field)
+        rows.append(row)
+    return rows
+
+
+def score_set(ev: Evaluation, name: str, records: list[dict]) -> tuple[SetResult, list[Prediction], list]:
+    """Both models answer the set's prompts; every metric with its CI, the paired delta, error
+    classes, worst examples, confusions and group slices. Also returns the (prompt, reference)
+    pairs, which the bias probes reuse."""
+    cfg = ev.recipe.eval
+    pairs = [prompt_and_reference(r, ev.recipe.data.system_prompt) for r in records]
+    references = [ref for _, ref in pairs]
+    answers = ev.answers([p for p, _ in pairs], name, measure=True)
+    scores = {model: set_scores(outputs, references, cfg.metric, cfg.json_fields, cfg.label_field, ev.labels)
+              for model, outputs in answers.items()}
+    rows = _predictions(name, records, pairs, answers, ev)
+    result = SetResult(examples=len(records), finetuned=scores["finetuned"][0],
+                       base=scores["base"][0] if "base" in scores else None,
+                       errors=dict(sorted(Counter(r.finetuned_error for r in rows).items())),
+                       worst_examples=analysis.worst_examples(rows, cfg.worst_examples),
+                       slices=_slices(rows))
+    if "base" in scores and cfg.metric != "none":
+        result.paired = paired(cfg.metric, scores["base"][1][cfg.metric],
+                               scores["finetuned"][1][cfg.metric])
+    if result.finetuned.labels:
+        result.top_confusions = analysis.top_confusions(result.finetuned.labels.confusion.labels,
+                                                        result.finetuned.labels.confusion.matrix)
+    return result, rows, pairs
+
+
+def _probe_accepts(answer: str, accepted: list[str]) -> float:
+    return float(any(re.search(r"(?<!\w)" + re.escape(a.lower()) + r"(?!\w)", answer.lower())
+                     for a in accepted))
+
+
+def forgetting(ev: Evaluation) -> Forgetting:
+    """The bundled general-question probe, scored for both models: what fine-tuning cost."""
+    probes = [json.loads(line) for line in
+              (files("tunesmith.evaluate") / "probes" / "general.jsonl").read_text().splitlines()]
+    answers = ev.answers([[{"role": "user", "content": p["prompt"]}] for p in probes], "forgetting probe")
+    scores = {model: [_probe_accepts(a, p["accept"]) for a, p in zip(outputs, probes, strict=True)]
+              for model, outputs in answers.items()}
+    result = Forgetting(examples=len(probes), finetuned=sum(scores["finetuned"]) / len(probes))
+    if "base" in scores:
+        result.base = sum(scores["base"]) / len(probes)
+        result.paired = paired("exact_match", scores["base"], scores["finetuned"])
+    return result
+
+
+def bias_probes(ev: Evaluation, pairs: list) -> Bias:
+    """Counterfactual copies of the test prompts with one demographic term swapped: the metric
+    per group, the largest gap, and how often the answer changed with the group alone."""
+    cfg, metric = ev.recipe.eval.bias, ev.recipe.eval
+    probes = bias.probe_prompts([p for p, _ in pairs], {**bias.LEXICON, **cfg.lexicon}, cfg.max_prompts)
+    generator = ev.generator_for(ev.run_model.model)
+    out = Bias(max_gap=cfg.max_gap, on_gap=cfg.on_gap)
+    for dimension, found in probes.items():
+        if not found:
+            out.dimensions[dimension] = BiasDimension(prompts=0,
+                                                      note="no test prompt contains a lexicon term")
+            continue
+        answers, scores = {}, {}
+        for group in found[0][1]:
+            answers[group] = generator.generate([copies[group] for _, copies in found],
+                                                f"bias {dimension}: {group}")
+            scores[group] = [score(metric.metric, a, pairs[i][1], metric.json_fields) or 0.0
+                             for a, (i, _) in zip(answers[group], found, strict=True)]
+        result = bias.summarise(found, answers, scores)
+        result.exceeds_max_gap = result.gap > cfg.max_gap
+        out.dimensions[dimension] = result
+    return out

@@ -1,0 +1,62 @@
+"""The training backend interface: what the train stage hands to an engine, and what it gets back.
+
+The train stage does what every backend shares (tokenize, load and wrap the model, seed, the
+run directory, the summary); a backend only runs the optimisation loop. TRL's SFTTrainer is
+the backend today (`trl_backend.TRLBackend`); a faster loop or another engine implements the
+same `fit`, and the guards, the log and the tune stage's pruning work with it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunesmith.models.families import Family
+from tunesmith.recipe import Recipe
+from tunesmith.train.guards import OverfittingGuards
+
+
+@dataclass
+class TrainJob:
+    recipe: Recipe
+    model: Any
+    """The model to train, on its device, already wrapped (LoRA) if the recipe says so."""
+    tokenizer: Any
+    family: Family
+    train_set: Any
+    """A `datasets.Dataset` of input_ids + assistant_masks (loss only where the mask is 1)."""
+    val_set: Any | None
+    device: str
+    precision: str
+    """Mixed precision: bf16, fp16 or no (`models.device.mixed_precision`)."""
+    checkpoints: Path
+    """Where checkpoints go (every train.save_steps), in the run's work area."""
+    resume_from: Path | None
+    log_path: Path
+    """train/log.jsonl in progress: one `artifacts.LogEntry` a log or an evaluation."""
+    guards: OverfittingGuards
+    on_eval_loss: Callable[[int, int, float], bool] | None = None
+    """After each validation: (step, max steps, loss) -> stop now (the tune stage's pruning)."""
+
+
+@dataclass
+class Fitted:
+    model: Any
+    """The trained model (with its adapter), ready to save."""
+    steps: int
+    max_steps: int
+    epochs: float
+    train_loss: float | None
+    tokens_seen: int
+    tokens_per_second: float
+    final_eval_loss: float | None
+
+
+class Backend(Protocol):
+    name: str
+
+    def fit(self, job: TrainJob) -> Fitted:
+        """Train `job.model` on `job.train_set`; checkpoint, log and consult the guards as it goes."""
+        ...

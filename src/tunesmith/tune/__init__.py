@@ -1,0 +1,83 @@
+"""The tune stage: hyperparameter search around train.run, on Optuna.
+
+    tunesmith tune recipes/demo.yaml                         # study in SQLite in the run dir
+    tunesmith tune RECIPE --storage postgresql://u@host/db --study demo   # one of many workers
+
+Every trial is a full training run with the trial's values written into the recipe (any
+recipe key can be searched, `tune.space`), scored by its validation loss. Strategies: grid
+(every combination), random, bayesian (multivariate TPE). The median or Hyperband pruner
+stops a trial early on the validation loss it reports while training (never at its last
+evaluation). Budgets: trials, wall time, and optimizer steps over the whole study
+(`tune.max_training_steps`); values a completed trial already had are answered from the study
+instead of trained again. With `tune.cv_folds:
+k` a trial is scored as the mean over k folds of train (std recorded), and the best values
+are then retrained on all of train and evaluated once on test. Workers on several machines
+share a study through an RDB storage; each beats a heartbeat, and a trial whose worker dies
+is failed and retried by the next worker. Writes `tune/trials.csv`, `tune/best.yaml` (a
+complete recipe that replays the best trial: `tunesmith run tune/best.yaml`), figures and
+`tune/summary.json` (for the report and the model card).
+
+    space.py      what a trial tries: space, sampler, pruner, the trial's recipe
+    objective.py  how a trial is scored (validation loss, or k-fold cross-validation)
+    budget.py     the study's compute budget in optimizer steps
+    storage.py    SQLite, or a shared PostgreSQL study for many workers
+    outputs.py    trials.csv, best.yaml, figures, summary.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from tunesmith import data
+from tunesmith.errors import ConfigError
+from tunesmith.recipe import Recipe
+from tunesmith.rundir import RunDir
+from tunesmith.tune.budget import StepBudget, steps_used
+from tunesmith.tune.objective import cv_folds, objective, report
+from tunesmith.tune.outputs import TuneResult, write_outputs
+from tunesmith.tune.space import pruner, repeat_of, sampler, suggest, trial_recipe
+from tunesmith.tune.storage import open_storage
+
+__all__ = ["StepBudget", "TuneResult", "cv_folds", "pruner", "repeat_of", "report", "run", "sampler",
+           "steps_used", "suggest", "trial_recipe"]
+
+
+def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name: str | None = None,
+        trials: int | None = None, after: Callable[[RunDir], Any] | None = None) -> TuneResult:
+    """The search, as one transaction on the run (data re-prepared, tune/ written); `after(view)`
+    runs inside it (the CLI rebuilds the model card there, so it shows the search)."""
+    import optuna
+
+    cfg = recipe.tune
+    if not cfg.space:
+        raise ConfigError("tune.space is empty: add the recipe keys to search, e.g. "
+                          "tune.space: {train.lr: {type: float, low: 1e-5, high: 1e-3, log: true}}")
+    n_trials = trials or cfg.trials
+    if n_trials is None and cfg.timeout_minutes is None and cfg.max_training_steps is None \
+            and cfg.strategy != "grid":
+        raise ConfigError("tune has no budget: set tune.trials, tune.timeout_minutes or "
+                          "tune.max_training_steps.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stages = ("data", "tune", "report") if after is not None else ("data", "tune")
+    with run_dir.transaction(recipe, stages) as view:
+        data.run(recipe, view)
+        splits = data.load_splits(view)
+        if not splits.get("val") and cfg.cv_folds < 2:
+            raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
+                              "or tune.cv_folds.")
+        study = optuna.create_study(storage=open_storage(cfg, view, storage), sampler=sampler(cfg),
+                                    pruner=pruner(cfg), study_name=study_name or cfg.study or recipe.name,
+                                    direction=cfg.direction, load_if_exists=True)
+        started = time.time()
+        budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
+        if budget.fits(study):
+            study.optimize(objective(recipe, view, splits), n_trials=n_trials,
+                           timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
+                           catch=(RuntimeError,), callbacks=[budget])
+        result = write_outputs(recipe, view, study, time.time() - started)
+        if after is not None:
+            after(view)
+    return replace(result, best_recipe=run_dir.best_recipe)

@@ -1,0 +1,110 @@
+"""How a trial is scored: train with the trial's values and take the validation loss, reported
+while training so the pruner can stop it; or the mean over k folds of train (cross-validation).
+A completed trial's values seen again are answered from the study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from typing import Any
+
+from tunesmith import train
+from tunesmith.data.balance import resolve_strata, stratified_split
+from tunesmith.errors import ConfigError
+from tunesmith.files import write_text
+from tunesmith.recipe import Recipe, dump_recipe
+from tunesmith.rundir import RunDir
+from tunesmith.tune.space import repeat_of, suggest, trial_recipe
+
+
+def report(trial: Any, value: float, step: int, last_step: int) -> bool:
+    """Report an intermediate validation loss; True if the pruner stops the trial here. The last
+    evaluation is never pruned: the trial has cost its full steps by then and counts as complete."""
+    trial.report(value, step)
+    return step < last_step and bool(trial.should_prune())
+
+
+def cv_folds(records: list[dict], k: int, strata: str, seed: int) -> list[tuple[list[dict], list[dict]]]:
+    """k (train, validation) pairs; each record validates exactly once; stratified when possible."""
+    remaining = list(range(len(records)))
+    folds: list[list[int]] = []
+    for fold in range(k - 1):
+        chosen, kept = stratified_split([records[i] for i in remaining], 1 / (k - fold), strata, seed + fold)
+        folds.append([remaining[i] for i in kept])
+        remaining = [remaining[i] for i in chosen]
+    folds.append(remaining)
+    pairs = []
+    for fold in folds:
+        held_out = set(fold)
+        pairs.append(([r for j, r in enumerate(records) if j not in held_out], [records[j] for j in fold]))
+    return pairs
+
+
+def _cross_validated(trial: Any, recipe: Recipe, candidate: Recipe, trial_dir: RunDir,
+                     train_rows: list[dict]) -> float:
+    """Mean validation loss over tune.cv_folds folds of train (std kept); pruned between folds."""
+    import optuna
+
+    cfg = recipe.tune
+    strata = resolve_strata(train_rows, recipe.data.balance.by)
+    losses, steps = [], 0
+    folds = cv_folds(train_rows, cfg.cv_folds, strata, recipe.data.seed)
+    for fold, (fold_train, fold_val) in enumerate(folds):
+        result = train.run(candidate, trial_dir, splits={"train": fold_train, "val": fold_val})
+        losses.append(result.final_eval_loss)
+        steps += result.steps
+        if report(trial, statistics.fmean(losses), fold, cfg.cv_folds - 1):
+            trial.set_user_attr("steps", steps)
+            raise optuna.TrialPruned()
+    trial.set_user_attr("cv_mean", statistics.fmean(losses))
+    trial.set_user_attr("cv_std", statistics.pstdev(losses))
+    trial.set_user_attr("steps", steps)
+    return statistics.fmean(losses)
+
+
+def _validated(trial: Any, candidate: Recipe, trial_dir: RunDir, splits: dict[str, list[dict]]) -> float:
+    """The final validation loss of one training run, reported at every evaluation for pruning."""
+    import optuna
+
+    pruned: list[int] = []
+
+    def prune(step: int, last_step: int, value: float) -> bool:
+        if report(trial, value, step, last_step):
+            pruned.append(step)
+        return bool(pruned)
+
+    result = train.run(candidate, trial_dir, on_eval_loss=prune, splits=splits)
+    trial.set_user_attr("steps", result.steps)
+    if pruned:
+        raise optuna.TrialPruned()
+    if result.final_eval_loss is None:
+        raise ConfigError("tuning needs validation data: set data.val or data.val_fraction > 0.")
+    return result.final_eval_loss
+
+
+def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
+    """The Optuna objective: a trial's values -> its (mean) validation loss."""
+    cfg = recipe.tune
+
+    def score(trial: Any) -> float:
+        params = suggest(trial, cfg)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        if (done := repeat_of(trial, params)) is not None:
+            trial.set_user_attr("duplicate_of", done.number)
+            trial.set_user_attr("steps", 0)
+            return done.value
+        name = f"trial-{trial.number}"
+        candidate = trial_recipe(recipe, params, name, run_dir.trials)
+        trial_dir = RunDir(run_dir.trials / name)
+        trial_dir.root.mkdir(parents=True, exist_ok=True)
+        write_text(trial_dir.recipe, dump_recipe(candidate))
+        try:
+            if cfg.cv_folds >= 2:
+                return _cross_validated(trial, recipe, candidate, trial_dir, splits["train"])
+            return _validated(trial, candidate, trial_dir, splits)
+        finally:  # keep the trial's recipe, logs and summary; weights and checkpoints are large
+            shutil.rmtree(trial_dir.model, ignore_errors=True)
+            shutil.rmtree(trial_dir.work, ignore_errors=True)
+
+    return score
