@@ -71,3 +71,43 @@ def test_the_check_catches_an_upward_import(tmp_path):
     sample.write_text("import json\n\ndef f():\n    from tunesmith import report\n"
                       "    from tunesmith.train import run\n")
     assert imports(sample) == [(4, "report"), (5, "train")]
+
+
+MAX_FUNCTION_LINES = 60
+REASON = "# long:"
+"""A function may run longer, or define a class inside it, when a comment on the line above
+its `def` starting with `# long:` says why."""
+
+
+def _excused(lines: list[str], node: ast.AST) -> bool:
+    above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
+    return above.startswith(REASON)
+
+
+def long_functions(path: Path) -> list[str]:
+    """Functions over the limit and classes defined inside functions, without a reason comment."""
+    text = path.read_text(encoding="utf-8")
+    lines, found = text.splitlines(), []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or _excused(lines, node):
+            continue
+        length = node.end_lineno - node.lineno + 1
+        if length > MAX_FUNCTION_LINES:
+            found.append(f"{path.name}:{node.lineno} {node.name} is {length} lines")
+        found += [f"{path.name}:{inner.lineno} class {inner.name} inside {node.name}"
+                  for inner in ast.walk(node) if isinstance(inner, ast.ClassDef)]
+    return found
+
+
+def test_no_function_a_reader_cannot_hold_in_their_head():
+    wrong = [problem for path in sorted(SRC.rglob("*.py")) for problem in long_functions(path)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_length_check_catches_a_long_function_and_an_inner_class(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    sample = tmp_path / "sample.py"
+    sample.write_text(f"def long():\n{body}\n\ndef short():\n    class Inner:\n        pass\n\n"
+                      f"# long: a table of constants reads best in one piece\ndef excused():\n{body}")
+    assert long_functions(sample) == [f"sample.py:1 long is {MAX_FUNCTION_LINES + 1} lines",
+                                      f"sample.py:{MAX_FUNCTION_LINES + 5} class Inner inside short"]

@@ -124,11 +124,13 @@ class Loss(Schema):
 
 
 class Validation(Schema):
+    """Loss on the answer tokens of the validation split, as in training."""
     finetuned: Loss | None = None
     base: Loss | None = None
 
 
 class Memorisation(Schema):
+    """Held-out answers (of min_chars or more) that reproduce a training answer verbatim."""
     checked: int
     verbatim_train_answers: int
     rate: float
@@ -137,10 +139,14 @@ class Memorisation(Schema):
 
 class Generalisation(Schema):
     train: list[tuple[int, float]] = Field(default_factory=list)
+    """(step, train loss) of every logged step."""
     val: list[tuple[int, float]] = Field(default_factory=list)
+    """(step, validation loss) of every evaluation."""
     final_train_loss: float | None = None
+    """Mean of the last three logged train losses."""
     final_val_loss: float | None = None
     gap: float | None = None
+    """final_val_loss - final_train_loss: large and growing means overfitting."""
     memorisation: Memorisation | None = None
 
 
@@ -168,13 +174,18 @@ class Bias(Schema):
 
 class EvalSummary(Schema):
     metric: str
+    """The primary metric (eval.metric) that `value`, the paired deltas and the bias gaps use."""
     sets: dict[str, SetResult] = Field(default_factory=dict)
+    """Per evaluation set: test, and each data.eval_sets entry (e.g. ood)."""
     validation: Validation = Field(default_factory=Validation)
-    warnings: list[str] = Field(default_factory=list)
     generation_examples_per_second: float | None = None
     generalisation: Generalisation | None = None
+    """Loss curves and their final gap (from train/log.jsonl), and the memorisation probe."""
     forgetting: Forgetting | None = None
+    """The general-question probe: what fine-tuning cost outside the task."""
     bias: Bias | None = None
+    warnings: list[str] = Field(default_factory=list)
+    """Bias gaps over eval.bias.max_gap, and anything else a reader of the numbers must know."""
 
 
 class Prediction(Schema):
@@ -194,18 +205,25 @@ class Prediction(Schema):
 # --- training --------------------------------------------------------------------------------
 
 class GuardEvent(Schema):
+    """An overfitting guard that fired (early_stopping, gap_alarm), when and why."""
     guard: str
     step: int
     message: str
 
 
-class TrainSummary(Schema):
+class TrainProgress(Schema):
+    """How far training went and how fast: what a training backend reports."""
     steps: int
     max_steps: int
     epochs: float
     train_loss: float | None
     tokens_seen: int
     tokens_per_second: float
+    final_eval_loss: float | None = None
+
+
+class TrainSummary(TrainProgress):
+    """train/summary.json: the backend's progress, and what was trained where."""
     runtime_seconds: float
     resumed_from: str | None
     device: str
@@ -215,7 +233,6 @@ class TrainSummary(Schema):
     train_examples: int
     val_examples: int
     guards: list[GuardEvent] = Field(default_factory=list)
-    final_eval_loss: float | None = None
 
 
 class LogEntry(Schema):

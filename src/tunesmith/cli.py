@@ -38,6 +38,7 @@ app.add_typer(data_app, name="data")
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
                               show_default=False)
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted training.")
 try:  # typer >= 0.2x vendors its own click (Exit and Abort are typer's); older ones use click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
@@ -52,6 +53,12 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show the traceback o
     """Fine-tune language models with the best practices built in."""
     if debug:
         os.environ["TUNESMITH_DEBUG"] = "1"
+
+
+def _pipeline():
+    from tunesmith import pipeline  # imported when a command runs, so that `--help` stays quick
+
+    return pipeline
 
 
 def _recipe(path: str | None, overrides: list[str] | None):
@@ -75,31 +82,16 @@ def data_inspect(
 @data_app.command("prepare")
 def data_prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
     """Validate, convert and split the recipe's data into runs/<run>/data/."""
-    from tunesmith import pipeline
-
-    pipeline.prepare(_recipe(recipe, overrides))
+    _pipeline().prepare(_recipe(recipe, overrides))
 
 
 @app.command("train")
-def train_command(
-    recipe: str = RecipeArg,
-    overrides: list[str] | None = OverridesArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training."),
-) -> None:
+def train_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
+                  resume: bool = ResumeOpt) -> None:
     """Fine-tune (prepares the data first)."""
-    from tunesmith import pipeline
-
-    result = pipeline.fine_tune(_recipe(recipe, overrides), resume=resume)
+    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume)
     out.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
               f"model in {result.model_dir}")
-
-
-@app.command("eval")
-def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
-    """Score the base and fine-tuned models on the same test / eval-set examples."""
-    from tunesmith import pipeline
-
-    pipeline.evaluate_run(_recipe(recipe, overrides))
 
 
 @app.command("tune")
@@ -111,8 +103,7 @@ def tune_command(
     trials: int | None = typer.Option(None, min=1, help="Trials for this worker (default tune.trials)."),
 ) -> None:
     """Search hyperparameters (tune.space); writes tune/trials.csv and tune/best.yaml."""
-    from tunesmith import pipeline
-
+    pipeline = _pipeline()
     parsed = _recipe(recipe, overrides)
     result = pipeline.search(parsed, storage=storage, study_name=study, trials=trials)
     out.print(f"{result.trials} trials ({result.pruned} pruned); best validation loss "
@@ -120,6 +111,12 @@ def tune_command(
     out.print(f"replay the best: tunesmith run {result.best_recipe}")
     if parsed.tune.cv_folds >= 2 and result.best_params:
         pipeline.retrain_best(result.best_recipe)
+
+
+@app.command("eval")
+def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
+    """Score the base and fine-tuned models on the same test / eval-set examples."""
+    _pipeline().evaluate_run(_recipe(recipe, overrides))
 
 
 @app.command("report")
@@ -161,15 +158,10 @@ def _output_file(path: str, option: str) -> Path:
 
 
 @app.command("run")
-def run_command(
-    recipe: str = RecipeArg,
-    overrides: list[str] | None = OverridesArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training."),
-) -> None:
+def run_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
+                resume: bool = ResumeOpt) -> None:
     """The whole pipeline: data -> train -> evaluate -> report."""
-    from tunesmith import pipeline
-
-    pipeline.run(_recipe(recipe, overrides), resume=resume)
+    _pipeline().run(_recipe(recipe, overrides), resume=resume)
 
 
 @app.command("demo")
@@ -181,7 +173,6 @@ def demo_command(
     import time
     from importlib.resources import files
 
-    from tunesmith import pipeline
     from tunesmith.demo import tickets
 
     started = time.time()
@@ -192,7 +183,7 @@ def demo_command(
     recipe = _recipe(recipe_path, data_overrides + list(overrides or []))  # checked before writing
     paths = tickets.write(data_dir)
     out.print(f"demo data written to {target}/ ({', '.join(p.name for p in paths.values())})")
-    pipeline.run(recipe)
+    _pipeline().run(recipe)
     out.print(f"demo wall time: {time.time() - started:.0f} s")
 
 

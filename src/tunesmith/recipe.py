@@ -170,20 +170,18 @@ class DataConfig(_Section):
     """A row nested deeper than this (lists in objects in lists ...) is invalid."""
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    """Text and chat-shape normalisation."""
-    filters: FilterConfig = Field(default_factory=FilterConfig)
-    """Quality filters on training rows."""
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    """Exact and near-duplicate removal in train."""
-    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
-    """Train/eval leakage and benchmark contamination checks."""
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    """Personal-data scrubbing."""
-    balance: BalanceConfig = Field(default_factory=BalanceConfig)
-    """Strata for the split, and rebalancing of train."""
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    """Opt-in augmentation of the training split."""
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Text and chat-shape normalisation.")
+    filters: FilterConfig = Field(default_factory=FilterConfig,
+                                  description="Quality filters on training rows.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig,
+                               description="Exact and near-duplicate removal in train.")
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig,
+                                   description="Train/eval leakage and benchmark contamination checks.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Personal-data scrubbing.")
+    balance: BalanceConfig = Field(default_factory=BalanceConfig,
+                                   description="Strata for the split, and rebalancing of train.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="Opt-in augmentation of the training split.")
 
     @field_validator("train", mode="before")
     @classmethod

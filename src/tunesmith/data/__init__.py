@@ -234,8 +234,17 @@ def _leakage(splits: dict[str, list[dict]], recipe: Recipe, report: dict) -> Non
     report["leakage"] = section
 
 
-def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
-    """The data stage. `tokenizer=None` loads the recipe model's tokenizer (for token lengths)."""
+@dataclass
+class _Inputs:
+    files: dict[str, LoadedFile]
+    train: list[dict]
+    given: dict[str, list[dict]]
+    """Splits given as files: val, test and each eval set."""
+    kind: str
+
+
+def _load_inputs(recipe: Recipe) -> _Inputs:
+    """Every input file, loaded and validated row by row; one record kind throughout."""
     cfg = recipe.data
     if not cfg.train:
         raise DataError("data.train is empty: set it to your training file(s) in the recipe.")
@@ -263,35 +272,29 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         if files[path].kind != kind:
             raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use one kind.")
         given[name] = files[path].records
+    return _Inputs(files, train, given, kind)
 
+
+def _first_report(inputs: _Inputs, recipe: Recipe) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "kind": kind,
+        "kind": inputs.kind,
         "files": {path: {"format": f.format, "valid_rows": len(f.records),
                          "invalid_rows": len(f.invalid),
                          "invalid": [vars(i) for i in f.invalid[:MAX_LISTED]]}
                   | ({"non_text_parts_dropped": dict(f.non_text_parts)} if f.non_text_parts else {})
-                  for path, f in files.items()},
-        "loaded_train_rows": len(train),
+                  for path, f in inputs.files.items()},
+        "loaded_train_rows": len(inputs.train),
     }
-    if cfg.clean.enabled:  # done row by row while loading, so that rows are judged cleaned
-        report["clean"] = dict(sum((f.clean_counts for f in files.values()), Counter()))
-    if cfg.privacy.mode != "off":
-        found: Counter = Counter()
-        train = _scrub(train, cfg.privacy.mode, found)
-        given = {n: _scrub(rows, cfg.privacy.mode, found) for n, rows in given.items()}
-        report["privacy"] = {"mode": cfg.privacy.mode, **found}
-    if cfg.filters.enabled and tokenizer is None:
-        from tunesmith.models.loading import load_tokenizer
+    if recipe.data.clean.enabled:  # done row by row while loading, so that rows are judged cleaned
+        report["clean"] = dict(sum((f.clean_counts for f in inputs.files.values()), Counter()))
+    return report
 
-        tokenizer = load_tokenizer(recipe.model)
-    length = LengthCounter(tokenizer, cfg.system_prompt)
-    if cfg.filters.enabled:
-        train = _filter(train, recipe, length, report)
-    train = _dedup(train, recipe, report)
-    strata = balance.resolve_strata(train, cfg.balance.by)
-    splits = _split(train, recipe, strata, report)
-    for name, rows in given.items():
-        splits[name] = rows
+
+def _finish_splits(splits: dict[str, list[dict]], given: dict[str, list[dict]], recipe: Recipe,
+                   strata: str, report: dict[str, Any]) -> dict[str, list[dict]]:
+    """Add the given eval sets, stop leakage, rebalance and augment train; train and val first."""
+    cfg = recipe.data
+    splits.update(given)
     for name in [n for n in splits if n not in ("train", "val")]:
         for record in splits[name]:
             record["meta"].setdefault("domain", "in-domain" if name == "test" else name)
@@ -307,8 +310,30 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         report["augment"] = {"methods": cfg.augment.methods, "rows_added": len(extra)}
     if not splits["train"]:
         raise DataError(_nothing_left(report))
+    return {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
 
-    ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
+
+def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
+    """The data stage. `tokenizer=None` loads the recipe model's tokenizer (for token lengths)."""
+    cfg = recipe.data
+    inputs = _load_inputs(recipe)
+    report = _first_report(inputs, recipe)
+    train, given = inputs.train, inputs.given
+    if cfg.privacy.mode != "off":
+        found: Counter = Counter()
+        train = _scrub(train, cfg.privacy.mode, found)
+        given = {n: _scrub(rows, cfg.privacy.mode, found) for n, rows in given.items()}
+        report["privacy"] = {"mode": cfg.privacy.mode, **found}
+    if cfg.filters.enabled and tokenizer is None:
+        from tunesmith.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(recipe.model)
+    length = LengthCounter(tokenizer, cfg.system_prompt)
+    if cfg.filters.enabled:
+        train = _filter(train, recipe, length, report)
+    train = _dedup(train, recipe, report)
+    strata = balance.resolve_strata(train, cfg.balance.by)
+    ordered = _finish_splits(_split(train, recipe, strata, report), given, recipe, strata, report)
     report["splits"] = {name: len(rows) for name, rows in ordered.items()}
     report["describe"] = {name: describe(rows, length) for name, rows in ordered.items() if rows}
     run_dir.data.mkdir(parents=True, exist_ok=True)
@@ -317,7 +342,7 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     typed = DataReport.model_validate(report)
     save(typed, run_dir.data_report)
     write_html(typed, run_dir.data_report_html)
-    return DataResult(ordered, kind, typed)
+    return DataResult(ordered, inputs.kind, typed)
 
 
 def _nothing_left(report: dict[str, Any]) -> str:

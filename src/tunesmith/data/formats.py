@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunesmith.errors import DataError
@@ -258,14 +258,22 @@ def _alpaca(row: dict, parts: Counter) -> dict:
     return {"messages": messages}
 
 
-def _sharegpt_turns(turns: Any, key: str, parts: Counter) -> list[dict[str, Any]]:
-    if not isinstance(turns, list) or not turns:
-        raise RowError(f'"{key}" must be a non-empty list of {{from, value}} (sharegpt format)')
-    messages = []
-    for number, turn in enumerate(turns):
+def _turns(raw: Any, key: str, fields: tuple[str, ...], needed: tuple[str, ...],
+           fmt: str) -> Iterator[tuple[str, dict]]:
+    """(location, turn) of each turn of a non-empty list of objects that have the `needed` keys."""
+    shape, named = ", ".join(fields), " and ".join(f'"{k}"' for k in fields)
+    if not isinstance(raw, list) or not raw:
+        raise RowError(f'"{key}" must be a non-empty list of {{{shape}}} ({fmt} format)')
+    for number, turn in enumerate(raw):
         where = f"{key}[{number}]"
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RowError(f'{where} needs "from" and "value" (sharegpt format)')
+        if not isinstance(turn, dict) or any(k not in turn for k in needed):
+            raise RowError(f"{where} needs {named} ({fmt} format)")
+        yield where, turn
+
+
+def _sharegpt_turns(turns: Any, key: str, parts: Counter) -> list[dict[str, Any]]:
+    messages = []
+    for where, turn in _turns(turns, key, ("from", "value"), ("from", "value"), "sharegpt"):
         source = str(turn["from"]).lower()
         role = SHAREGPT_ROLES.get(source)
         if role is None:
@@ -293,13 +301,8 @@ def _sharegpt(row: dict, parts: Counter) -> dict:
 
 
 def _openai_messages(raw: Any, key: str, parts: Counter) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not raw:
-        raise RowError(f'"{key}" must be a non-empty list of {{role, content}} (openai format)')
     messages = []
-    for number, item in enumerate(raw):
-        where = f"{key}[{number}]"
-        if not isinstance(item, dict) or "role" not in item:
-            raise RowError(f'{where} needs "role" and "content" (openai format)')
+    for where, item in _turns(raw, key, ("role", "content"), ("role",), "openai"):
         role = item["role"]
         if role not in OPENAI_ROLES:
             raise RowError(f"{where}.role is {role!r}; expected system, user, assistant or tool "

@@ -157,14 +157,14 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
     fitted = (backend or TRLBackend()).fit(job)
     runtime = time.time() - started
     _save(job, fitted, run_dir)
+    done = fitted.progress
     summary = TrainSummary(
-        steps=fitted.steps, max_steps=fitted.max_steps, epochs=fitted.epochs, train_loss=fitted.train_loss,
-        tokens_seen=fitted.tokens_seen, tokens_per_second=fitted.tokens_per_second, runtime_seconds=runtime,
+        **done.model_dump(), runtime_seconds=runtime,
         resumed_from=job.resume_from.name if job.resume_from else None, device=job.device,
         mixed_precision=job.precision, method=recipe.train.method,
         trainable_parameters=sum(p.numel() for p in fitted.model.parameters() if p.requires_grad),
         train_examples=len(job.train_set), val_examples=len(job.val_set) if job.val_set is not None else 0,
-        guards=job.guards.events, final_eval_loss=fitted.final_eval_loss)
+        guards=job.guards.events)
     save(summary, run_dir.train_summary)
-    return TrainResult(run_dir.model, fitted.steps, fitted.train_loss, fitted.tokens_per_second, runtime,
-                       fitted.final_eval_loss, job.guards.events)
+    return TrainResult(run_dir.model, done.steps, done.train_loss, done.tokens_per_second, runtime,
+                       done.final_eval_loss, job.guards.events)

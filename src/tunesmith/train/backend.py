@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tunesmith.artifacts import TrainProgress
 from tunesmith.models.families import Family
 from tunesmith.recipe import Recipe
 from tunesmith.train.guards import OverfittingGuards
@@ -45,13 +46,7 @@ class TrainJob:
 class Fitted:
     model: Any
     """The trained model (with its adapter), ready to save."""
-    steps: int
-    max_steps: int
-    epochs: float
-    train_loss: float | None
-    tokens_seen: int
-    tokens_per_second: float
-    final_eval_loss: float | None
+    progress: TrainProgress
 
 
 class Backend(Protocol):

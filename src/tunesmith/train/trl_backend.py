@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.artifacts import TrainProgress
 from tunesmith.train.backend import Fitted, TrainJob
 from tunesmith.train.guards import l1_penalised_loss
 
@@ -59,5 +60,7 @@ class TRLBackend:
         output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
         state = trainer.state
         final_eval = next((e["eval_loss"] for e in reversed(state.log_history) if "eval_loss" in e), None)
-        return Fitted(trainer.model, state.global_step, state.max_steps, state.epoch, output.training_loss,
-                      state.num_input_tokens_seen, progress.tokens_per_second(state), final_eval)
+        return Fitted(trainer.model, TrainProgress(
+            steps=state.global_step, max_steps=state.max_steps, epochs=state.epoch,
+            train_loss=output.training_loss, tokens_seen=state.num_input_tokens_seen,
+            tokens_per_second=progress.tokens_per_second(state), final_eval_loss=final_eval))
