@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith import data, train, tune
+from tunesmith.artifacts import DataReport, TuneSummary, dump, load
 from tunesmith.demo import tickets
-from tunesmith.files import read_json
 from tunesmith.recipe import ParamSpace, Recipe, load_recipe
 from tunesmith.rundir import RunDir, open_run
 
@@ -60,8 +60,8 @@ def demo_recipe(out: Path, paths: dict, steps: int, strategy: str, pruner: str, 
 def search(recipe: Recipe) -> tuple[dict, object]:
     run_dir = open_run(recipe)
     result = tune.run(recipe, run_dir)
-    summary = read_json(run_dir.root / "tune" / "summary.json")
-    summary["train_rows"] = read_json(run_dir.data / "report.json")["splits"]["train"]
+    summary = dump(load(TuneSummary, run_dir.tune_summary))
+    summary["train_rows"] = load(DataReport, run_dir.data_report).splits["train"]
     return summary, result.study
 
 

@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import io
 import json
+import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,6 +304,14 @@ def _model_case(case_id: str, build: Callable[[Workspace], str], expect: tuple[s
                 lambda w: ["train", str(w.recipe_file(model__name=build(w)))], lambda w: expect)
 
 
+def edited(w: Workspace, name: str, content: str) -> Path:
+    """A copy of the base run with one artifact replaced (edited by hand, or from another version)."""
+    copy = w.dir / "runs" / "edited"
+    shutil.copytree(w.run, copy, symlinks=True)
+    (copy / name).write_text(content, encoding="utf-8")
+    return copy
+
+
 def _run_cases() -> list[Case]:
     """Commands pointed at run directories that cannot take them."""
     def prepared_only(w: Workspace) -> Path:
@@ -335,6 +344,17 @@ def _run_cases() -> list[Case]:
              lambda w: ("runs/base: nothing to resume", "Train without --resume")),
         Case("run dir", "tune-empty-space", lambda w: ["tune", str(w.recipe_file())],
              lambda w: ("tune.space is empty", "tune.space: {train.lr:")),
+        Case("run dir", "report-edited-eval-summary",
+             lambda w: ["report", str(edited(w, "eval/summary.json", '{"metric": "exact_match", "sets": '
+                                                                   '{"test": {"examples": "six"}}}'))],
+             lambda w: ("eval/summary.json: not a valid EvalSummary (sets.test.examples:",
+                        "run the stage that writes it again")),
+        Case("run dir", "report-eval-summary-not-json",
+             lambda w: ["report", str(edited(w, "eval/summary.json", '{"metric": '))],
+             lambda w: ("eval/summary.json: not a valid EvalSummary ((top level): Invalid JSON",)),
+        Case("run dir", "compare-edited-predictions",
+             lambda w: ["compare", str(edited(w, "eval/predictions.jsonl", '{"set": "test"}\n')), str(w.run)],
+             lambda w: ("eval/predictions.jsonl:1: not a valid Prediction (index: Field required",)),
         Case("run dir", "compare-one-run", lambda w: ["compare", str(w.run)],
              lambda w: ("compare needs at least two run directories",)),
         Case("run dir", "compare-unevaluated", lambda w: ["compare", str(w.run), str(prepared_only(w))],

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tunesmith import data, evaluate, pipeline, train
-from tunesmith.artifacts import EvalSummary, load
+from tunesmith.artifacts import DataReport, EvalSummary, LogEntry, Prediction, TrainSummary, load, load_rows
 from tunesmith.data.inspect import inspect_file
 from tunesmith.files import read_json, sha256_file
 from tunesmith.models.loading import load_tokenizer
@@ -60,6 +60,12 @@ def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
     test = summary.sets["test"]
     assert test.base.value is not None and test.finetuned.value is not None and test.paired is not None
     assert summary.validation.finetuned.loss < summary.validation.base.loss
+    # every JSON file of the run reads back through its one schema (the readers' view of it)
+    assert load(DataReport, run_dir.data_report).splits == {"train": 42, "val": 6, "test": 6}
+    assert load(TrainSummary, run_dir.train_summary).steps == 22
+    logged = load_rows(LogEntry, run_dir.train_log)
+    assert [e.step for e in logged if e.loss is not None] == list(range(2, 23, 2))
+    assert [p.index for p in load_rows(Prediction, run_dir.predictions)] == list(range(6))
     predictions = [json.loads(line) for line in (run_dir.eval / "predictions.jsonl").open()]
     assert len(predictions) == 6
     assert {"base_prediction", "finetuned_prediction", "reference"} <= set(predictions[0])

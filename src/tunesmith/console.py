@@ -7,13 +7,24 @@ consoles have markup off and styles are passed explicitly.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 from rich.console import Console
 from rich.text import Text
 
-out = Console(markup=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+LOG_WIDTH = 120
+"""Width of tables written to a file or pipe (Rich assumes 80, which wraps the results table
+with its confidence intervals into three lines a row); $COLUMNS overrides it."""
+
+
+def _width(stream) -> int | None:
+    return None if stream.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH
+
+
+out = Console(markup=False, highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def note(message: str) -> None:

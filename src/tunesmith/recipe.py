@@ -461,6 +461,14 @@ class Recipe(_Section):
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.run_name or self.name)
 
+    @property
+    def filters(self) -> FilterConfig:
+        """data.filters with its defaults resolved: max_tokens None is train.max_length (a row
+        longer than training sees would be cut, so it counts as too long)."""
+        if self.data.filters.max_tokens is not None:
+            return self.data.filters
+        return self.data.filters.model_copy(update={"max_tokens": self.train.max_length})
+
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 YAML_HINT = "Check the indentation there, and quote values that contain ': ' or start with * & @ [ {."

@@ -104,9 +104,7 @@ def _scrub(records: list[dict], mode: str, counts: Counter) -> list[dict]:
 
 
 def _filter(records: list[dict], recipe: Recipe, length: LengthCounter, report: dict) -> list[dict]:
-    cfg = recipe.data.filters
-    if cfg.max_tokens is None:
-        cfg = cfg.model_copy(update={"max_tokens": recipe.train.max_length})
+    cfg = recipe.filters
     labels = Counter(r["label"] for r in records if "label" in r)
     kept, dropped = [], Counter()
     examples: dict[str, list] = {}

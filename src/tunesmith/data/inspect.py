@@ -9,27 +9,11 @@ computed in a temporary directory that is deleted afterwards.
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import quantiles
 from typing import Any
 
+from tunesmith.data.report import LengthCounter, percentiles
 from tunesmith.recipe import Recipe
 from tunesmith.records import as_chat
-
-PERCENTILES = (50, 90, 99)
-
-
-def _token_lengths(records: list[dict], tokenizer: Any, recipe: Recipe) -> list[int]:
-    from tunesmith.models.chat import tokenize_record
-
-    return [len(tokenize_record(tokenizer, r, "all", 10**9, recipe.data.system_prompt)["input_ids"])
-            for r in records]
-
-
-def percentiles(values: list[int]) -> dict[str, float]:
-    if len(values) == 1:
-        return {f"p{p}": float(values[0]) for p in PERCENTILES} | {"max": float(values[0])}
-    cuts = quantiles(values, n=100, method="inclusive")
-    return {f"p{p}": cuts[p - 1] for p in PERCENTILES} | {"max": float(max(values))}
 
 
 def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
@@ -73,7 +57,8 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
 
         tokenizer = load_tokenizer(recipe.model)
     report["tokenizer"] = getattr(tokenizer, "name_or_path", "")
-    report["tokens"] = percentiles(_token_lengths(loaded.records, tokenizer, recipe))
+    length = LengthCounter(tokenizer, recipe.data.system_prompt)
+    report["tokens"] = percentiles([length(r) for r in loaded.records])
     # the data stage (cleaning, dedup, split) takes demonstrations; preference data is refused there
     report["data_report"] = _stage_report(path, recipe, tokenizer) if loaded.kind != "preference" else {}
     return report

@@ -53,15 +53,25 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
+PERCENTILES = (50, 90, 99)
+
+
+def percentiles(values: list[int]) -> dict[str, float]:
+    """p50, p90, p99 and max of lengths (one value: all of them that value)."""
+    if len(values) == 1:
+        return {f"p{p}": float(values[0]) for p in PERCENTILES} | {"max": float(values[0])}
+    cuts = quantiles(values, n=100, method="inclusive")
+    return {f"p{p}": cuts[p - 1] for p in PERCENTILES} | {"max": float(max(values))}
+
+
 def describe(rows: list[dict], length: LengthCounter) -> dict[str, Any]:
     lengths, unit = [length(r) for r in rows], length.unit
-    cuts = quantiles(lengths, n=100, method="inclusive") if len(lengths) > 1 else lengths * 99
     counts, edges = _histogram(lengths)
     outputs = [a for r in rows for a in answers(r)] or [r.get("text", "") for r in rows]
     out: dict[str, Any] = {
         "rows": len(rows),
         "length_unit": unit,
-        "length": {"p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "max": max(lengths)},
+        "length": percentiles(lengths),
         "histogram": {"counts": counts, "edges": edges},
         "distinct_1": distinct_n(outputs, 1),
         "distinct_2": distinct_n(outputs, 2),
