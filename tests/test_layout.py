@@ -111,3 +111,18 @@ def test_the_length_check_catches_a_long_function_and_an_inner_class(tmp_path):
                       f"# long: a table of constants reads best in one piece\ndef excused():\n{body}")
     assert long_functions(sample) == [f"sample.py:1 long is {MAX_FUNCTION_LINES + 1} lines",
                                       f"sample.py:{MAX_FUNCTION_LINES + 5} class Inner inside short"]
+
+
+def test_every_data_file_ships_in_the_package():
+    """Templates, probes and the demo recipe are read at run time: a wheel without them fails
+    on first use, so each file under src/ that is not Python matches a package-data pattern."""
+    import fnmatch
+
+    import tomllib
+
+    config = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["tunesmith"]
+    data = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    missing = [f for f in data if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert data and not missing, missing
