@@ -3,7 +3,7 @@
 `OverfittingGuards(cfg)` is told each train loss and each validation loss; it raises the
 train/validation gap alarm (`train.max_val_train_gap`) and decides early stopping
 (`train.early_stopping`). Every firing is kept in `events` (train/summary.json, the report).
-`l1_penalised_loss` adds the L1 penalty (`train.l1`) to the usual token cross-entropy.
+`l1_penalty` is the L1 term (`train.l1` times it is added to the training loss).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 from tunesmith.artifacts import GuardEvent
 from tunesmith.console import note, warn
-from tunesmith.models.families import Family
 from tunesmith.recipe import TrainConfig
 
 
@@ -56,18 +55,7 @@ class OverfittingGuards:
         warn(message)
 
 
-def l1_penalised_loss(model: Any, coefficient: float, family: Family):
-    """A `compute_loss_func`: the family's token cross-entropy plus coefficient x sum |w| of the
-    trainable weights (an L1 penalty that Trainer does not offer). It costs TRL one extra
-    no-grad forward per step for its token metrics, so it is only used when train.l1 > 0."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-        total, count = family.answer_loss_sum(outputs.logits, labels)
-        count = count if num_items_in_batch is None else num_items_in_batch
-        penalty = sum(p.abs().sum() for p in params)
-        return total / torch.as_tensor(count, device=total.device).clamp(min=1) + coefficient * penalty
-
-    return loss
+def l1_penalty(model: Any) -> Any:
+    """sum |w| over the trainable weights (train.l1 times this is added to the loss; Trainer
+    offers L2 as weight_decay but no L1)."""
+    return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)

@@ -6,17 +6,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trl import SFTConfig, SFTTrainer
+
 from tunesmith.artifacts import TrainProgress
 from tunesmith.train.backend import Fitted, TrainJob
-from tunesmith.train.guards import l1_penalised_loss
+from tunesmith.train.guards import l1_penalty
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "rmsprop": "rmsprop"}
 """Recipe optimizer names -> transformers `optim` names."""
 
 
-def sft_config(job: TrainJob) -> Any:
-    from trl import SFTConfig
+class L1SFTTrainer(SFTTrainer):
+    """SFTTrainer whose training loss carries train.l1 x sum |w|. TRL's own loss and metrics are
+    unchanged and there is no extra forward pass: the way TRL 1.x asks for a custom loss
+    (`compute_loss_func` is deprecated and cost one more forward a step)."""
 
+    def __init__(self, *args: Any, l1: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.l1 = l1
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if self.l1 <= 0 or not model.training:  # validation loss stays the plain token loss
+            return result
+        if return_outputs:
+            return result[0] + self.l1 * l1_penalty(model), result[1]
+        return result + self.l1 * l1_penalty(model)
+
+
+def sft_config(job: TrainJob) -> Any:
     cfg = job.recipe.train
     evaluate = job.val_set is not None
     return SFTConfig(
@@ -43,7 +63,6 @@ class TRLBackend:
 
     def fit(self, job: TrainJob) -> Fitted:
         from transformers import PrinterCallback
-        from trl import SFTTrainer
 
         from tunesmith.train.callbacks import EvalLossHook, GuardsCallback, ProgressLog
 
@@ -52,10 +71,9 @@ class TRLBackend:
         callbacks = [progress, GuardsCallback(job.guards)]
         if job.on_eval_loss:
             callbacks.append(EvalLossHook(job.on_eval_loss))
-        loss = l1_penalised_loss(job.model, l1, job.family) if l1 > 0 else None
-        trainer = SFTTrainer(model=job.model, args=sft_config(job), train_dataset=job.train_set,
-                             eval_dataset=job.val_set, processing_class=job.tokenizer, callbacks=callbacks,
-                             compute_loss_func=loss)
+        trainer = L1SFTTrainer(model=job.model, args=sft_config(job), train_dataset=job.train_set,
+                               eval_dataset=job.val_set, processing_class=job.tokenizer, callbacks=callbacks,
+                               l1=l1)
         trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its prints
         output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
         state = trainer.state
