@@ -21,7 +21,7 @@ LAYERS = [
     {"data"},
     {"train"},
     {"tune", "evaluate"},
-    {"report"},
+    {"report", "serve"},
     {"pipeline", "demo"},
     {"cli"},
     {"__main__"},

@@ -144,6 +144,35 @@ def compare_command(
         out.print(f"comparison page: {page}")
 
 
+@app.command("serve")
+def serve_command(
+    target: str = typer.Argument(..., help="A run directory (runs/demo), a model directory or a hub id."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (beyond loopback needs an API key)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    api_key_file: str | None = typer.Option(None, help="A file with one API key a line."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve beyond loopback without an API key."),
+    engine: str = typer.Option("transformers", help="transformers (CPU or GPU) or vllm (CUDA)."),
+    overrides: list[str] | None = OverridesArg,
+) -> None:
+    """The model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+    from tunesmith.serve import serve
+
+    if engine not in ("transformers", "vllm"):
+        raise typer.BadParameter(f"{engine}: choose transformers or vllm", param_hint="--engine")
+    serve(target, host, port, api_key_file, insecure, engine, overrides)
+
+
+@app.command("export")
+def export_command(
+    run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo."),
+    out_dir: str = typer.Argument(..., help="A new directory for the merged model."),
+) -> None:
+    """The run's model merged into one directory that vLLM, TGI and transformers load."""
+    from tunesmith.serve.export import export_merged
+
+    out.print(f"merged model: {export_merged(run_dir, out_dir)}")
+
+
 def _output_file(path: str, option: str) -> Path:
     from tunesmith.errors import ConfigError
 

@@ -1,0 +1,99 @@
+"""`tunesmith serve`: the run's model behind an OpenAI-compatible API.
+
+    tunesmith serve runs/demo                       # 127.0.0.1:8000, the fine-tuned model
+    tunesmith serve runs/demo --host 0.0.0.0        # refused without an API key (or --insecure)
+    TUNESMITH_API_KEY=k1,k2 tunesmith serve runs/demo --host 0.0.0.0
+    tunesmith serve runs/demo --engine vllm         # CUDA + vLLM: the merged model on vLLM
+    tunesmith export runs/demo merged/              # the merged model for vLLM / TGI / transformers
+
+    engine.py    a batch of requests -> answers (transformers; per-row limits, streaming, logprobs)
+    batcher.py   dynamic batching over a bounded queue (429 when full)
+    answer.py    deadline, output check, fallback
+    app.py       the FastAPI app: routes, errors in OpenAI's shape, API keys, body limit
+    state.py     what is served: model, recipe, cache, fallback      cache.py   LRU + TTL
+    protocol.py  the OpenAI request / response shapes                errors.py  classes, JSON log
+    export.py    the merged model directory
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from tunesmith.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def api_keys(key_file: str | None) -> list[str]:
+    """Keys from $TUNESMITH_API_KEY (comma-separated) and a file (one a line); never logged."""
+    keys = [k.strip() for k in os.environ.get("TUNESMITH_API_KEY", "").split(",") if k.strip()]
+    if key_file:
+        path = Path(key_file)
+        if not path.is_file():
+            raise ConfigError(f"--api-key-file {key_file}: not a file. Give a file with one key a line.")
+        keys += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return keys
+
+
+def check_exposure(host: str, keys: list[str], insecure: bool) -> None:
+    """Without a key, only this machine may call the server, unless told otherwise."""
+    loopback = host in LOOPBACK or _is_loopback(host)
+    if not keys and not loopback and not insecure:
+        raise ConfigError(f"--host {host}: serving beyond this machine needs an API key. Set "
+                          "TUNESMITH_API_KEY (or --api-key-file), or pass --insecure to serve without one.")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: str | None = None,
+          insecure: bool = False, engine: str = "transformers", overrides: list[str] | None = None) -> None:
+    import uvicorn
+
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.state import _recipe_and_model, load_served
+
+    keys = api_keys(api_key_file)
+    check_exposure(host, keys, insecure)
+    recipe, model_dir, name = _recipe_and_model(target)
+    if engine == "vllm":
+        return serve_vllm(target, name, host, port, keys, is_run=model_dir is not None)
+    from tunesmith.models.loading import model_location
+
+    model_location(recipe.model)  # a wrong path or an unreachable hub fails here, in one line
+    app = create_app(lambda: load_served(target, overrides), keys, recipe.serve)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def vllm_command(model_dir: Path, name: str, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", name, "--host", host, "--port", str(port)]
+
+
+def serve_vllm(target: str, name: str, host: str, port: int, keys: list[str], is_run: bool) -> None:
+    """Hand the merged model to vLLM's OpenAI server (CUDA only); keys go by environment."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--engine vllm needs a CUDA GPU and `pip install vllm`; this machine has "
+                          f"{'no CUDA GPU' if not torch.cuda.is_available() else 'no vllm package'}. "
+                          "Serve with the default engine, or export the model for a GPU host: "
+                          f"tunesmith export {target} merged/")
+    from tunesmith.rundir import RunDir
+    from tunesmith.serve.export import export_merged
+
+    merged = RunDir(Path(target)).work / "merged" if is_run else Path(target)  # else a model or hub id
+    if is_run and not (merged / "config.json").exists():
+        export_merged(target, merged)
+    env = {**os.environ, **({"VLLM_API_KEY": keys[0]} if keys else {})}
+    command = vllm_command(merged, name, host, port)
+    os.execvpe(command[0], command, env)

@@ -1,0 +1,94 @@
+"""Answering a request: the primary model through its batcher, within the request's deadline;
+the answer checked against the task's output format; and the fallback when the primary raises,
+times out or (if the recipe asks) answers in the wrong format. Whoever answered is named."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunesmith.evaluate.metrics import parse_json_object
+from tunesmith.serve.batcher import QueueFull
+from tunesmith.serve.engine import Engine, GenRequest, GenResult
+from tunesmith.serve.errors import ServeError, event
+from tunesmith.serve.state import Served
+
+MakeRequests = Callable[[Engine], list[GenRequest]]
+"""Builds a request's rows for an engine (a fallback run renders the prompt with its own template)."""
+
+
+@dataclass
+class Answer:
+    results: list[GenResult]
+    model: str
+    """Who answered: the served model, or the fallback's name."""
+    fallback_reason: str | None = None
+
+
+def output_check(served: Served, json_object: bool) -> Callable[[str], bool] | None:
+    """serve.output_check (or response_format json_object): does an answer have the task's format?"""
+    kind = served.recipe.serve.output_check
+    if kind == "none" and not json_object:
+        return None
+    fields = served.recipe.eval.json_fields if kind == "json_fields" else []
+
+    def ok(text: str) -> bool:
+        parsed = parse_json_object(text)
+        return parsed is not None and all(f in parsed for f in fields)
+    return ok
+
+
+async def _primary(served: Served, make: MakeRequests, timeout: float) -> list[GenResult]:
+    rows = make(served.engine)
+    try:
+        return await asyncio.wait_for(asyncio.gather(*(served.batcher.submit(r) for r in rows)), timeout)
+    except QueueFull:
+        retry = max(1, round(served.batcher.depth / served.batcher.max_batch_size))
+        raise ServeError(429, f"The server is at capacity ({served.batcher.depth} requests waiting); retry "
+                              f"in {retry} s.", "infrastructure", "queue_full",
+                         headers={"Retry-After": str(retry)}) from None
+    finally:
+        for row in rows:  # a row still running after a timeout or a failure stops at its next step
+            row.cancelled = True
+
+
+async def answer(served: Served, make: MakeRequests, request_id: str,
+                 check: Callable[[str], bool] | None = None) -> Answer:
+    timeout = served.recipe.serve.timeout_seconds
+    try:
+        results = await _primary(served, make, timeout)
+    except ServeError:
+        raise
+    except TimeoutError:
+        return await _fall_back(served, make, request_id, "timeout", ServeError(
+            504, f"The model did not answer within serve.timeout_seconds ({timeout:g} s).",
+            "infrastructure", "timeout"))
+    except Exception as error:  # generation failed: the model, not the request
+        return await _fall_back(served, make, request_id, "model_error", ServeError(
+            500, f"The model failed to answer ({type(error).__name__}).", "model", "model_error"))
+    if check is not None and not all(check(r.text) for r in results):
+        event("output_check_failed", request_id=request_id, model=served.name)
+        if served.fallback and served.fallback.on_invalid_output:
+            return await _fall_back(served, make, request_id, "invalid_output", None)
+    return Answer(results, served.name)
+
+
+async def _fall_back(served: Served, make: MakeRequests, request_id: str, reason: str,
+                     error: ServeError | None) -> Answer:
+    fallback = served.fallback
+    if fallback is None:
+        raise error
+    event("fallback", request_id=request_id, reason=reason, model=served.name, fallback=fallback.name)
+    timeout = served.recipe.serve.timeout_seconds
+    if fallback.kind == "fixed":
+        rows = make(served.engine)
+        results = [GenResult(fallback.answer, "stop", served.engine.count_tokens(r.prompt),
+                             served.engine.count_tokens(fallback.answer)) for r in rows]
+    elif fallback.kind == "base":
+        rows = make(served.engine)
+        results = await asyncio.wait_for(asyncio.gather(
+            *(served.batcher.submit(r, use_base=True) for r in rows)), timeout)
+    else:
+        results = await _primary(fallback.served, make, timeout)
+    return Answer(results, fallback.name, reason)

@@ -1,0 +1,365 @@
+"""The FastAPI app: OpenAI-compatible routes over a `Served` model.
+
+    GET  /health                 alive and loaded (no key needed)
+    GET  /v1/models              the served model
+    POST /v1/chat/completions    chat (stream, n, stop, temperature, top_p, max_tokens, seed,
+                                 response_format json_object)
+    POST /v1/completions         raw prompts (logprobs, echo: what log-likelihood evaluators use)
+
+Every response carries `X-Request-Id` and, for answers, `X-Tunesmith-Model` (who answered:
+the model or its fallback). Every error has OpenAI's shape and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from tunesmith.models.chat import with_system
+from tunesmith.recipe import ServeConfig
+from tunesmith.serve import protocol
+from tunesmith.serve.answer import Answer, answer, output_check
+from tunesmith.serve.engine import Engine, GenRequest
+from tunesmith.serve.errors import ERRORS, ServeError, event, record, setup_logging
+from tunesmith.serve.state import Served, describe
+
+ANSWERED_BY = "X-Tunesmith-Model"
+
+
+def create_app(load: Callable[[], Served], api_keys: list[str] | None = None,
+               config: ServeConfig | None = None) -> FastAPI:
+    """The app; `load()` runs in the lifespan, so /health answers only once the model is loaded.
+    `config` (the recipe's serve section) sets the body limit and CORS before anything loads."""
+    setup_logging()
+    config = config or ServeConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.served = await asyncio.to_thread(load)
+        await app.state.served.start()
+        event("ready", model=app.state.served.name)
+        yield
+        await app.state.served.stop()
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan, responses={
+        code: {"model": protocol.ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 504)})
+    app.state.api_keys = [k for k in (api_keys or []) if k]
+    _middleware(app)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    _handlers(app)
+    _routes(app)
+    return app
+
+
+def _middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        request.state.request_id = uuid.uuid4().hex
+        started = time.monotonic()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        event("request", request_id=request.state.request_id, route=request.url.path,
+              status=response.status_code, latency_ms=round(1000 * (time.monotonic() - started), 1),
+              answered_by=response.headers.get(ANSWERED_BY))
+        return response
+
+
+class BodyLimit:
+    """413 for a request body over serve.max_body_bytes, declared or streamed (read no further)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        messages, total = [], int(declared) if declared.isdigit() else 0
+        if total <= self.limit:
+            total = 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                total += len(message.get("body", b""))
+                if total > self.limit or message["type"] != "http.request" or not message.get("more_body"):
+                    break
+        if total > self.limit:
+            error = ServeError(413, f"The request body is over serve.max_body_bytes ({self.limit} bytes).",
+                               "input", "request_too_large")
+            ERRORS[(error.kind, error.code)] += 1
+            response = JSONResponse(error.body(), status_code=413)
+            return await response(scope, receive, send)
+        replay = iter(messages)
+
+        async def again() -> dict:
+            return next(replay, None) or await receive()
+        await self.app(scope, again, send)
+
+
+def _error_response(error: ServeError, request: Request) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", uuid.uuid4().hex)
+    record(error, request_id, request.url.path)
+    headers = {**error.headers, "X-Request-Id": request_id}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, error: ServeError):
+        return _error_response(error, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return _error_response(ServeError(422, f"{param or 'body'}: {first['msg']}", "input",
+                                          "invalid_request", param), request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return _error_response(ServeError(error.status_code, str(error.detail), "input",
+                                          "not_found" if error.status_code == 404 else "http_error"), request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        event("internal_error", request_id=getattr(request.state, "request_id", None),
+              error=f"{type(error).__name__}: {error}")
+        return _error_response(ServeError(500, "Internal server error; the request id is in the server log.",
+                                          "infrastructure", "internal_error"), request)
+
+
+def require_key(request: Request) -> None:
+    keys = request.app.state.api_keys
+    if not keys:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+        raise ServeError(401, "Incorrect or missing API key: send Authorization: Bearer <key>.", "input",
+                         "invalid_api_key")
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        return describe(request.app.state.served)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)], response_model=protocol.ModelList)
+    async def models(request: Request) -> protocol.ModelList:
+        served = request.app.state.served
+        return protocol.ModelList(data=[protocol.ModelCard(id=served.name, created=served.created)])
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)],
+              response_model=protocol.ChatCompletion)
+    async def chat(body: protocol.ChatCompletionRequest, request: Request):
+        return await _chat(request.app.state.served, body, request)
+
+    @app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=protocol.Completion)
+    async def completions(body: protocol.CompletionRequest, request: Request):
+        return await _completion(request.app.state.served, body, request)
+
+
+def _max_tokens(served: Served, body: protocol._Request, prompt_tokens: int) -> int:
+    context = served.engine.context_length
+    wanted = body.max_tokens if body.max_tokens is not None else min(
+        served.recipe.serve.max_tokens, max(context - prompt_tokens, 0))
+    if prompt_tokens + wanted > context:
+        raise ServeError(400, f"This model's context is {context} tokens; the prompt has {prompt_tokens} and "
+                              f"max_tokens asks for {wanted} more ({prompt_tokens + wanted}). Shorten the "
+                              "prompt or lower max_tokens.", "input", "context_length_exceeded", "max_tokens")
+    return wanted
+
+
+def _rows(prompt: str, body: protocol._Request, max_tokens: int, logprobs: int | None = None,
+          on_text: list[Callable[[str], None]] | None = None) -> list[GenRequest]:
+    return [GenRequest(prompt, max_tokens, body.temperature, body.top_p, body.seed, body.stop, logprobs,
+                       on_text[i] if on_text else None) for i in range(body.n)]
+
+
+def _messages(served: Served, body: protocol.ChatCompletionRequest) -> list[dict[str, str]]:
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages]
+    return with_system(messages, served.recipe.data.system_prompt)
+
+
+def _cached(served: Served, route: str, body: protocol._Request) -> tuple[str | None, Any]:
+    if body.stream or not body.deterministic or served.recipe.serve.cache_size == 0:
+        return None, None
+    key = served.cache.key(route, served.name, body.model_dump(mode="json"))
+    return key, served.cache.get(key)
+
+
+def _answered(payload: Any, model: str, request: Request, cached: bool = False) -> JSONResponse:
+    headers = {ANSWERED_BY: model, "X-Request-Id": request.state.request_id}
+    if cached:
+        headers["X-Tunesmith-Cache"] = "hit"
+    return JSONResponse(payload, headers=headers)
+
+
+async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: Request):
+    messages = _messages(served, body)
+    prompt = served.engine.render(messages)
+    prompt_tokens = served.engine.count_tokens(prompt)
+    max_tokens = _max_tokens(served, body, prompt_tokens)
+    json_object = body.response_format is not None and body.response_format.type == "json_object"
+    check = output_check(served, json_object)
+    if body.stream:
+        return _stream(served, body, messages, max_tokens, request)
+    key, hit = _cached(served, "chat", body)
+    if hit is not None:
+        return _answered(hit[0], hit[1], request, cached=True)
+
+    def make(engine: Engine) -> list[GenRequest]:
+        return _rows(engine.render(messages), body, max_tokens)
+
+    result = await _until_disconnect(request, answer(served, make, request.state.request_id, check))
+    payload = _chat_payload(result, request.state.request_id, json_object)
+    if key is not None and result.fallback_reason is None:
+        served.cache.put(key, (payload, result.model))
+    return _answered(payload, result.model, request)
+
+
+def _chat_payload(result: Answer, request_id: str, json_object: bool) -> dict[str, Any]:
+    choices = []
+    for index, row in enumerate(result.results):
+        text = row.text.strip()
+        if json_object:  # the object itself, without prose around it
+            from tunesmith.evaluate.metrics import parse_json_object
+
+            parsed = parse_json_object(text)
+            text = json.dumps(parsed, ensure_ascii=False) if parsed is not None else text
+        choices.append(protocol.ChatChoice(index=index, message=protocol.AssistantMessage(content=text),
+                                           finish_reason=_finish(row.finish_reason)))
+    return protocol.ChatCompletion(id=f"chatcmpl-{request_id}", model=result.model, choices=choices,
+                                   usage=_usage(result)).model_dump(mode="json")
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(result: Answer) -> protocol.Usage:
+    prompt = result.results[0].prompt_tokens if result.results else 0
+    completion = sum(r.completion_tokens for r in result.results)
+    return protocol.Usage(prompt_tokens=prompt, completion_tokens=completion,
+                          total_tokens=prompt + completion)
+
+
+async def _until_disconnect(request: Request, work) -> Answer:
+    """`work`, cancelled (and its rows stopped) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            raise ServeError(499, "The client closed the request.", "input", "client_closed")
+    return task.result()
+
+
+def _stream(served: Served, body: protocol.ChatCompletionRequest, messages: list[dict], max_tokens: int,
+            request: Request) -> StreamingResponse:
+    """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE]."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    request_id = request.state.request_id
+    senders = [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
+               for i in range(body.n)]
+
+    def make(engine: Engine) -> list[GenRequest]:
+        return _rows(engine.render(messages), body, max_tokens, on_text=senders)
+
+    async def events() -> AsyncIterator[str]:
+        work = asyncio.ensure_future(answer(served, make, request_id))
+        completion_id, name = f"chatcmpl-{request_id}", served.name
+        for index in range(body.n):
+            yield _sse(protocol.chunk(completion_id, name, index, {"role": "assistant", "content": ""}))
+        try:
+            while not (work.done() and pieces.empty()):
+                try:
+                    index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
+                except TimeoutError:
+                    continue
+                yield _sse(protocol.chunk(completion_id, name, index, {"content": text}))
+            result = work.result()
+        except ServeError as error:
+            record(error, request_id, "/v1/chat/completions")
+            yield _sse(error.body())
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            work.cancel()
+        for index, row in enumerate(result.results):
+            if result.fallback_reason is not None:  # the fallback's answer was not streamed: send it whole
+                yield _sse(protocol.chunk(completion_id, result.model, index, {"content": row.text}))
+            yield _sse(protocol.chunk(completion_id, result.model, index, {}, _finish(row.finish_reason)))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"X-Request-Id": request_id, "Cache-Control": "no-cache"})
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _completion(served: Served, body: protocol.CompletionRequest, request: Request):
+    prompt_tokens = served.engine.count_tokens(body.prompt)
+    max_tokens = _max_tokens(served, body, prompt_tokens)
+    if body.stream:
+        raise ServeError(400, "stream is supported on /v1/chat/completions only.", "input",
+                         "unsupported_parameter", "stream")
+    key, hit = _cached(served, "completions", body)
+    if hit is not None:
+        return _answered(hit[0], hit[1], request, cached=True)
+    echoed = (await asyncio.to_thread(served.engine.prompt_logprobs, body.prompt)
+              if body.echo and body.logprobs is not None else None)
+    if max_tokens == 0:
+        result = Answer([_empty(prompt_tokens)] * body.n, served.name)
+    else:
+        def make(engine: Engine) -> list[GenRequest]:
+            return _rows(body.prompt, body, max_tokens, body.logprobs)
+        result = await _until_disconnect(request, answer(served, make, request.state.request_id))
+    payload = protocol.Completion(
+        id=f"cmpl-{request.state.request_id}", model=result.model, usage=_usage(result),
+        choices=[protocol.CompletionChoice(index=i, text=(body.prompt if body.echo else "") + row.text,
+                                           finish_reason=_finish(row.finish_reason),
+                                           logprobs=_logprobs(body, echoed, row.token_logprobs))
+                 for i, row in enumerate(result.results)]).model_dump(mode="json")
+    if key is not None and result.fallback_reason is None:
+        served.cache.put(key, (payload, result.model))
+    return _answered(payload, result.model, request)
+
+
+def _empty(prompt_tokens: int):
+    from tunesmith.serve.engine import GenResult
+
+    return GenResult("", "length", prompt_tokens, 0, [])
+
+
+def _logprobs(body: protocol.CompletionRequest, echoed: list[dict] | None,
+              generated: list[dict] | None) -> protocol.Logprobs | None:
+    if body.logprobs is None:
+        return None
+    steps = (echoed or []) + (generated or [])
+    offsets, position = [], 0
+    for step in steps:
+        offsets.append(position)
+        position += len(step["token"])
+    return protocol.Logprobs(tokens=[s["token"] for s in steps], token_logprobs=[s["logprob"] for s in steps],
+                             top_logprobs=[s.get("top_logprobs") for s in steps], text_offset=offsets)

@@ -1,0 +1,102 @@
+"""Dynamic batching: concurrent requests wait in one bounded queue; a single worker takes the
+first, waits up to `max_wait_ms` for others with the same sampling settings to join (up to
+`max_batch_size`), and generates them together in a thread, one batch at a time. A full queue is
+refused at once (the caller answers 429) instead of letting latency grow without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from tunesmith.serve.engine import Engine, GenRequest, GenResult
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    request: GenRequest
+    use_base: bool
+    future: asyncio.Future
+    queued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, engine: Engine, max_batch_size: int, max_wait_ms: float, queue_size: int) -> None:
+        self.engine, self.max_batch_size = engine, max_batch_size
+        self.max_wait, self.queue_size = max_wait_ms / 1000, queue_size
+        self._waiting: list[_Job] = []
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.batches = 0
+        self.busy = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._arrived = asyncio.Event()
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def submit(self, request: GenRequest, use_base: bool = False) -> GenResult:
+        """The answer to `request`; QueueFull when the queue is full."""
+        if len(self._waiting) >= self.queue_size:
+            raise QueueFull()
+        job = _Job(request, use_base, asyncio.get_running_loop().create_future())
+        self._waiting.append(job)
+        self._arrived.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the caller timed out or the client went away
+            request.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+            raise
+
+    def _take(self) -> list[_Job]:
+        first = self._waiting[0]
+        key = (first.request.sampling, first.use_base)
+        batch = [j for j in self._waiting if (j.request.sampling, j.use_base) == key][: self.max_batch_size]
+        for job in batch:
+            self._waiting.remove(job)
+        return [j for j in batch if not j.request.cancelled]
+
+    async def _run(self) -> None:
+        while True:
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            deadline = time.monotonic() + self.max_wait
+            while len(self._waiting) < self.max_batch_size and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.002, self.max_wait))
+            batch = self._take()
+            if batch:
+                await self._generate(batch)
+
+    async def _generate(self, batch: list[_Job]) -> None:
+        self.busy = True
+        try:
+            requests = [j.request for j in batch]
+            results = await asyncio.to_thread(self.engine.generate, requests, batch[0].use_base)
+        except Exception as error:  # the model failed: every request of the batch hears why
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        finally:
+            self.busy = False
+            self.batches += 1
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

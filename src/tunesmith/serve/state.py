@@ -1,0 +1,123 @@
+"""What a server serves: a model behind an engine and its batcher, the recipe it was trained
+with (system prompt, chat template, output check, limits), and who answers when it fails.
+
+    served = load_served("runs/demo")                 # a run directory
+    served = load_served("HuggingFaceTB/SmolLM2-135M-Instruct")   # or a hub id / model directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ConfigError
+from tunesmith.models.device import generation_bf16, resolve_device
+from tunesmith.models.families import family_for
+from tunesmith.recipe import Recipe, load_recipe
+from tunesmith.rundir import RunDir
+from tunesmith.serve.batcher import Batcher
+from tunesmith.serve.cache import ResponseCache
+from tunesmith.serve.engine import Engine, HFEngine
+
+
+@dataclass
+class Served:
+    name: str
+    """The model id clients use (`model`), and that responses name."""
+    recipe: Recipe
+    engine: Engine
+    batcher: Batcher
+    cache: ResponseCache
+    fallback: Fallback | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.fallback and self.fallback.served:
+            await self.fallback.served.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self.fallback and self.fallback.served:
+            await self.fallback.served.stop()
+
+
+@dataclass
+class Fallback:
+    """Who answers when the primary fails (serve.fallback)."""
+    kind: str
+    name: str
+    served: Served | None = None
+    """kind run: the other run, with its own engine and batcher."""
+    answer: str | None = None
+    """kind fixed: the answer."""
+    on_invalid_output: bool = False
+
+
+def _precision(recipe: Recipe, device: str) -> bool:
+    cfg = recipe.serve.precision
+    return generation_bf16(recipe, device) if cfg == "auto" else cfg == "bf16"
+
+
+def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
+    """The run's model (adapter on its base), or, without a run, the model itself."""
+    from tunesmith.models.loading import load_model, load_run_model, load_tokenizer
+
+    family, device = family_for(recipe.model), resolve_device(recipe.model)
+    if model_dir is not None:
+        run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
+        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base,
+                        _precision(recipe, device))
+    model = load_model(recipe.model)
+    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model),
+                    _precision(recipe, device))
+
+
+def _recipe_and_model(target: str) -> tuple[Recipe, Path | None, str]:
+    run = RunDir(Path(target))
+    if run.recipe.is_file() and run.manifest.is_file():
+        if not run.has_model():
+            raise ConfigError(f"{target}: a run directory without a trained model (model/ is missing). "
+                              "Run `tunesmith train RECIPE` first, or serve a model directory or hub id.")
+        return load_recipe(run.recipe), run.model, Path(target).resolve().name
+    recipe = load_recipe(None, [f"model.name={target}"])
+    return recipe, None, target
+
+
+def load_served(target: str, overrides: list[str] | None = None, with_fallback: bool = True) -> Served:
+    """A run directory, a local model directory or a hub id, ready to start."""
+    recipe, model_dir, name = _recipe_and_model(target)
+    if overrides:
+        from tunesmith.recipe import apply_overrides, recipe_from_dict
+
+        recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides),
+                                  f"{target} + overrides", overrides)
+    cfg = recipe.serve
+    engine = _engine(recipe, model_dir)
+    served = Served(name, recipe, engine,
+                    Batcher(engine, cfg.max_batch_size, cfg.max_wait_ms, cfg.queue_size),
+                    ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds))
+    if with_fallback and cfg.fallback.kind != "none":
+        served.fallback = _fallback(recipe, name)
+    return served
+
+
+def _fallback(recipe: Recipe, name: str) -> Fallback:
+    cfg = recipe.serve.fallback
+    if cfg.kind == "run":
+        other = load_served(cfg.run, with_fallback=False)
+        return Fallback("run", other.name, served=other, on_invalid_output=cfg.on_invalid_output)
+    if cfg.kind == "base":
+        return Fallback("base", f"{name}:base", on_invalid_output=cfg.on_invalid_output)
+    return Fallback("fixed", "fixed-answer", answer=cfg.answer, on_invalid_output=cfg.on_invalid_output)
+
+
+def describe(served: Served) -> dict[str, Any]:
+    """What /health reports."""
+    return {"status": "ok", "model": served.name, "engine": served.engine.name,
+            "queue": served.batcher.depth, "batches": served.batcher.batches,
+            "cache": {"entries": len(served.cache), "hits": served.cache.hits, "misses": served.cache.misses},
+            "fallback": served.fallback.name if served.fallback else None}
