@@ -65,6 +65,8 @@ async def answer(served: Served, make: MakeRequests, request_id: str,
             504, f"The model did not answer within serve.timeout_seconds ({timeout:g} s).",
             "infrastructure", "timeout"))
     except Exception as error:  # generation failed: the model, not the request
+        event("model_error", request_id=request_id, model=served.name,
+              error=f"{type(error).__name__}: {error}")
         return await _fall_back(served, make, request_id, "model_error", ServeError(
             500, f"The model failed to answer ({type(error).__name__}).", "model", "model_error"))
     if check is not None and not all(check(r.text) for r in results):

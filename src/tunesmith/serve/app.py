@@ -31,7 +31,7 @@ from tunesmith.recipe import ServeConfig
 from tunesmith.serve import protocol
 from tunesmith.serve.answer import Answer, answer, output_check
 from tunesmith.serve.engine import Engine, GenRequest
-from tunesmith.serve.errors import ERRORS, ServeError, event, record, setup_logging
+from tunesmith.serve.errors import ServeError, event, record, setup_logging
 from tunesmith.serve.state import Served, describe
 
 ANSWERED_BY = "X-Tunesmith-Model"
@@ -102,8 +102,9 @@ class BodyLimit:
         if total > self.limit:
             error = ServeError(413, f"The request body is over serve.max_body_bytes ({self.limit} bytes).",
                                "input", "request_too_large")
-            ERRORS[(error.kind, error.code)] += 1
-            response = JSONResponse(error.body(), status_code=413)
+            request_id = uuid.uuid4().hex
+            record(error, request_id, scope.get("path", ""))
+            response = JSONResponse(error.body(), status_code=413, headers={"X-Request-Id": request_id})
             return await response(scope, receive, send)
         replay = iter(messages)
 

@@ -1,0 +1,83 @@
+"""What the serving tests share: a scripted engine (answers, failures and delays chosen by the
+test), a `Served` around it, and a real uvicorn server on loopback, in a thread, that stops by
+itself."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tunesmith.recipe import Recipe, load_recipe
+from tunesmith.serve.batcher import Batcher
+from tunesmith.serve.cache import ResponseCache
+from tunesmith.serve.engine import GenRequest, GenResult
+from tunesmith.serve.state import Fallback, Served
+
+
+@dataclass
+class ScriptedEngine:
+    """Answers `answer` (or `answer_for(prompt)`), after `delay` seconds; raises if `fail`."""
+    answer: str = '{"category": "billing", "priority": "low"}'
+    delay: float = 0.0
+    fail: bool = False
+    context_length: int = 64
+    name: str = "scripted"
+    batches: list[int] = field(default_factory=list)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def render(self, messages: list[dict]) -> str:
+        return " ".join(f"{m['role']}: {m['content']}" for m in messages) + " assistant:"
+
+    def generate(self, batch: list[GenRequest], use_base: bool = False) -> list[GenResult]:
+        self.batches.append(len(batch))
+        if self.fail:
+            raise RuntimeError("scripted failure")
+        deadline = time.monotonic() + self.delay
+        while time.monotonic() < deadline and not all(r.cancelled for r in batch):
+            time.sleep(0.005)
+        answer = ("base: " if use_base else "") + self.answer
+        for request in batch:
+            if request.on_text:
+                for word in answer.split(" "):
+                    request.on_text(word + " ")
+        tokens = self.count_tokens(answer)
+        return [GenResult(answer, "stop", self.count_tokens(r.prompt), tokens) for r in batch]
+
+    def prompt_logprobs(self, text: str) -> list[dict]:
+        return [{"token": w, "logprob": None if i == 0 else -1.0} for i, w in enumerate(text.split(" "))]
+
+
+def scripted(engine: ScriptedEngine | None = None, fallback: Fallback | None = None,
+             *overrides: str) -> Served:
+    recipe: Recipe = load_recipe(None, list(overrides))
+    engine = engine or ScriptedEngine()
+    cfg = recipe.serve
+    batcher = Batcher(engine, cfg.max_batch_size, cfg.max_wait_ms, cfg.queue_size)
+    return Served("scripted", recipe, engine, batcher, ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds),
+                  fallback)
+
+
+@contextlib.contextmanager
+def running(app, timeout: float = 120) -> Iterator[str]:
+    """The app on 127.0.0.1 (a free port) in a thread; its base URL; stopped on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

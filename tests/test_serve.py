@@ -1,0 +1,223 @@
+"""tunesmith serve: the OpenAI SDK against a served tiny run answers as evaluation did; errors in
+OpenAI's shape (400/401/404/413/422/429/504); cache, batching, fallback, overload and memory;
+the exported merged model answers as the run. Servers listen on 127.0.0.1 only, and every load
+loop is bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import httpx
+import pytest
+
+from conftest import write_jsonl
+from serve_helpers import ScriptedEngine, running, scripted
+from tunesmith import pipeline
+from tunesmith.recipe import load_recipe
+from tunesmith.rundir import open_run
+from tunesmith.serve.app import create_app
+from tunesmith.serve.state import Fallback, load_served
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory, tiny_model_dir):
+    """A tiny trained and evaluated run (real model, real evaluation)."""
+    root = tmp_path_factory.mktemp("served")
+    colours = ["red", "blue", "green", "black", "white", "pink"]
+    train_file = write_jsonl(root / "train.jsonl", [
+        {"instruction": f"code for {c} #{i}", "output": c[:2].upper()} for i in range(8) for c in colours])
+    test_file = write_jsonl(root / "test.jsonl", [
+        {"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours])
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={train_file}",
+                                f"data.test={test_file}", "data.system_prompt=Answer with the code.",
+                                "train.max_steps=4", "train.lr=0.01", "train.batch_size=4",
+                                "eval.max_new_tokens=6", "eval.forgetting_probe=false",
+                                "eval.bias.enabled=false",
+                                f"output.dir={root / 'runs'}", "name=served"])
+    pipeline.fine_tune(recipe)
+    result = pipeline.evaluate_run(recipe)
+    return recipe, open_run(recipe), result.predictions
+
+
+def test_the_sdk_answers_as_evaluation_did(served_run):
+    from openai import OpenAI
+
+    recipe, run_dir, predictions = served_run
+    app = create_app(lambda: load_served(str(run_dir.root)))
+    with running(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["served"]
+        for row in predictions:
+            messages = [{"role": "user", "content": row.prompt}]
+            reply = client.chat.completions.create(model="served", messages=messages, temperature=0,
+                                                   max_tokens=recipe.eval.max_new_tokens)
+            assert reply.choices[0].message.content == row.finetuned_prediction
+            streamed = client.chat.completions.create(model="served", messages=messages, temperature=0,
+                                                      max_tokens=recipe.eval.max_new_tokens, stream=True)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+            assert text.strip() == row.finetuned_prediction
+        scored = client.completions.create(model="served", prompt="code for red", max_tokens=0, echo=True,
+                                           logprobs=1, temperature=0)
+        tokens = scored.choices[0].logprobs
+        assert "".join(tokens.tokens) == "code for red" and tokens.token_logprobs[0] is None
+        assert all(lp < 0 for lp in tokens.token_logprobs[1:])
+        starts = [sum(len(t) for t in tokens.tokens[:i]) for i in range(len(tokens.tokens))]
+        assert tokens.text_offset == starts
+        generated = client.completions.create(model="served", prompt="code for red", max_tokens=3, logprobs=2,
+                                              temperature=0)
+        assert len(generated.choices[0].logprobs.tokens) == generated.usage.completion_tokens <= 3
+
+
+def _post(url: str, body: dict, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "my invoice is wrong"}],
+        "temperature": 0}
+
+
+def _error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["code"] == code
+    assert "Traceback" not in response.text and response.headers["x-request-id"]
+    return body["error"]
+
+
+def test_errors_have_openais_shape(monkeypatch):
+    served = scripted(None, None, "serve.max_body_bytes=2000")
+    app = create_app(lambda: served, api_keys=["k1", "k2"], config=served.recipe.serve)
+    with running(app) as url:
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"  # no key needed
+        _error(_post(url, CHAT), 401, "invalid_api_key")
+        _error(_post(url, CHAT, Authorization="Bearer nope"), 401, "invalid_api_key")
+        key = {"Authorization": "Bearer k2"}
+        assert _post(url, CHAT, **key).status_code == 200
+        error = _error(_post(url, {**CHAT, "temperature": 3}, **key), 422, "invalid_request")
+        assert error["param"] == "temperature"
+        _error(_post(url, {**CHAT, "messages": []}, **key), 422, "invalid_request")
+        error = _error(_post(url, {**CHAT, "max_tokens": 100}, **key), 400, "context_length_exceeded")
+        assert "context is 64 tokens" in error["message"] and "max_tokens asks for 100" in error["message"]
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 3000}]}
+        _error(_post(url, big, **key), 413, "request_too_large")
+        _error(httpx.get(f"{url}/v1/nothing", headers=key), 404, "not_found")
+
+
+def test_a_full_queue_answers_429_with_retry_after():
+    served = scripted(ScriptedEngine(delay=0.5), None, "serve.queue_size=2", "serve.max_batch_size=1",
+                      "serve.cache_size=0")
+    app = create_app(lambda: served)
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            posts = [client.post(f"{url}/v1/chat/completions", json=CHAT) for _ in range(8)]
+            return await asyncio.gather(*posts)
+
+    with running(app) as url:
+        responses = asyncio.run(burst(url))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 2 and codes.count(429) >= 4, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    _error(refused, 429, "queue_full")
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_concurrent_requests_are_batched_and_repeats_cached():
+    engine = ScriptedEngine(delay=0.2)
+    served = scripted(engine, None, "serve.max_wait_ms=50")
+    app = create_app(lambda: served)
+
+    async def together(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            bodies = [{**CHAT, "messages": [{"role": "user", "content": f"ticket {i}"}]} for i in range(8)]
+            return await asyncio.gather(*(client.post(f"{url}/v1/chat/completions", json=b) for b in bodies))
+
+    with running(app) as url:
+        assert all(r.status_code == 200 for r in asyncio.run(together(url)))
+        assert max(engine.batches) > 1 and sum(engine.batches) == 8  # 8 requests, fewer batches
+        first, again = _post(url, CHAT), _post(url, CHAT)
+        sampled = [_post(url, {**CHAT, "temperature": 0.7}) for _ in range(2)]
+    assert "x-tunesmith-cache" not in first.headers and again.headers["x-tunesmith-cache"] == "hit"
+    assert again.json()["choices"] == first.json()["choices"]
+    assert all("x-tunesmith-cache" not in r.headers for r in sampled)  # no seed: not deterministic
+    assert served.cache.hits == 1
+
+
+@pytest.mark.parametrize("trouble", ["raises", "times out", "answers invalid JSON"])
+def test_the_fallback_answers_and_says_so(trouble):
+    engine = {"raises": ScriptedEngine(fail=True), "times out": ScriptedEngine(delay=5),
+              "answers invalid JSON": ScriptedEngine(answer="I think it is billing")}[trouble]
+    fixed = Fallback("fixed", "fixed-answer", answer='{"category": "other", "priority": "medium"}',
+                     on_invalid_output=True)
+    served = scripted(engine, fixed, "serve.timeout_seconds=0.5", "serve.output_check=json")
+    with running(create_app(lambda: served)) as url:
+        reply = _post(url, CHAT)
+    assert reply.status_code == 200 and reply.headers["x-tunesmith-model"] == "fixed-answer"
+    assert reply.json()["model"] == "fixed-answer"
+    assert json.loads(reply.json()["choices"][0]["message"]["content"]) == {"category": "other",
+                                                                            "priority": "medium"}
+
+
+def test_without_a_fallback_failures_are_classified():
+    with running(create_app(lambda: scripted(ScriptedEngine(fail=True)))) as url:
+        _error(_post(url, CHAT), 500, "model_error")
+    slow = scripted(ScriptedEngine(delay=5), None, "serve.timeout_seconds=0.3")
+    with running(create_app(lambda: slow)) as url:
+        _error(_post(url, CHAT), 504, "timeout")
+
+
+def test_overload_gets_429s_not_collapse_and_memory_stays_flat():
+    """1,000 requests from 32 concurrent clients (bounded in count and time) against a small queue."""
+    import psutil
+
+    served = scripted(ScriptedEngine(delay=0.002), None, "serve.queue_size=8", "serve.cache_size=0",
+                      "serve.max_wait_ms=1")
+    process = psutil.Process(os.getpid())
+
+    async def load(url: str, count: int) -> list[int]:
+        codes: list[int] = []
+        limit = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def one(i: int) -> None:
+                async with limit:
+                    body = {**CHAT, "messages": [{"role": "user", "content": f"ticket {i}"}]}
+                    codes.append((await client.post(f"{url}/v1/chat/completions", json=body)).status_code)
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), timeout=120)
+        return codes
+
+    with running(create_app(lambda: served)) as url:
+        asyncio.run(load(url, 200))  # warm up: allocations that happen once
+        before = process.memory_info().rss
+        started = time.monotonic()
+        codes = asyncio.run(load(url, 1000))
+        elapsed = time.monotonic() - started
+        after = process.memory_info().rss
+    assert len(codes) == 1000 and set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) > 0
+    assert after <= before * 1.10, (before, after)
+    assert elapsed < 120
+
+
+def test_export_writes_a_model_transformers_loads_and_that_answers_as_the_run(served_run, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.serve.engine import GenRequest
+    from tunesmith.serve.export import export_merged
+
+    recipe, run_dir, predictions = served_run
+    merged = export_merged(run_dir.root, tmp_path / "merged")
+    assert not list(merged.glob("*.bin")) and list(merged.glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    served = load_served(str(run_dir.root))
+    prompt = served.engine.render([{"role": "system", "content": "Answer with the code."},
+                                   {"role": "user", "content": predictions[0].prompt}])
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    merged_answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    run_answer = served.engine.generate([GenRequest(prompt, 6, temperature=0)])[0].text.strip()
+    assert merged_answer == run_answer == predictions[0].finetuned_prediction
