@@ -221,3 +221,25 @@ def test_export_writes_a_model_transformers_loads_and_that_answers_as_the_run(se
     merged_answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     run_answer = served.engine.generate([GenRequest(prompt, 6, temperature=0)])[0].text.strip()
     assert merged_answer == run_answer == predictions[0].finetuned_prediction
+
+
+def test_schema_fuzzing_finds_no_5xx_and_no_response_off_schema():
+    """Schemathesis generates requests from the app's OpenAPI schema, valid and invalid, for every
+    operation: no 5xx, and every response matches its documented status, type and schema.
+    `positive_data_acceptance` is off: a request the schema allows can still ask for more tokens
+    than the context holds (400, by design)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import checks
+
+    served = scripted(ScriptedEngine(context_length=4096), None, "serve.cache_size=0")
+    with running(create_app(lambda: served)) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+        for operation in operations:
+            @given(case=operation.as_strategy())
+            @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def fuzz(case):
+                case.call_and_validate(excluded_checks=[checks.positive_data_acceptance])
+            fuzz()

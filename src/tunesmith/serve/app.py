@@ -166,8 +166,10 @@ def _routes(app: FastAPI) -> None:
         served = request.app.state.served
         return protocol.ModelList(data=[protocol.ModelCard(id=served.name, created=served.created)])
 
+    stream = {"schema": {"type": "object", "description": "stream: true: chunks, then [DONE]"}}
+
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)],
-              response_model=protocol.ChatCompletion)
+              response_model=protocol.ChatCompletion, responses={200: {"content": {"text/event-stream": stream}}})
     async def chat(body: protocol.ChatCompletionRequest, request: Request):
         return await _chat(request.app.state.served, body, request)
 
