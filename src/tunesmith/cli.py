@@ -155,10 +155,11 @@ def serve_command(
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """The model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+    from tunesmith.errors import ConfigError
     from tunesmith.serve import serve
 
     if engine not in ("transformers", "vllm"):
-        raise typer.BadParameter(f"{engine}: choose transformers or vllm", param_hint="--engine")
+        raise ConfigError(f"--engine {engine}: choose transformers or vllm.")
     serve(target, host, port, api_key_file, insecure, engine, overrides)
 
 

@@ -169,7 +169,8 @@ def _routes(app: FastAPI) -> None:
     stream = {"schema": {"type": "object", "description": "stream: true: chunks, then [DONE]"}}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)],
-              response_model=protocol.ChatCompletion, responses={200: {"content": {"text/event-stream": stream}}})
+              response_model=protocol.ChatCompletion,
+              responses={200: {"content": {"text/event-stream": stream}}})
     async def chat(body: protocol.ChatCompletionRequest, request: Request):
         return await _chat(request.app.state.served, body, request)
 
