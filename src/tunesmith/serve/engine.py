@@ -91,22 +91,31 @@ class RowControl:
             done[row] = self.reasons[row] is not None
         return done.to(input_ids.device)
 
+    def finish(self, sequences: Any) -> None:
+        """Rows that generate stopped without this criterion seeing their end (its own limits)."""
+        for row, request in enumerate(self.batch):
+            if self.reasons[row] is None:
+                request.max_tokens = 0  # whatever it has is all it gets: "length"
+                self._advance(row, request, sequences[row, self.prompt_length:].tolist())
+
     def _advance(self, row: int, request: GenRequest, generated: list[int]) -> None:
         eos = self.tokenizer.eos_token_id
         ended = eos in generated
         if ended:
             generated = generated[:generated.index(eos)]
         self.lengths[row] = len(generated)
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
-        if cut >= 0:
-            text, self.reasons[row] = text[:cut], "stop"
-        elif ended:
+        if ended:
             self.reasons[row] = "stop"
         elif request.cancelled:
             self.reasons[row] = "cancelled"
         elif len(generated) >= request.max_tokens:
             self.reasons[row] = "length"
+        if not (request.stop or request.on_text) and self.reasons[row] is None:
+            return  # nothing to look at in the text until the row ends: decode once, at the end
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
+        if cut >= 0:
+            text, self.reasons[row] = text[:cut], "stop"
         if self.reasons[row] is None and text.endswith("\ufffd"):
             return  # half of a multi-byte character: wait for the rest
         if request.on_text and len(text) > len(self.texts[row]) and text.startswith(self.texts[row]):
@@ -165,6 +174,7 @@ class HFEngine:
                 stopping_criteria=StoppingCriteriaList([control]), pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True,
                 output_logits=any(r.logprobs is not None for r in batch))
+        control.finish(output.sequences)
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         results = []
         for row, request in enumerate(batch):
