@@ -6,6 +6,7 @@ loop is bounded in count and time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -243,3 +244,43 @@ def test_schema_fuzzing_finds_no_5xx_and_no_response_off_schema():
             def fuzz(case):
                 case.call_and_validate(excluded_checks=[checks.positive_data_acceptance])
             fuzz()
+
+
+def test_sigterm_drains_requests_in_flight(served_run):
+    """SIGTERM while requests wait for their batch: every one is answered, then the process exits 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, run_dir, _ = served_run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(run_dir.root),
+                               "--port", str(port), "serve.max_wait_ms=1500", "serve.cache_size=0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        body = {"messages": [{"role": "user", "content": "code for red now"}], "max_tokens": 4,
+                "temperature": 0}
+        with ThreadPoolExecutor(4) as pool:
+            replies = [pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60)
+                       for _ in range(4)]
+            time.sleep(0.5)  # they are in, waiting for company
+            server.send_signal(signal.SIGTERM)
+            codes = [r.result().status_code for r in replies]
+        assert codes == [200] * 4
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -58,11 +58,11 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: 
     import uvicorn
 
     from tunesmith.serve.app import create_app
-    from tunesmith.serve.state import _recipe_and_model, load_served
+    from tunesmith.serve.state import load_served, resolve_target
 
     keys = api_keys(api_key_file)
     check_exposure(host, keys, insecure)
-    recipe, model_dir, name = _recipe_and_model(target)
+    recipe, model_dir, name = resolve_target(target, overrides)
     if engine == "vllm":
         return serve_vllm(target, name, host, port, keys, is_run=model_dir is not None)
     from tunesmith.models.loading import model_location

@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests wait in one bounded queue; a single worker takes the
-first, waits up to `max_wait_ms` for others with the same sampling settings to join (up to
-`max_batch_size`), and generates them together in a thread, one batch at a time. A full queue is
+first, lets others with the same sampling settings join until `max_wait_ms` pass without a new
+arrival (at most `WINDOW_CAP` x `max_wait_ms`, at most `max_batch_size` requests), and generates
+them together in a thread, one batch at a time. A full queue is
 refused at once (the caller answers 429) instead of letting latency grow without bound."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 from tunesmith.serve.engine import Engine, GenRequest, GenResult
+
+WINDOW_CAP = 4
+"""A batch waits at most this many times serve.max_wait_ms for company."""
 
 
 class QueueFull(Exception):
@@ -30,9 +34,12 @@ class Batcher:
         self.engine, self.max_batch_size = engine, max_batch_size
         self.max_wait, self.queue_size = max_wait_ms / 1000, queue_size
         self._waiting: list[_Job] = []
+        self._last_arrival = 0.0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.batches = 0
+        self.sizes: list[int] = []
+        """Requests per batch, the most recent last (bounded)."""
         self.busy = False
 
     @property
@@ -55,6 +62,7 @@ class Batcher:
             raise QueueFull()
         job = _Job(request, use_base, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
+        self._last_arrival = job.queued
         self._arrived.set()
         try:
             return await job.future
@@ -77,8 +85,12 @@ class Batcher:
             while not self._waiting:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = time.monotonic() + self.max_wait
-            while len(self._waiting) < self.max_batch_size and time.monotonic() < deadline:
+            # the batch closes when it is full, or after max_wait with no new arrival (requests
+            # answered together come back together, but each is parsed and rendered in turn),
+            # and never later than WINDOW_CAP x max_wait after it opened
+            cap = time.monotonic() + WINDOW_CAP * self.max_wait
+            while (len(self._waiting) < self.max_batch_size and time.monotonic() < cap
+                   and time.monotonic() - self._last_arrival < self.max_wait):
                 await asyncio.sleep(min(0.002, self.max_wait))
             batch = self._take()
             if batch:
@@ -97,6 +109,7 @@ class Batcher:
         finally:
             self.busy = False
             self.batches += 1
+            self.sizes = [*self.sizes[-999:], len(batch)]
         for job, result in zip(batch, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

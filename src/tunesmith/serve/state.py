@@ -76,25 +76,21 @@ def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
                     _precision(recipe, device))
 
 
-def _recipe_and_model(target: str) -> tuple[Recipe, Path | None, str]:
+def resolve_target(target: str, overrides: list[str] | None = None) -> tuple[Recipe, Path | None, str]:
+    """(recipe, trained model directory or None, served name) of a run directory, a model
+    directory or a hub id; recipe overrides (serve.*, ...) applied."""
     run = RunDir(Path(target))
     if run.recipe.is_file() and run.manifest.is_file():
         if not run.has_model():
             raise ConfigError(f"{target}: a run directory without a trained model (model/ is missing). "
                               "Run `tunesmith train RECIPE` first, or serve a model directory or hub id.")
-        return load_recipe(run.recipe), run.model, Path(target).resolve().name
-    recipe = load_recipe(None, [f"model.name={target}"])
-    return recipe, None, target
+        return load_recipe(run.recipe, overrides), run.model, Path(target).resolve().name
+    return load_recipe(None, [f"model.name={target}", *(overrides or [])]), None, target
 
 
 def load_served(target: str, overrides: list[str] | None = None, with_fallback: bool = True) -> Served:
     """A run directory, a local model directory or a hub id, ready to start."""
-    recipe, model_dir, name = _recipe_and_model(target)
-    if overrides:
-        from tunesmith.recipe import apply_overrides, recipe_from_dict
-
-        recipe = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides),
-                                  f"{target} + overrides", overrides)
+    recipe, model_dir, name = resolve_target(target, overrides)
     cfg = recipe.serve
     engine = _engine(recipe, model_dir)
     served = Served(name, recipe, engine,
