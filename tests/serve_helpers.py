@@ -26,6 +26,8 @@ class ScriptedEngine:
     context_length: int = 64
     name: str = "scripted"
     batches: list[int] = field(default_factory=list)
+    cancelled: int = 0
+    """Rows that were cancelled while they were being answered."""
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -40,6 +42,7 @@ class ScriptedEngine:
         deadline = time.monotonic() + self.delay
         while time.monotonic() < deadline and not all(r.cancelled for r in batch):
             time.sleep(0.005)
+        self.cancelled += sum(r.cancelled for r in batch)
         answer = ("base: " if use_base else "") + self.answer
         for request in batch:
             if request.on_text:

@@ -162,12 +162,29 @@ def test_the_fallback_answers_and_says_so(trouble):
                                                                             "priority": "medium"}
 
 
+def test_a_client_that_goes_away_stops_its_row():
+    engine = ScriptedEngine(delay=10)
+    with running(create_app(lambda: scripted(engine, None, "serve.max_wait_ms=0"))) as url:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while engine.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert engine.cancelled == 1 and time.monotonic() - started < 6  # not the 10 s it would take
+
+
 def test_without_a_fallback_failures_are_classified():
+    from tunesmith.serve.errors import ERRORS
+
+    before = dict(ERRORS)
     with running(create_app(lambda: scripted(ScriptedEngine(fail=True)))) as url:
         _error(_post(url, CHAT), 500, "model_error")
     slow = scripted(ScriptedEngine(delay=5), None, "serve.timeout_seconds=0.3")
     with running(create_app(lambda: slow)) as url:
         _error(_post(url, CHAT), 504, "timeout")
+    assert ERRORS[("model", "model_error")] == before.get(("model", "model_error"), 0) + 1
+    assert ERRORS[("infrastructure", "timeout")] == before.get(("infrastructure", "timeout"), 0) + 1
 
 
 def test_overload_gets_429s_not_collapse_and_memory_stays_flat():

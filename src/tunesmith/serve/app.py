@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from tunesmith.models.chat import with_system
@@ -55,8 +56,8 @@ def create_app(load: Callable[[], Served], api_keys: list[str] | None = None,
     app = FastAPI(title="tunesmith", lifespan=lifespan, responses={
         code: {"model": protocol.ErrorResponse} for code in (400, 401, 413, 422, 429, 500, 504)})
     app.state.api_keys = [k for k in (api_keys or []) if k]
-    _middleware(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(RequestIds)  # added last: outermost, so a 413 gets its id and log line too
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -67,17 +68,31 @@ def create_app(load: Callable[[], Served], api_keys: list[str] | None = None,
     return app
 
 
-def _middleware(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        request.state.request_id = uuid.uuid4().hex
-        started = time.monotonic()
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        event("request", request_id=request.state.request_id, route=request.url.path,
-              status=response.status_code, latency_ms=round(1000 * (time.monotonic() - started), 1),
-              answered_by=response.headers.get(ANSWERED_BY))
-        return response
+class RequestIds:
+    """Every request gets an id (`request.state.request_id`, the `X-Request-Id` header) and one
+    log line with its route, status, latency and who answered. Pure ASGI: Starlette's
+    BaseHTTPMiddleware hid client disconnects from the handlers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id, started, seen = uuid.uuid4().hex, time.monotonic(), {}
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers["X-Request-Id"] = request_id
+                seen.update(status=message["status"], answered_by=headers.get(ANSWERED_BY))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+        event("request", request_id=request_id, route=scope.get("path"), status=seen.get("status"),
+              latency_ms=round(1000 * (time.monotonic() - started), 1), answered_by=seen.get("answered_by"))
 
 
 class BodyLimit:
@@ -102,7 +117,7 @@ class BodyLimit:
         if total > self.limit:
             error = ServeError(413, f"The request body is over serve.max_body_bytes ({self.limit} bytes).",
                                "input", "request_too_large")
-            request_id = uuid.uuid4().hex
+            request_id = scope.get("state", {}).get("request_id", uuid.uuid4().hex)
             record(error, request_id, scope.get("path", ""))
             response = JSONResponse(error.body(), status_code=413, headers={"X-Request-Id": request_id})
             return await response(scope, receive, send)
