@@ -301,3 +301,41 @@ def test_sigterm_drains_requests_in_flight(served_run):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_keys_come_from_the_environment_and_a_file(tmp_path, monkeypatch):
+    from tunesmith.serve import api_keys, check_exposure, vllm_command
+
+    monkeypatch.setenv("TUNESMITH_API_KEY", " k1, ,k2 ")
+    (tmp_path / "keys").write_text("k3\n\n  k4 \n")
+    assert api_keys(str(tmp_path / "keys")) == ["k1", "k2", "k3", "k4"]
+    monkeypatch.delenv("TUNESMITH_API_KEY")
+    assert api_keys(None) == []
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_exposure(host, [], insecure=False)  # loopback: no key needed
+    check_exposure("0.0.0.0", ["k"], insecure=False)
+    check_exposure("0.0.0.0", [], insecure=True)
+    with pytest.raises(Exception, match="needs an API key"):
+        check_exposure("192.168.1.5", [], insecure=False)
+    command = vllm_command(tmp_path / "merged", "demo", "0.0.0.0", 9000)
+    assert command[1:] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "merged"),
+                           "--served-model-name", "demo", "--host", "0.0.0.0", "--port", "9000"]
+    assert not any("k1" in part for part in command)  # keys go by environment, never on a command line
+
+
+def test_the_cache_is_a_bounded_lru_with_a_time_to_live():
+    from tunesmith.serve.cache import ResponseCache
+
+    now = [0.0]
+    cache = ResponseCache(size=2, ttl_seconds=10, clock=lambda: now[0])
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1          # a is now the most recent
+    cache.put("c", 3)                   # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("c") == 3
+    now[0] = 10.5
+    assert cache.get("a") is None       # older than the TTL
+    assert (cache.hits, cache.misses, len(cache)) == (2, 2, 1)
+    key = ResponseCache.key("chat", "m", {"messages": [1], "temperature": 0, "stream": False, "user": "x"})
+    assert key == ResponseCache.key("chat", "m", {"temperature": 0, "messages": [1]})  # order, stream, user
+    assert key != ResponseCache.key("chat", "other", {"messages": [1], "temperature": 0})
