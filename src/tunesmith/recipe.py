@@ -484,6 +484,7 @@ class ServeConfig(_Section):
     output_check: Literal["none", "json", "json_fields"] = "none"
     """Check each chat answer: `json` parses as a JSON object, `json_fields` also has eval.json_fields."""
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    """Who answers when the model fails (raises, times out, or fails the output check)."""
     log_prompts: bool = False
     """Write prompts and answers into the request log lines (off: ids, sizes and timings only)."""
     cors_origins: list[str] = Field(default_factory=list)
