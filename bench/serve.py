@@ -6,7 +6,7 @@ bounded in count and time.
     .venv/bin/python bench/serve.py [--run runs/demo] [--requests 64] [--clients 16] [--tokens 32]
 
 (a) naive: the run's model, one HF `generate` per request, one after another (greedy, fp32);
-(b) `tunesmith serve` (dynamic batching) with `--clients` concurrent clients, in fp32 (the
+(b) `tunesmith serve` (its own process; dynamic batching) with `--clients` concurrent clients, in fp32 (the
     default on a CPU: it answers as evaluation scored) and in bf16 (`serve.precision: bf16`);
 then the latency of a cache hit. Prints req/s, p50/p95/p99 latency and the ratio to naive.
 """
@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 DEADLINE_SECONDS = 900
 
@@ -57,15 +63,15 @@ def naive(run: Path, chats: list[list[dict]], tokens: int) -> list[float]:
     return latencies
 
 
-async def clients(url: str, chats: list[list[dict]], tokens: int, concurrency: int) -> list[float]:
-    import httpx
-
+async def clients(url: str, chats: list[list[dict]], tokens: int, concurrency: int,
+                  seed: int = 0) -> list[float]:
     gate, latencies = asyncio.Semaphore(concurrency), []
     async with httpx.AsyncClient(timeout=120) as client:
         async def one(i: int, chat: list[dict]) -> None:
             async with gate:
                 begin = time.monotonic()
-                body = {"messages": chat, "max_tokens": tokens, "temperature": 0, "user": str(i)}
+                # greedy; a distinct seed per request keeps repeated prompts out of the cache
+                body = {"messages": chat, "max_tokens": tokens, "temperature": 0, "seed": seed + i}
                 response = await client.post(f"{url}/v1/chat/completions", json=body)
                 response.raise_for_status()
                 latencies.append(time.monotonic() - begin)
@@ -74,30 +80,43 @@ async def clients(url: str, chats: list[list[dict]], tokens: int, concurrency: i
     return latencies
 
 
+@contextlib.contextmanager
+def server(run: Path, overrides: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`tunesmith serve` in its own process on a free loopback port (clients stay out of its GIL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(run), "--port", str(port),
+                                *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tunesmith serve did not start")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def served(run: Path, chats: list[list[dict]], tokens: int, concurrency: int, precision: str) -> tuple:
-    import httpx
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from serve_helpers import running
-    from tunesmith.serve.app import create_app
-    from tunesmith.serve.state import load_served
-
-    overrides = [f"serve.precision={precision}", "serve.cache_size=0", f"serve.max_batch_size={concurrency}"]
-    loaded: list = []
-    app = create_app(lambda: loaded.append(load_served(str(run), overrides)) or loaded[0])
-    with running(app, timeout=300) as url:
-        asyncio.run(clients(url, chats[:concurrency], tokens, concurrency))  # warm-up batch
-        batches_before = loaded[0].batcher.batches
+    overrides = [f"serve.precision={precision}", f"serve.max_batch_size={concurrency}"]
+    with server(run, overrides) as (url, _):
+        asyncio.run(clients(url, chats[:concurrency], tokens, concurrency, seed=10_000))  # warm-up batch
+        batches_before = httpx.get(f"{url}/health").json()["batches"]
         started = time.monotonic()
         latencies = asyncio.run(clients(url, chats, tokens, concurrency))
         wall = time.monotonic() - started
-        batches = loaded[0].batcher.batches - batches_before
-    cache_app = create_app(lambda: load_served(str(run), [f"serve.precision={precision}"]))
-    with running(cache_app, timeout=300) as url:
+        batches = httpx.get(f"{url}/health").json()["batches"] - batches_before
         body = {"messages": chats[0], "max_tokens": tokens, "temperature": 0}
-        httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)  # fills the cache
         hits = []
         with httpx.Client(timeout=30) as client:
+            client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()  # fills the cache
             for _ in range(50):
                 begin = time.monotonic()
                 client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()

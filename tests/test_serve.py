@@ -339,3 +339,13 @@ def test_the_cache_is_a_bounded_lru_with_a_time_to_live():
     key = ResponseCache.key("chat", "m", {"messages": [1], "temperature": 0, "stream": False, "user": "x"})
     assert key == ResponseCache.key("chat", "m", {"temperature": 0, "messages": [1]})  # order, stream, user
     assert key != ResponseCache.key("chat", "other", {"messages": [1], "temperature": 0})
+
+
+def test_the_adapter_is_merged_for_serving_only_where_nothing_needs_the_base():
+    from tunesmith.serve.state import _merge
+
+    lora = load_recipe(None)
+    assert _merge(lora, bf16=True)
+    assert not _merge(lora, bf16=False)  # fp32: answers exactly as evaluation scored
+    assert not _merge(load_recipe(None, ["serve.fallback.kind=base"]), bf16=True)
+    assert not _merge(load_recipe(None, ["train.method=full"]), bf16=True)

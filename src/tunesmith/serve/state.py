@@ -67,13 +67,27 @@ def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
     from tunesmith.models.loading import load_model, load_run_model, load_tokenizer
 
     family, device = family_for(recipe.model), resolve_device(recipe.model)
+    bf16 = _precision(recipe, device)
     if model_dir is not None:
         run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
-        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base,
-                        _precision(recipe, device))
+        if _merge(recipe, bf16):
+            merged = run_model.model.merge_and_unload()
+            return HFEngine(merged, run_model.tokenizer, family, _no_base, bf16)
+        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base, bf16)
     model = load_model(recipe.model)
-    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model),
-                    _precision(recipe, device))
+    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model), bf16)
+
+
+def _merge(recipe: Recipe, bf16: bool) -> bool:
+    """Serve the LoRA adapter merged into its base (one matmul a layer instead of three: 15% faster
+    in bf16 here) when nothing needs the base back: in bf16 (answers already differ from the fp32
+    evaluation's), without a `base` fallback. In fp32 the adapter stays separate, so that the
+    served model answers exactly as it scored (merging gained nothing measurable in fp32)."""
+    return recipe.train.method == "lora" and bf16 and recipe.serve.fallback.kind != "base"
+
+
+def _no_base() -> contextlib.AbstractContextManager:
+    raise RuntimeError("the adapter is merged into the served model; its base is not kept")
 
 
 def resolve_target(target: str, overrides: list[str] | None = None) -> tuple[Recipe, Path | None, str]:
