@@ -87,13 +87,17 @@ class ChatChoice(BaseModel):
     finish_reason: str
 
 
-class ChatCompletion(BaseModel):
+class _Response(BaseModel):
+    """What chat and text completions share: id, time, who answered, token counts."""
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    choices: list[ChatChoice]
     usage: Usage
+
+
+class ChatCompletion(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class Logprobs(BaseModel):
@@ -111,13 +115,9 @@ class CompletionChoice(BaseModel):
     logprobs: Logprobs | None = None
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(_Response):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
 
 
 class ModelCard(BaseModel):
