@@ -23,6 +23,8 @@ class ScriptedEngine:
     answer: str = '{"category": "billing", "priority": "low"}'
     delay: float = 0.0
     fail: bool = False
+    base_works: bool = False
+    """With fail: the base model (adapter off) still answers."""
     context_length: int = 64
     name: str = "scripted"
     batches: list[int] = field(default_factory=list)
@@ -37,7 +39,7 @@ class ScriptedEngine:
 
     def generate(self, batch: list[GenRequest], use_base: bool = False) -> list[GenResult]:
         self.batches.append(len(batch))
-        if self.fail:
+        if self.fail and not (use_base and self.base_works):
             raise RuntimeError("scripted failure")
         deadline = time.monotonic() + self.delay
         while time.monotonic() < deadline and not all(r.cancelled for r in batch):

@@ -162,6 +162,20 @@ def test_the_fallback_answers_and_says_so(trouble):
                                                                             "priority": "medium"}
 
 
+def test_the_base_model_or_another_run_can_be_the_fallback():
+    base = scripted(ScriptedEngine(fail=True, base_works=True), Fallback("base", "scripted:base"))
+    other = scripted(ScriptedEngine(answer='{"category": "other"}'))
+    run = scripted(ScriptedEngine(fail=True), Fallback("run", "other-run", served=other))
+    with running(create_app(lambda: base)) as url:
+        reply = _post(url, CHAT).json()
+    assert reply["model"] == "scripted:base"
+    assert reply["choices"][0]["message"]["content"].startswith("base: ")
+    with running(create_app(lambda: run)) as url:  # the other run's batcher starts with the primary's
+        reply = _post(url, CHAT).json()
+    assert reply["model"] == "other-run"
+    assert reply["choices"][0]["message"]["content"] == '{"category": "other"}'
+
+
 def test_a_client_that_goes_away_stops_its_row():
     engine = ScriptedEngine(delay=10)
     with running(create_app(lambda: scripted(engine, None, "serve.max_wait_ms=0"))) as url:
