@@ -363,3 +363,20 @@ def test_the_adapter_is_merged_for_serving_only_where_nothing_needs_the_base():
     assert not _merge(lora, bf16=False)  # fp32: answers exactly as evaluation scored
     assert not _merge(load_recipe(None, ["serve.fallback.kind=base"]), bf16=True)
     assert not _merge(load_recipe(None, ["train.method=full"]), bf16=True)
+
+
+def test_the_prefix_cache_changes_no_answer(served_run):
+    """A batch with the shared system prompt + template computed once answers as without it."""
+    from tunesmith.serve.engine import GenRequest
+
+    recipe, run_dir, predictions = served_run
+    answers = {}
+    for cached in (True, False):
+        engine = load_served(str(run_dir.root), [f"serve.prefix_cache={str(cached).lower()}"]).engine
+        prompts = [engine.render([{"role": "system", "content": "Answer with the code."},
+                                  {"role": "user", "content": row.prompt}]) for row in predictions]
+        results = engine.generate([GenRequest(p, 6, temperature=0) for p in prompts])
+        answers[cached] = [(r.text, r.prompt_tokens, r.completion_tokens) for r in results]
+        assert len(engine._prefixes) == (1 if cached else 0)
+    assert answers[True] == answers[False]
+    assert [a[0].strip() for a in answers[True]] == [row.finetuned_prediction for row in predictions]

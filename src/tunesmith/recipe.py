@@ -481,6 +481,8 @@ class ServeConfig(_Section):
     """How long a cached answer is served."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto` generates as evaluation did (eval.precision), so the served model answers as it scored."""
+    prefix_cache: bool = True
+    """Compute the prompt prefix a batch shares (system prompt, template) once and keep it."""
     output_check: Literal["none", "json", "json_fields"] = "none"
     """Check each chat answer: `json` parses as a JSON object, `json_fields` also has eval.json_fields."""
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)

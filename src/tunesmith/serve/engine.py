@@ -71,6 +71,21 @@ class Engine(Protocol):
         ...
 
 
+PREFIX_MIN_TOKENS = 16
+"""A shared prefix shorter than this is computed with the rest (not worth a cache entry)."""
+PREFIX_CACHE_SIZE = 8
+"""Distinct prefixes kept (system prompt x template x adapter on/off)."""
+
+
+def _common_prefix(ids: list[list[int]]) -> int:
+    """Tokens all rows share at the start, leaving each row at least one of its own."""
+    limit = min(len(x) for x in ids) - 1
+    shared = 0
+    while shared < limit and all(x[shared] == ids[0][shared] for x in ids):
+        shared += 1
+    return shared if shared >= PREFIX_MIN_TOKENS else 0
+
+
 class RowControl:
     """A stopping criterion per row: done when its answer ended (EOS), its own max_tokens or stop
     string is reached, or it was cancelled; streams each row's new text on the way."""
@@ -131,7 +146,10 @@ class HFEngine:
     family: Family
     as_base: Callable[[], contextlib.AbstractContextManager[Any]]
     bf16: bool = False
+    prefix_cache: bool = True
+    """Compute the prefix all prompts of a batch share once, and keep it (serve.prefix_cache)."""
     name: str = "transformers"
+    _prefixes: dict = field(default_factory=dict, repr=False)
 
     @property
     def context_length(self) -> int:
@@ -147,17 +165,55 @@ class HFEngine:
     def generate(self, batch: list[GenRequest], use_base: bool = False) -> list[GenResult]:
         model_context = self.as_base() if use_base else contextlib.nullcontext(self.model)
         with model_context as model:
-            return self._generate(model, batch)
+            return self._generate(model, batch, use_base)
 
-    def _generate(self, model: Any, batch: list[GenRequest]) -> list[GenResult]:
+    def _inputs(self, model: Any, batch: list[GenRequest], use_base: bool, device: Any) -> dict[str, Any]:
+        """input_ids and attention_mask of the batch, left-padded; with the prefix every prompt
+        shares (system prompt and template) taken from the prefix cache, laid out as
+        [prefix][padding][own tokens] with `past_key_values` covering the prefix."""
+        import torch
+
+        ids = [self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in batch]
+        shared = _common_prefix(ids) if self.prefix_cache else 0
+        width = max(len(x) - shared for x in ids)
+        pad = self.tokenizer.pad_token_id
+        rows = [x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in ids]
+        mask = [[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in ids]
+        inputs = {"input_ids": torch.tensor(rows, device=device),
+                  "attention_mask": torch.tensor(mask, device=device)}
+        if shared:
+            prefix = tuple(ids[0][:shared])
+            inputs["past_key_values"] = self._prefix_cache(model, prefix, use_base, len(batch))
+        return inputs
+
+    def _prefix_cache(self, model: Any, prefix: tuple[int, ...], use_base: bool, rows: int) -> Any:
+        import torch
+        from transformers import DynamicCache
+
+        key = (use_base, prefix)
+        if key not in self._prefixes:
+            computed = DynamicCache()
+            model(input_ids=torch.tensor([prefix], device=next(model.parameters()).device),
+                  past_key_values=computed, use_cache=True)
+            self._prefixes[key] = [(layer.keys, layer.values) for layer in computed.layers]
+            while len(self._prefixes) > PREFIX_CACHE_SIZE:
+                self._prefixes.pop(next(iter(self._prefixes)))
+        batch_cache = DynamicCache()
+        for index, (keys, values) in enumerate(self._prefixes[key]):
+            batch_cache.update(keys.expand(rows, -1, -1, -1).contiguous(),
+                               values.expand(rows, -1, -1, -1).contiguous(), index)
+        return batch_cache
+
+    def _generate(self, model: Any, batch: list[GenRequest], use_base: bool = False) -> list[GenResult]:
         import torch
         from transformers import StoppingCriteriaList
 
         tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
         device = next(model.parameters()).device
-        encoded = tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            encoded = self._inputs(model, batch, use_base, device)
         width = encoded["input_ids"].shape[1]
         control = RowControl(batch, tokenizer, width)
         first = batch[0]
@@ -165,8 +221,6 @@ class HFEngine:
             "do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
         if first.temperature != 0 and first.seed is not None:
             torch.manual_seed(first.seed)
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16
-                    else contextlib.nullcontext())
         model.eval()
         with torch.inference_mode(), autocast:
             output = model.generate(

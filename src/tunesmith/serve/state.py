@@ -72,10 +72,12 @@ def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
         run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
         if _merge(recipe, bf16):
             merged = run_model.model.merge_and_unload()
-            return HFEngine(merged, run_model.tokenizer, family, _no_base, bf16)
-        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base, bf16)
+            return HFEngine(merged, run_model.tokenizer, family, _no_base, bf16, recipe.serve.prefix_cache)
+        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base, bf16,
+                        recipe.serve.prefix_cache)
     model = load_model(recipe.model)
-    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model), bf16)
+    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model), bf16,
+                    recipe.serve.prefix_cache)
 
 
 def _merge(recipe: Recipe, bf16: bool) -> bool:
