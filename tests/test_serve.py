@@ -34,7 +34,7 @@ def served_run(tmp_path_factory, tiny_model_dir):
         {"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours])
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={train_file}",
                                 f"data.test={test_file}", "data.system_prompt=Answer with the code.",
-                                "train.max_steps=4", "train.lr=0.01", "train.batch_size=4",
+                                "train.max_steps=40", "train.lr=0.01", "train.batch_size=4",
                                 "eval.max_new_tokens=6", "eval.forgetting_probe=false",
                                 "eval.bias.enabled=false",
                                 f"output.dir={root / 'runs'}", "name=served"])
@@ -380,3 +380,44 @@ def test_the_prefix_cache_changes_no_answer(served_run):
         assert len(engine._prefixes) == (1 if cached else 0)
     assert answers[True] == answers[False]
     assert [a[0].strip() for a in answers[True]] == [row.finetuned_prediction for row in predictions]
+
+
+def test_each_row_keeps_its_own_limits(served_run):
+    """One batch, three rows of the same prompt: no limit, a stop string, one token."""
+    from tunesmith.serve.engine import GenRequest
+
+    _, run_dir, predictions = served_run
+    engine = load_served(str(run_dir.root)).engine
+    prompt = engine.render([{"role": "system", "content": "Answer with the code."},
+                            {"role": "user", "content": predictions[0].prompt}])
+    full = engine.generate([GenRequest(prompt, 6, temperature=0)])[0]
+    assert full.text.strip() == predictions[0].finetuned_prediction and len(full.text) >= 2
+    stop = full.text[1]  # a stop string the answer reaches at its second character (or before)
+    again, stopped, short = engine.generate([GenRequest(prompt, 6, temperature=0),
+                                             GenRequest(prompt, 6, temperature=0, stop=[stop]),
+                                             GenRequest(prompt, 1, temperature=0)])
+    assert again.text == full.text  # in a batch as alone
+    assert stopped.text == full.text[:full.text.find(stop)] and stopped.finish_reason == "stop"
+    assert short.completion_tokens == 1 and short.finish_reason == "length"
+    assert short.text == engine.tokenizer.decode(engine.tokenizer(full.text, add_special_tokens=False)
+                                                 ["input_ids"][:1])
+
+
+def test_n_choices_and_their_stream():
+    served = scripted(ScriptedEngine(answer="one two"), None, "serve.cache_size=0")
+    with running(create_app(lambda: served)) as url:
+        reply = _post(url, {**CHAT, "n": 2}).json()
+        assert [c["index"] for c in reply["choices"]] == [0, 1]
+        assert {c["message"]["content"] for c in reply["choices"]} == {"one two"}
+        texts = {0: "", 1: ""}
+        finished = set()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "n": 2, "stream": True},
+                          timeout=30) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        choice = json.loads(line[6:])["choices"][0]
+        texts[choice["index"]] += choice["delta"].get("content") or ""
+        if choice["finish_reason"]:
+            finished.add(choice["index"])
+    assert {k: v.strip() for k, v in texts.items()} == {0: "one two", 1: "one two"} and finished == {0, 1}
