@@ -62,7 +62,7 @@ def scripted(engine: ScriptedEngine | None = None, fallback: Fallback | None = N
     recipe: Recipe = load_recipe(None, list(overrides))
     engine = engine or ScriptedEngine()
     cfg = recipe.serve
-    batcher = Batcher(engine, cfg.max_batch_size, cfg.max_wait_ms, cfg.queue_size)
+    batcher = Batcher(engine, cfg)
     return Served("scripted", recipe, engine, batcher, ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds),
                   fallback)
 

@@ -463,10 +463,12 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(16, gt=0)
     """Requests generated together (dynamic batching; 16 measured ~6x one at a time on the CPU)."""
     max_wait_ms: float = Field(50.0, ge=0)
-    """A batch takes new requests until this long passes without one (and at most 4x this after
-    it opened). Clients answered together come back close together, but each request is parsed
-    and its prompt rendered in turn: a fixed window from the first arrival split the batches of
-    16 clients (measured: 16, 16, 11, 7, 14), a 20 ms gap still split one batch in ten."""
+    """A batch takes new requests until this long passes without one (at most max_window_ms).
+    Clients answered together come back close together, but each request is parsed and its
+    prompt rendered in turn: a fixed window from the first arrival split the batches of 16
+    clients (measured: 16, 16, 11, 7, 14), a 20 ms gap still split one batch in ten."""
+    max_window_ms: float = Field(200.0, ge=0)
+    """The longest a batch waits for company after it opened, however steadily requests arrive."""
     queue_size: int = Field(64, gt=0)
     """Requests waiting for the model at most; more get 429 with Retry-After."""
     timeout_seconds: float = Field(60.0, gt=0)

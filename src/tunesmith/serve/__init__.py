@@ -67,7 +67,11 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: 
         return serve_vllm(target, name, host, port, keys, is_run=model_dir is not None)
     from tunesmith.models.loading import model_location
 
-    model_location(recipe.model)  # a wrong path or an unreachable hub fails here, in one line
+    # a wrong path or an unreachable hub fails here, in one line, not as a traceback at startup
+    model_location(recipe.model)
+    if recipe.serve.fallback.kind == "run":
+        fallback_recipe, _, _ = resolve_target(recipe.serve.fallback.run)
+        model_location(fallback_recipe.model)
     app = create_app(lambda: load_served(target, overrides), keys, recipe.serve)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 

@@ -39,10 +39,13 @@ def output_check(served: Served, json_object: bool) -> Callable[[str], bool] | N
     return ok
 
 
-async def _primary(served: Served, make: MakeRequests, timeout: float) -> list[GenResult]:
+async def _generate(served: Served, make: MakeRequests, timeout: float,
+                    use_base: bool = False) -> list[GenResult]:
+    """The rows through `served`'s batcher within `timeout`; 429 when its queue is full."""
     rows = make(served.engine)
     try:
-        return await asyncio.wait_for(asyncio.gather(*(served.batcher.submit(r) for r in rows)), timeout)
+        submitted = asyncio.gather(*(served.batcher.submit(r, use_base) for r in rows))
+        return await asyncio.wait_for(submitted, timeout)
     except QueueFull:
         retry = max(1, round(served.batcher.depth / served.batcher.max_batch_size))
         raise ServeError(429, f"The server is at capacity ({served.batcher.depth} requests waiting); retry "
@@ -57,7 +60,7 @@ async def answer(served: Served, make: MakeRequests, request_id: str,
                  check: Callable[[str], bool] | None = None) -> Answer:
     timeout = served.recipe.serve.timeout_seconds
     try:
-        results = await _primary(served, make, timeout)
+        results = await _generate(served, make, timeout)
     except ServeError:
         raise
     except TimeoutError:
@@ -88,9 +91,7 @@ async def _fall_back(served: Served, make: MakeRequests, request_id: str, reason
         results = [GenResult(fallback.answer, "stop", served.engine.count_tokens(r.prompt),
                              served.engine.count_tokens(fallback.answer)) for r in rows]
     elif fallback.kind == "base":
-        rows = make(served.engine)
-        results = await asyncio.wait_for(asyncio.gather(
-            *(served.batcher.submit(r, use_base=True) for r in rows)), timeout)
+        results = await _generate(served, make, timeout, use_base=True)
     else:
-        results = await _primary(fallback.served, make, timeout)
+        results = await _generate(fallback.served, make, timeout)
     return Answer(results, fallback.name, reason)

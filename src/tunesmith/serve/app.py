@@ -27,11 +27,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
+from tunesmith.evaluate.metrics import parse_json_object
 from tunesmith.models.chat import with_system
 from tunesmith.recipe import ServeConfig
 from tunesmith.serve import protocol
 from tunesmith.serve.answer import Answer, answer, output_check
-from tunesmith.serve.engine import Engine, GenRequest
+from tunesmith.serve.engine import Engine, GenRequest, GenResult
 from tunesmith.serve.errors import ServeError, event, record, setup_logging
 from tunesmith.serve.state import Served, describe
 
@@ -232,22 +233,22 @@ def _answered(payload: Any, model: str, request: Request, cached: bool = False) 
 
 
 async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: Request):
-    messages = _messages(served, body)
-    prompt = served.engine.render(messages)
-    prompt_tokens = served.engine.count_tokens(prompt)
-    max_tokens = _max_tokens(served, body, prompt_tokens)
-    json_object = body.response_format is not None and body.response_format.type == "json_object"
-    check = output_check(served, json_object)
-    if body.stream:
-        return _stream(served, body, messages, max_tokens, request)
-    key, hit = _cached(served, "chat", body)
+    key, hit = _cached(served, "chat", body)  # a repeat was checked the first time: answer it at once
     if hit is not None:
         return _answered(hit[0], hit[1], request, cached=True)
+    messages = _messages(served, body)
+    prompt = served.engine.render(messages)
+    max_tokens = _max_tokens(served, body, served.engine.count_tokens(prompt))
+    render = _renderer(served, messages, prompt)
+    if body.stream:
+        return _stream(served, body, render, max_tokens, request)
+    json_object = body.response_format is not None and body.response_format.type == "json_object"
 
     def make(engine: Engine) -> list[GenRequest]:
-        return _rows(engine.render(messages), body, max_tokens)
+        return _rows(render(engine), body, max_tokens)
 
-    result = await _until_disconnect(request, answer(served, make, request.state.request_id, check))
+    work = answer(served, make, request.state.request_id, output_check(served, json_object))
+    result = await _until_disconnect(request, work)
     payload = _chat_payload(result, request.state.request_id, json_object)
     if key is not None and result.fallback_reason is None:
         served.cache.put(key, (payload, result.model))
@@ -259,8 +260,6 @@ def _chat_payload(result: Answer, request_id: str, json_object: bool) -> dict[st
     for index, row in enumerate(result.results):
         text = row.text.strip()
         if json_object:  # the object itself, without prose around it
-            from tunesmith.evaluate.metrics import parse_json_object
-
             parsed = parse_json_object(text)
             text = json.dumps(parsed, ensure_ascii=False) if parsed is not None else text
         choices.append(protocol.ChatChoice(index=index, message=protocol.AssistantMessage(content=text),
@@ -291,8 +290,14 @@ async def _until_disconnect(request: Request, work) -> Answer:
     return task.result()
 
 
-def _stream(served: Served, body: protocol.ChatCompletionRequest, messages: list[dict], max_tokens: int,
-            request: Request) -> StreamingResponse:
+def _renderer(served: Served, messages: list[dict], prompt: str) -> Callable[[Engine], str]:
+    """The prompt for an engine: the one rendered for the served model, or a fallback run's own
+    (another run may have another chat template)."""
+    return lambda engine: prompt if engine is served.engine else engine.render(messages)
+
+
+def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callable[[Engine], str],
+            max_tokens: int, request: Request) -> StreamingResponse:
     """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE]."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
@@ -301,7 +306,7 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, messages: list
                for i in range(body.n)]
 
     def make(engine: Engine) -> list[GenRequest]:
-        return _rows(engine.render(messages), body, max_tokens, on_text=senders)
+        return _rows(render(engine), body, max_tokens, on_text=senders)
 
     async def events() -> AsyncIterator[str]:
         work = asyncio.ensure_future(answer(served, make, request_id))
@@ -365,9 +370,7 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
     return _answered(payload, result.model, request)
 
 
-def _empty(prompt_tokens: int):
-    from tunesmith.serve.engine import GenResult
-
+def _empty(prompt_tokens: int) -> GenResult:
     return GenResult("", "length", prompt_tokens, 0, [])
 
 

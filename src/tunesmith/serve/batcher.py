@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent requests wait in one bounded queue; a single worker takes the
 first, lets others with the same sampling settings join until `max_wait_ms` pass without a new
-arrival (at most `WINDOW_CAP` x `max_wait_ms`, at most `max_batch_size` requests), and generates
+arrival (at most `max_window_ms` after it opened, at most `max_batch_size` requests), and generates
 them together in a thread, one batch at a time. A full queue is
 refused at once (the caller answers 429) instead of letting latency grow without bound."""
 
@@ -11,10 +11,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+from tunesmith.recipe import ServeConfig
 from tunesmith.serve.engine import Engine, GenRequest, GenResult
-
-WINDOW_CAP = 4
-"""A batch waits at most this many times serve.max_wait_ms for company."""
 
 
 class QueueFull(Exception):
@@ -30,9 +28,9 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch_size: int, max_wait_ms: float, queue_size: int) -> None:
-        self.engine, self.max_batch_size = engine, max_batch_size
-        self.max_wait, self.queue_size = max_wait_ms / 1000, queue_size
+    def __init__(self, engine: Engine, cfg: ServeConfig) -> None:
+        self.engine, self.max_batch_size, self.queue_size = engine, cfg.max_batch_size, cfg.queue_size
+        self.max_wait, self.max_window = cfg.max_wait_ms / 1000, cfg.max_window_ms / 1000
         self._waiting: list[_Job] = []
         self._last_arrival = 0.0
         self._arrived: asyncio.Event | None = None
@@ -87,8 +85,8 @@ class Batcher:
                 await self._arrived.wait()
             # the batch closes when it is full, or after max_wait with no new arrival (requests
             # answered together come back together, but each is parsed and rendered in turn),
-            # and never later than WINDOW_CAP x max_wait after it opened
-            cap = time.monotonic() + WINDOW_CAP * self.max_wait
+            # and never later than max_window_ms after it opened
+            cap = time.monotonic() + self.max_window
             while (len(self._waiting) < self.max_batch_size and time.monotonic() < cap
                    and time.monotonic() - self._last_arrival < self.max_wait):
                 await asyncio.sleep(min(0.002, self.max_wait))

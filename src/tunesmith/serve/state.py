@@ -110,7 +110,7 @@ def load_served(target: str, overrides: list[str] | None = None, with_fallback: 
     cfg = recipe.serve
     engine = _engine(recipe, model_dir)
     served = Served(name, recipe, engine,
-                    Batcher(engine, cfg.max_batch_size, cfg.max_wait_ms, cfg.queue_size),
+                    Batcher(engine, cfg),
                     ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds))
     if with_fallback and cfg.fallback.kind != "none":
         served.fallback = _fallback(recipe, name)
