@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from tunesmith.models.generation import GenRequest, GenResult
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
-from tunesmith.serve.engine import GenRequest, GenResult
 from tunesmith.serve.state import Fallback, Served
 
 

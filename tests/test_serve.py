@@ -236,7 +236,7 @@ def test_export_writes_a_model_transformers_loads_and_that_answers_as_the_run(se
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.serve.engine import GenRequest
+    from tunesmith.models.generation import GenRequest
     from tunesmith.serve.export import export_merged
 
     recipe, run_dir, predictions = served_run
@@ -367,7 +367,7 @@ def test_the_adapter_is_merged_for_serving_only_where_nothing_needs_the_base():
 
 def test_the_prefix_cache_changes_no_answer(served_run):
     """A batch with the shared system prompt + template computed once answers as without it."""
-    from tunesmith.serve.engine import GenRequest
+    from tunesmith.models.generation import GenRequest
 
     recipe, run_dir, predictions = served_run
     answers = {}
@@ -384,7 +384,7 @@ def test_the_prefix_cache_changes_no_answer(served_run):
 
 def test_each_row_keeps_its_own_limits(served_run):
     """One batch, three rows of the same prompt: no limit, a stop string, one token."""
-    from tunesmith.serve.engine import GenRequest
+    from tunesmith.models.generation import GenRequest
 
     _, run_dir, predictions = served_run
     engine = load_served(str(run_dir.root)).engine

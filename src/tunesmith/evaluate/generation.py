@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tunesmith.console import PlainProgress
-from tunesmith.models.chat import render_prompt
 from tunesmith.models.families import Family
 from tunesmith.models.families.causal_lm import CausalLM
+from tunesmith.models.generation import GenRequest, HFEngine
 
 
 class Generator(Protocol):
@@ -25,6 +25,9 @@ class Generator(Protocol):
 
 @dataclass
 class HFGenerator:
+    """Greedy answers through the batched engine the server uses (`models.generation.HFEngine`),
+    shortest prompts first, with a progress bar; without the prefix cache, so that evaluation's
+    batches are laid out exactly as plain left-padded `generate` batches."""
     model: Any
     tokenizer: Any
     max_new_tokens: int
@@ -34,37 +37,25 @@ class HFGenerator:
     examples_per_second: float = 0.0
 
     def generate(self, prompts: list[list[dict]], label: str) -> list[str]:
-        import torch
         from rich.console import Console
         from rich.progress import Progress
 
-        texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        engine = HFEngine(self.model, self.tokenizer, self.family, lambda: contextlib.nullcontext(self.model),
+                          self.autocast_bf16, prefix_cache=False)
+        texts = [engine.render(p) for p in prompts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         answers: list[str] = [""] * len(texts)
-        tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        device = next(self.model.parameters()).device
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast_bf16
-                    else contextlib.nullcontext())
-        self.model.eval()
         started = time.time()
         terminal = Console(stderr=True).is_terminal
         plain = None if terminal else PlainProgress(f"generate {label}", len(texts))
-        with Progress(transient=True, disable=not terminal, console=Console(stderr=True)) as progress, \
-                torch.inference_mode(), autocast:
+        with Progress(transient=True, disable=not terminal, console=Console(stderr=True)) as progress:
             task = progress.add_task(f"generate {label}", total=len(texts))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                encoded = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(device)
-                output = self.model.generate(
-                    **encoded, max_new_tokens=self.max_new_tokens, do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                )
-                new_tokens = self.family.generated_tokens(output, encoded["input_ids"].shape[1])
-                for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
-                                   strict=True):
-                    answers[i] = text.strip()
+                rows = [GenRequest(texts[i], self.max_new_tokens, temperature=0) for i in batch]
+                results = engine.generate(rows)
+                for i, result in zip(batch, results, strict=True):
+                    answers[i] = result.text.strip()
                 progress.advance(task, len(batch))
                 if plain is not None:  # logs and pipes get a line every few seconds instead
                     plain.advance(len(batch))

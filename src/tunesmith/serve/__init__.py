@@ -6,7 +6,7 @@
     tunesmith serve runs/demo --engine vllm         # CUDA + vLLM: the merged model on vLLM
     tunesmith export runs/demo merged/              # the merged model for vLLM / TGI / transformers
 
-    engine.py    a batch of requests -> answers (transformers; per-row limits, streaming, logprobs)
+    (the engine, models/generation.py, is evaluation's too: per-row limits, streaming, logprobs)
     batcher.py   dynamic batching over a bounded queue (429 when full)
     answer.py    deadline, output check, fallback
     app.py       the FastAPI app: routes, errors in OpenAI's shape, API keys, body limit

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunesmith.evaluate.metrics import parse_json_object
+from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.serve.batcher import QueueFull
-from tunesmith.serve.engine import Engine, GenRequest, GenResult
 from tunesmith.serve.errors import ServeError, event
 from tunesmith.serve.state import Served
 

@@ -11,8 +11,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.recipe import ServeConfig
-from tunesmith.serve.engine import Engine, GenRequest, GenResult
 
 
 class QueueFull(Exception):

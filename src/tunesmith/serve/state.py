@@ -16,11 +16,11 @@ from typing import Any
 from tunesmith.errors import ConfigError
 from tunesmith.models.device import generation_bf16, resolve_device
 from tunesmith.models.families import family_for
+from tunesmith.models.generation import Engine, HFEngine
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
-from tunesmith.serve.engine import Engine, HFEngine
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The engine behind the server: a batch of generation requests in, their answers out.
+"""Batched generation, shared by evaluation and the server: a batch of requests in, answers out.
 
 `HFEngine` runs the run's model with transformers `generate` on a left-padded batch (batched
 generation measured ~6x faster than one request at a time on the CPU). Each row of a batch
