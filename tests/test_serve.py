@@ -365,6 +365,28 @@ def test_the_adapter_is_merged_for_serving_only_where_nothing_needs_the_base():
     assert not _merge(load_recipe(None, ["train.method=full"]), bf16=True)
 
 
+def test_bf16_serving_runs_bf16_weights_and_answers(served_run):
+    """serve.precision=bf16 on the CPU: the adapter merged, bf16 weights (not autocast), the decode
+    attention of models/cpu_bf16.py; the run still answers its test prompts (the tiny model's
+    answers may differ from fp32 in near ties, so they are compared to fp32 by count, not one by one)."""
+    import torch
+
+    from tunesmith.models.cpu_bf16 import ATTENTION
+    from tunesmith.models.generation import GenRequest
+
+    recipe, run_dir, predictions = served_run
+    bf16 = load_served(str(run_dir.root), ["serve.precision=bf16"]).engine
+    assert not hasattr(bf16.model, "peft_config")  # merged
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert bf16.model.config._attn_implementation == ATTENTION and not bf16.bf16  # no autocast on top
+    prompts = [bf16.render([{"role": "system", "content": recipe.data.system_prompt},
+                            {"role": "user", "content": row.prompt}]) for row in predictions]
+    answers = [r.text.strip() for r in bf16.generate([GenRequest(p, recipe.eval.max_new_tokens, temperature=0)
+                                                      for p in prompts])]
+    same = sum(a == row.finetuned_prediction for a, row in zip(answers, predictions, strict=True))
+    assert same >= len(predictions) - 1, (answers, [row.finetuned_prediction for row in predictions])
+
+
 def test_the_prefix_cache_changes_no_answer(served_run):
     """A batch with the shared system prompt + template computed once answers as without it."""
     from tunesmith.models.generation import GenRequest

@@ -8,19 +8,22 @@ with (system prompt, chat template, output check, limits), and who answers when 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.models.device import generation_bf16, resolve_device
+from tunesmith.models.cpu_bf16 import to_cpu_bf16
+from tunesmith.models.device import cpu_native_bf16, generation_bf16, resolve_device
 from tunesmith.models.families import family_for
 from tunesmith.models.generation import Engine, HFEngine
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
+from tunesmith.serve.errors import event
 
 
 @dataclass
@@ -70,14 +73,18 @@ def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
     bf16 = _precision(recipe, device)
     if model_dir is not None:
         run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
+        model, tokenizer, as_base = run_model.model, run_model.tokenizer, run_model.as_base
         if _merge(recipe, bf16):
-            merged = run_model.model.merge_and_unload()
-            return HFEngine(merged, run_model.tokenizer, family, _no_base, bf16, recipe.serve.prefix_cache)
-        return HFEngine(run_model.model, run_model.tokenizer, family, run_model.as_base, bf16,
-                        recipe.serve.prefix_cache)
-    model = load_model(recipe.model)
-    return HFEngine(model, load_tokenizer(recipe.model), family, lambda: contextlib.nullcontext(model), bf16,
-                    recipe.serve.prefix_cache)
+            model, as_base = model.merge_and_unload(), _no_base
+    else:
+        model, tokenizer = load_model(recipe.model), load_tokenizer(recipe.model)
+        as_base = functools.partial(contextlib.nullcontext, model)  # the model is its own base
+    if bf16 and device == "cpu":  # bf16 weights, not autocast: see models/cpu_bf16.py
+        if not cpu_native_bf16():
+            event("warning", message="serve.precision is bf16 but this CPU emulates bf16 (no AMX or "
+                  "AVX512-BF16): expect generation many times slower than fp32. Use serve.precision=fp32.")
+        model, bf16 = to_cpu_bf16(model), False
+    return HFEngine(model, tokenizer, family, as_base, bf16, recipe.serve.prefix_cache)
 
 
 def _merge(recipe: Recipe, bf16: bool) -> bool:
