@@ -347,6 +347,23 @@ class DataReport(Schema):
         return [[path, f.format, f.valid_rows, f.invalid_rows] for path, f in self.files.items()]
 
 
+# --- monitoring ------------------------------------------------------------------------------
+
+class DriftReference(Schema):
+    """train/drift_reference.json: what the training prompts looked like (monitor/reference.py)."""
+    rows: int
+    lengths: list[int]
+    """Prompt lengths in the model's tokens, one per sampled training row."""
+    vocabulary: list[str]
+    oov_rate: float
+    """Out-of-vocabulary rate of held-out training prompts against `vocabulary`."""
+    label_field: str | None = None
+    labels: dict[str, int] = Field(default_factory=dict)
+    """Answer labels and their counts (empty: the task has no labels)."""
+    embedding_model: str | None = None
+    """The encoder of train/drift_embeddings.safetensors, None when there are none."""
+
+
 # --- the manifest ----------------------------------------------------------------------------
 
 class ArtifactEntry(Schema):

@@ -496,6 +496,62 @@ class ServeConfig(_Section):
     """Browser origins allowed to call the API (CORS); none by default."""
 
 
+class AlertRule(_Section):
+    metric: Literal["p95_latency_ms", "error_rate", "drift", "negative_feedback_rate", "canary_drop"]
+    """What is watched, per window: p95 latency, the share of 5xx answers, drift (the share of
+    drift tests that reject), the share of -1 ratings, the canary's drop below the evaluation's CI."""
+    above: float
+    """The rule fires when the metric goes above this (for `windows` windows in a row)."""
+    clear_below: float | None = None
+    """It clears only when the metric falls below this (hysteresis; default 80% of `above`)."""
+    windows: int = Field(1, gt=0)
+    """Windows in a row above `above` before it fires (1: at once)."""
+
+    @property
+    def clear(self) -> float:
+        return self.above * 0.8 if self.clear_below is None else self.clear_below
+
+
+def _default_alerts() -> list[AlertRule]:
+    return [AlertRule(metric="p95_latency_ms", above=5000), AlertRule(metric="error_rate", above=0.05),
+            AlertRule(metric="drift", above=0.5), AlertRule(metric="negative_feedback_rate", above=0.3),
+            AlertRule(metric="canary_drop", above=0.0)]
+
+
+class MonitorConfig(_Section):
+    enabled: bool = True
+    """Record requests, feedback, drift and alerts while serving."""
+    store: str | None = None
+    """Where requests, feedback and alerts go: None is SQLite in the run directory
+    (monitor/requests.db); a postgresql:// URL shares one store between replicas."""
+    store_prompts: bool = True
+    """Keep prompts and answers in the store (feedback export needs them); off: sizes and timings only."""
+    scrub_pii: bool = False
+    """Replace e-mails, phone and card numbers, IPs in stored prompts and answers (data stage's rules)."""
+    retention_days: float = Field(30.0, gt=0)
+    """Stored requests older than this are deleted (with their feedback)."""
+    window_size: int = Field(50, ge=5)
+    """Requests per monitoring window: drift, latency, errors and feedback are judged per window."""
+    drift_p_value: float = Field(0.01, gt=0, lt=1)
+    """A drift test (KS on lengths, chi-square on labels, MMD on embeddings) rejects below this p-value."""
+    psi_threshold: float = Field(0.25, gt=0)
+    """PSI above this counts as drift (0.1-0.25 moderate, > 0.25 large, the usual reading)."""
+    oov_ratio: float = Field(2.0, gt=1)
+    """Drift when a window's out-of-vocabulary rate is this many times the reference's."""
+    embeddings: bool = True
+    """Compare prompt embeddings (the embedded all-MiniLM-L6-v2) with an MMD permutation test."""
+    reference_size: int = Field(500, gt=10)
+    """Training prompts sampled for the reference statistics (saved at train time)."""
+    canary_every_seconds: float = Field(0.0, ge=0)
+    """Replay the run's test examples through the live model this often (0: off)."""
+    canary_size: int = Field(32, gt=0)
+    """Test examples per canary replay."""
+    alerts: list[AlertRule] = Field(default_factory=_default_alerts)
+    """Alert rules, judged on every window."""
+    webhook_env: str = "TUNESMITH_ALERT_WEBHOOK"
+    """Environment variable holding a URL that alerts are POSTed to (unset: no webhook)."""
+
+
 class Recipe(_Section):
     name: str = "run"
     """Name of the experiment (and default run directory name)."""
@@ -515,6 +571,8 @@ class Recipe(_Section):
     """Where the run directory goes."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """How `tunesmith serve` answers: batching, limits, cache, output check, fallback."""
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    """What the server watches: request log, feedback, drift, alerts."""
 
     @property
     def run_dir(self) -> Path:

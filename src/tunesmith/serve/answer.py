@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunesmith.evaluate.metrics import parse_json_object
+from tunesmith.events import event
 from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.serve.batcher import QueueFull
-from tunesmith.serve.errors import ServeError, event
+from tunesmith.serve.errors import ServeError
 from tunesmith.serve.state import Served
 
 MakeRequests = Callable[[Engine], list[GenRequest]]

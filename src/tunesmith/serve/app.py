@@ -28,12 +28,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from tunesmith.evaluate.metrics import parse_json_object
+from tunesmith.events import event, setup_logging
 from tunesmith.models.chat import with_system
 from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.recipe import ServeConfig
 from tunesmith.serve import protocol
 from tunesmith.serve.answer import Answer, answer, output_check
-from tunesmith.serve.errors import ServeError, event, record, setup_logging
+from tunesmith.serve.errors import ServeError, record
 from tunesmith.serve.state import Served, describe
 
 ANSWERED_BY = "X-Tunesmith-Model"

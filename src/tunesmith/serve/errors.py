@@ -8,17 +8,12 @@ never a traceback; the log line carries the request id that the response header 
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-import time
 from collections import Counter
 from typing import Any, Literal
 
+from tunesmith.events import event
+
 ErrorClass = Literal["input", "model", "infrastructure"]
-
-log = logging.getLogger("tunesmith.serve")
-
 
 class ServeError(Exception):
     def __init__(self, status: int, message: str, kind: ErrorClass, code: str,
@@ -42,22 +37,6 @@ class ServeError(Exception):
 
 ERRORS: Counter = Counter()
 """(class, code) -> how many times; the next issue exports these as metrics."""
-
-
-def setup_logging() -> None:
-    """One JSON object a line on stderr, for `tunesmith.serve` events."""
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
-def event(name: str, **fields: Any) -> None:
-    log.info(json.dumps({"time": round(time.time(), 3), "event": name, **fields}, ensure_ascii=False,
-                        default=str))
 
 
 def record(error: ServeError, request_id: str, route: str) -> None:

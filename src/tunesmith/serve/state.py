@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
+from tunesmith.events import event
 from tunesmith.models.cpu_bf16 import to_cpu_bf16
 from tunesmith.models.device import cpu_native_bf16, generation_bf16, resolve_device
 from tunesmith.models.families import family_for
@@ -23,7 +24,6 @@ from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
-from tunesmith.serve.errors import event
 
 
 @dataclass

@@ -1,0 +1,227 @@
+"""The request / feedback / alert store: SQLite in the run directory by default, PostgreSQL when
+given a URL (replicas then share it). SQLAlchemy Core, so one schema serves both.
+
+Requests are written by a background thread (the event loop never waits on the disk); reads
+and feedback flush it first, so what was answered can be rated at once. Rows older than
+`monitor.retention_days` are deleted with their feedback.
+
+    store = Store.open("sqlite:///runs/demo/monitor/requests.db")
+    store.log_request({"id": "abc", "time": time.time(), "route": "/v1/chat/completions", ...})
+    store.add_feedback("abc", rating=-1, correction='{"category": "billing"}')
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from tunesmith.events import event
+
+metadata = MetaData()
+
+requests = Table(
+    "requests", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("route", String(64), nullable=False),
+    Column("model", String(256)),
+    Column("answered_by", String(256)),
+    Column("status", Integer, nullable=False),
+    Column("error_class", String(32)),
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("cached", Boolean, default=False),
+    Column("fallback_reason", String(32)),
+    Column("prompt", Text),  # the conversation (JSON list of messages) or the completion prompt
+    Column("response", Text),
+)
+
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("time", Float, nullable=False),
+    Column("rating", Integer, nullable=False),
+    Column("correction", Text),
+    Column("comment", Text),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("rule", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("message", Text),
+)
+
+windows = Table(
+    "windows", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("summary", Text, nullable=False),  # a window's numbers as JSON: latency, errors, drift, feedback
+)
+
+
+class UnknownRequest(LookupError):
+    pass
+
+
+class Store:
+    def __init__(self, url: str, retention_days: float = 30.0) -> None:
+        self.url, self.retention = url, retention_days * 86400
+        self.engine = create_engine(url, future=True)
+        try:
+            metadata.create_all(self.engine)
+        except (IntegrityError, OperationalError):  # another replica created them at the same moment
+            metadata.create_all(self.engine)
+        self._pending: queue.Queue = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="tunesmith-store", daemon=True)
+        self._writer.start()
+        self._last_prune = 0.0
+
+    @classmethod
+    def open(cls, url_or_path: str | Path, retention_days: float = 30.0) -> Store:
+        """A URL (postgresql://, sqlite:///...) or a file path for SQLite."""
+        text = str(url_or_path)
+        if "://" not in text:
+            Path(text).parent.mkdir(parents=True, exist_ok=True)
+            text = f"sqlite:///{Path(text).resolve()}"
+        elif text.startswith("postgresql://"):
+            text = "postgresql+psycopg://" + text[len("postgresql://"):]
+        return cls(text, retention_days)
+
+    # writing -----------------------------------------------------------------------------------
+
+    def log_request(self, row: dict[str, Any]) -> None:
+        """Queue a request row for the writer thread."""
+        self._pending.put(row)
+
+    def flush(self) -> None:
+        """Wait until every queued row is written."""
+        self._pending.join()
+
+    def close(self) -> None:
+        self.flush()
+        self._pending.put(None)
+        self._writer.join(timeout=10)
+        self.engine.dispose()
+
+    def _write_loop(self) -> None:
+        while True:
+            row = self._pending.get()
+            if row is None:
+                self._pending.task_done()
+                return
+            batch = [row]
+            while not self._pending.empty() and len(batch) < 256:
+                extra = self._pending.get()
+                if extra is None:
+                    self._pending.put(None)
+                    self._pending.task_done()
+                    break
+                batch.append(extra)
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(insert(requests), batch)
+            except Exception as error:  # the store must never take the server down
+                event("store_error", error=f"{type(error).__name__}: {error}", rows=len(batch))
+            finally:
+                for _ in batch:
+                    self._pending.task_done()
+            self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        now = time.time()
+        if now - self._last_prune < 60:
+            return
+        self._last_prune = now
+        cutoff = now - self.retention
+        with self.engine.begin() as connection:
+            old = select(requests.c.id).where(requests.c.time < cutoff)
+            connection.execute(delete(feedback).where(feedback.c.request_id.in_(old)))
+            connection.execute(delete(requests).where(requests.c.time < cutoff))
+
+    def prune(self) -> None:
+        """Delete rows past the retention limit now."""
+        self.flush()
+        self._last_prune = 0.0
+        self._maybe_prune()
+
+    def add_feedback(self, request_id: str, rating: int, correction: str | None = None,
+                     comment: str | None = None) -> dict[str, Any]:
+        self.flush()
+        with self.engine.begin() as connection:
+            if connection.execute(select(requests.c.id).where(requests.c.id == request_id)).first() is None:
+                raise UnknownRequest(request_id)
+            row = {"request_id": request_id, "time": time.time(), "rating": rating, "correction": correction,
+                   "comment": comment}
+            row["id"] = connection.execute(insert(feedback).values(**row)).inserted_primary_key[0]
+        return row
+
+    def add_alert(self, rule: str, state: str, value: float, threshold: float, message: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(alerts).values(time=time.time(), rule=rule, state=state, value=value,
+                                                     threshold=threshold, message=message))
+
+    def add_window(self, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as connection:
+            text = json.dumps(summary, default=str)
+            connection.execute(insert(windows).values(time=time.time(), summary=text))
+
+    # reading -----------------------------------------------------------------------------------
+
+    def _rows(self, query: Any) -> list[dict[str, Any]]:
+        self.flush()
+        with self.engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(query)]
+
+    def recent_requests(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._rows(select(requests).order_by(requests.c.time.desc()).limit(limit))
+
+    def rated(self) -> list[dict[str, Any]]:
+        """Every feedback row with the request it rates (oldest first)."""
+        query = (select(feedback, requests.c.prompt, requests.c.response, requests.c.answered_by,
+                        requests.c.route)
+                 .join(requests, feedback.c.request_id == requests.c.id).order_by(feedback.c.time))
+        return self._rows(query)
+
+    def feedback_since(self, since: float) -> list[dict[str, Any]]:
+        return self._rows(select(feedback).where(feedback.c.time >= since))
+
+    def recent_alerts(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._rows(select(alerts).order_by(alerts.c.time.desc()).limit(limit))
+
+    def recent_windows(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._rows(select(windows).order_by(windows.c.time.desc()).limit(limit))
+        return [{**json.loads(r["summary"]), "time": r["time"]} for r in reversed(rows)]
+
+    def count(self, table: str = "requests") -> int:
+        target = {"requests": requests, "feedback": feedback, "alerts": alerts, "windows": windows}[table]
+        return self._rows(select(func.count()).select_from(target))[0]["count_1"]
