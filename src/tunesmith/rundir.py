@@ -145,6 +145,20 @@ class RunDir:
         return self.model / "merged"
 
     @property
+    def drift_reference(self) -> Path:
+        """Statistics of the training prompts that serving compares live requests with."""
+        return self.root / "train" / "drift_reference.json"
+
+    @property
+    def drift_embeddings(self) -> Path:
+        return self.root / "train" / "drift_embeddings.safetensors"
+
+    @property
+    def monitor_db(self) -> Path:
+        """The served model's request, feedback and alert log (live; not a stage artifact)."""
+        return (self.home or self.root) / "monitor" / "requests.db"
+
+    @property
     def train_log(self) -> Path:
         return self.root / "train" / "log.jsonl"
 

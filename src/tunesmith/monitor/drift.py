@@ -84,7 +84,8 @@ def label_test(reference: dict[str, int], labels: list[str], alpha: float) -> Dr
     shares = shares / shares.sum()
     observed = np.array([counts.get(n, 0) for n in names] + [counts.get("<new>", 0)], dtype=float)
     statistic, p_value = chisquare(observed, shares * observed.sum())
-    return DriftTest("answer labels", "chi-square", float(statistic), alpha, bool(p_value < alpha), float(p_value))
+    return DriftTest("answer labels", "chi-square", float(statistic), alpha, bool(p_value < alpha),
+                     float(p_value))
 
 
 def mmd_test(reference: np.ndarray, window: np.ndarray, alpha: float, seed: int = 0) -> DriftTest:

@@ -31,8 +31,9 @@ from tunesmith.evaluate.metrics import parse_json_object
 from tunesmith.events import event, setup_logging
 from tunesmith.models.chat import with_system
 from tunesmith.models.generation import Engine, GenRequest, GenResult
+from tunesmith.monitor.live import Observation
 from tunesmith.recipe import ServeConfig
-from tunesmith.serve import protocol
+from tunesmith.serve import protocol, watch
 from tunesmith.serve.answer import Answer, answer, output_check
 from tunesmith.serve.errors import ServeError, record
 from tunesmith.serve.state import Served, describe
@@ -67,6 +68,7 @@ def create_app(load: Callable[[], Served], api_keys: list[str] | None = None,
                            allow_headers=["Authorization", "Content-Type"])
     _handlers(app)
     _routes(app)
+    watch.add_routes(app, require_key)
     return app
 
 
@@ -82,7 +84,7 @@ class RequestIds:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id, started, seen = uuid.uuid4().hex, time.monotonic(), {}
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope.setdefault("state", {}).update(request_id=request_id, started=started)
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -93,8 +95,15 @@ class RequestIds:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+        latency = time.monotonic() - started
         event("request", request_id=request_id, route=scope.get("path"), status=seen.get("status"),
-              latency_ms=round(1000 * (time.monotonic() - started), 1), answered_by=seen.get("answered_by"))
+              latency_ms=round(1000 * latency, 1), answered_by=seen.get("answered_by"))
+        served = getattr(scope["app"].state, "served", None) if "app" in scope else None
+        if served is not None and served.monitor is not None and seen.get("status") is not None:
+            noted = scope["state"].get("observed", {})
+            served.monitor.observe(Observation(
+                request_id, scope.get("path", ""), seen["status"], latency, model=served.name,
+                answered_by=seen.get("answered_by"), **noted))
 
 
 class BodyLimit:
@@ -121,6 +130,7 @@ class BodyLimit:
                                "input", "request_too_large")
             request_id = scope.get("state", {}).get("request_id", uuid.uuid4().hex)
             record(error, request_id, scope.get("path", ""))
+            scope.setdefault("state", {}).setdefault("observed", {})["error_class"] = error.kind
             response = JSONResponse(error.body(), status_code=413, headers={"X-Request-Id": request_id})
             return await response(scope, receive, send)
         replay = iter(messages)
@@ -133,6 +143,7 @@ class BodyLimit:
 def _error_response(error: ServeError, request: Request) -> JSONResponse:
     request_id = getattr(request.state, "request_id", uuid.uuid4().hex)
     record(error, request_id, request.url.path)
+    note(request, error_class=error.kind)
     headers = {**error.headers, "X-Request-Id": request_id}
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
@@ -160,6 +171,12 @@ def _handlers(app: FastAPI) -> None:
               error=f"{type(error).__name__}: {error}")
         return _error_response(ServeError(500, "Internal server error; the request id is in the server log.",
                                           "infrastructure", "internal_error"), request)
+
+
+def note(request: Request, **fields: Any) -> None:
+    """What the monitor should know of this request (see monitor.live.Observation)."""
+    observed = request.scope.setdefault("state", {}).setdefault("observed", {})
+    observed.update(fields)
 
 
 def require_key(request: Request) -> None:
@@ -223,7 +240,9 @@ def _cached(served: Served, route: str, body: protocol._Request) -> tuple[str | 
     if body.stream or not body.deterministic or served.recipe.serve.cache_size == 0:
         return None, None
     key = served.cache.key(route, served.name, body.model_dump(mode="json"))
-    return key, served.cache.get(key)
+    hit = served.cache.get(key)
+    served.metrics.cache.labels(result="miss" if hit is None else "hit").inc()
+    return key, hit
 
 
 def _answered(payload: Any, model: str, request: Request, cached: bool = False) -> JSONResponse:
@@ -236,13 +255,15 @@ def _answered(payload: Any, model: str, request: Request, cached: bool = False) 
 async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: Request):
     key, hit = _cached(served, "chat", body)  # a repeat was checked the first time: answer it at once
     if hit is not None:
+        note(request, cached=True, prompt=[m.model_dump(mode="json") for m in body.messages],
+             user_text=_last_user(body), response=hit[0]["choices"][0]["message"]["content"])
         return _answered(hit[0], hit[1], request, cached=True)
     messages = _messages(served, body)
     prompt = served.engine.render(messages)
     max_tokens = _max_tokens(served, body, served.engine.count_tokens(prompt))
     render = _renderer(served, messages, prompt)
     if body.stream:
-        return _stream(served, body, render, max_tokens, request)
+        return _stream(served, body, render, max_tokens, request, messages)
     json_object = body.response_format is not None and body.response_format.type == "json_object"
 
     def make(engine: Engine) -> list[GenRequest]:
@@ -251,6 +272,7 @@ async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: R
     work = answer(served, make, request.state.request_id, output_check(served, json_object))
     result = await _until_disconnect(request, work)
     payload = _chat_payload(result, request.state.request_id, json_object)
+    _note_answer(request, messages, _last_user(body), result, payload["choices"][0]["message"]["content"])
     if key is not None and result.fallback_reason is None:
         served.cache.put(key, (payload, result.model))
     return _answered(payload, result.model, request)
@@ -271,6 +293,16 @@ def _chat_payload(result: Answer, request_id: str, json_object: bool) -> dict[st
 
 def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
+
+
+def _last_user(body: protocol.ChatCompletionRequest) -> str:
+    return next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
+
+
+def _note_answer(request: Request, prompt: Any, user_text: str, result: Answer, response: str) -> None:
+    usage = _usage(result)
+    note(request, prompt=prompt, user_text=user_text, response=response, prompt_tokens=usage.prompt_tokens,
+         completion_tokens=usage.completion_tokens, fallback_reason=result.fallback_reason)
 
 
 def _usage(result: Answer) -> protocol.Usage:
@@ -298,9 +330,9 @@ def _renderer(served: Served, messages: list[dict], prompt: str) -> Callable[[En
 
 
 def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callable[[Engine], str],
-            max_tokens: int, request: Request) -> StreamingResponse:
+            max_tokens: int, request: Request, messages: list[dict]) -> StreamingResponse:
     """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE]."""
-    loop = asyncio.get_running_loop()
+    loop, user_text = asyncio.get_running_loop(), _last_user(body)
     pieces: asyncio.Queue = asyncio.Queue()
     request_id = request.state.request_id
     senders = [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
@@ -311,7 +343,7 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
 
     async def events() -> AsyncIterator[str]:
         work = asyncio.ensure_future(answer(served, make, request_id))
-        completion_id, name = f"chatcmpl-{request_id}", served.name
+        completion_id, name, first = f"chatcmpl-{request_id}", served.name, None
         for index in range(body.n):
             yield _sse(protocol.chunk(completion_id, name, index, {"role": "assistant", "content": ""}))
         try:
@@ -320,6 +352,9 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
                     index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
                 except TimeoutError:
                     continue
+                if first is None:
+                    first = time.monotonic() - request.state.started
+                    note(request, first_token=first)
                 yield _sse(protocol.chunk(completion_id, name, index, {"content": text}))
             result = work.result()
         except ServeError as error:
@@ -329,6 +364,8 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
             return
         finally:
             work.cancel()
+        text = result.results[0].text.strip() if result.results else ""
+        _note_answer(request, messages, user_text, result, text)
         for index, row in enumerate(result.results):
             if result.fallback_reason is not None:  # the fallback's answer was not streamed: send it whole
                 yield _sse(protocol.chunk(completion_id, result.model, index, {"content": row.text}))
@@ -351,6 +388,8 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
                          "unsupported_parameter", "stream")
     key, hit = _cached(served, "completions", body)
     if hit is not None:
+        note(request, cached=True, prompt=body.prompt, user_text=body.prompt,
+             response=hit[0]["choices"][0]["text"])
         return _answered(hit[0], hit[1], request, cached=True)
     echoed = (await asyncio.to_thread(served.engine.prompt_logprobs, body.prompt)
               if body.echo and body.logprobs is not None else None)
@@ -366,6 +405,7 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
                                            finish_reason=_finish(row.finish_reason),
                                            logprobs=_logprobs(body, echoed, row.token_logprobs))
                  for i, row in enumerate(result.results)]).model_dump(mode="json")
+    _note_answer(request, body.prompt, body.prompt, result, result.results[0].text if result.results else "")
     if key is not None and result.fallback_reason is None:
         served.cache.put(key, (payload, result.model))
     return _answered(payload, result.model, request)

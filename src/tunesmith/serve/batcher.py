@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from tunesmith.models.generation import Engine, GenRequest, GenResult
+from tunesmith.monitor.metrics import Metrics
 from tunesmith.recipe import ServeConfig
 
 
@@ -28,8 +29,11 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, cfg: ServeConfig) -> None:
+    def __init__(self, engine: Engine, cfg: ServeConfig, metrics: Metrics | None = None) -> None:
         self.engine, self.max_batch_size, self.queue_size = engine, cfg.max_batch_size, cfg.queue_size
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.queue_depth.set_function(lambda: len(self._waiting))
         self.max_wait, self.max_window = cfg.max_wait_ms / 1000, cfg.max_window_ms / 1000
         self._waiting: list[_Job] = []
         self._last_arrival = 0.0
@@ -95,10 +99,13 @@ class Batcher:
                 await self._generate(batch)
 
     async def _generate(self, batch: list[_Job]) -> None:
-        self.busy = True
+        self.busy, started = True, time.monotonic()
         try:
             requests = [j.request for j in batch]
             results = await asyncio.to_thread(self.engine.generate, requests, batch[0].use_base)
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(batch), sum(r.completion_tokens for r in results),
+                                           time.monotonic() - started, [started - j.queued for j in batch])
         except Exception as error:  # the model failed: every request of the batch hears why
             for job in batch:
                 if not job.future.done():

@@ -70,6 +70,31 @@ class CompletionRequest(_Request):
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
 
 
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: a user's verdict on one answer."""
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(..., min_length=1, max_length=128)
+    """The answer's `id` (chatcmpl-..., cmpl-...) or its X-Request-Id."""
+    rating: Literal[1, -1]
+    correction: str | None = Field(None, max_length=20_000)
+    """What the answer should have been (becomes SFT data, and DPO's chosen side)."""
+    comment: str | None = Field(None, max_length=2_000)
+
+    @property
+    def request_id(self) -> str:
+        for prefix in ("chatcmpl-", "cmpl-"):
+            if self.response_id.startswith(prefix):
+                return self.response_id[len(prefix):]
+        return self.response_id
+
+
+class FeedbackReceipt(BaseModel):
+    id: int
+    request_id: str
+    rating: int
+    object: Literal["feedback"] = "feedback"
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

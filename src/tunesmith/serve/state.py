@@ -7,6 +7,7 @@ with (system prompt, chat template, output check, limits), and who answers when 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -20,6 +21,10 @@ from tunesmith.models.cpu_bf16 import to_cpu_bf16
 from tunesmith.models.device import cpu_native_bf16, generation_bf16, resolve_device
 from tunesmith.models.families import family_for
 from tunesmith.models.generation import Engine, HFEngine
+from tunesmith.models.loading import cache_dir
+from tunesmith.monitor.live import Monitor, Reference
+from tunesmith.monitor.metrics import Metrics
+from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.serve.batcher import Batcher
@@ -35,6 +40,10 @@ class Served:
     batcher: Batcher
     cache: ResponseCache
     fallback: Fallback | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    monitor: Monitor | None = None
+    """Request log, windows, drift and alerts (monitor.enabled)."""
+    run_dir: Path | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     async def start(self) -> None:
@@ -46,6 +55,8 @@ class Served:
         await self.batcher.stop()
         if self.fallback and self.fallback.served:
             await self.fallback.served.stop()
+        if self.monitor is not None:
+            await asyncio.to_thread(self.monitor.close)
 
 
 @dataclass
@@ -116,12 +127,31 @@ def load_served(target: str, overrides: list[str] | None = None, with_fallback: 
     recipe, model_dir, name = resolve_target(target, overrides)
     cfg = recipe.serve
     engine = _engine(recipe, model_dir)
-    served = Served(name, recipe, engine,
-                    Batcher(engine, cfg),
-                    ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds))
+    metrics = Metrics()
+    run = RunDir(Path(target)) if model_dir is not None else None
+    served = Served(name, recipe, engine, Batcher(engine, cfg, metrics),
+                    ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds), metrics=metrics,
+                    run_dir=run.root if run else None)
     if with_fallback and cfg.fallback.kind != "none":
         served.fallback = _fallback(recipe, name)
+    if with_fallback and recipe.monitor.enabled:
+        served.monitor = _monitor(recipe, run, name, engine, metrics)
     return served
+
+
+def _monitor(recipe: Recipe, run: RunDir | None, name: str, engine: Engine, metrics: Metrics) -> Monitor:
+    """The request log in the run directory (or monitor.store), and the run's drift reference."""
+    from tunesmith.monitor import reference
+
+    cfg = recipe.monitor
+    default = run.monitor_db if run is not None else cache_dir() / "serve" / f"{_safe(name)}.db"
+    store = Store.open(cfg.store or default, cfg.retention_days)
+    found = reference.read(run.drift_reference, run.drift_embeddings) if run is not None else None
+    return Monitor(cfg, metrics, store, Reference(*found) if found else None, engine.count_tokens)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _fallback(recipe: Recipe, name: str) -> Fallback:
