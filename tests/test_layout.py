@@ -14,13 +14,14 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS = [
-    {"errors", "console", "files", "formatting"},
+    {"errors", "console", "files", "formatting", "events"},
     {"recipe", "records", "artifacts", "render"},
     {"rundir"},
     {"models"},
     {"data"},
     {"train"},
     {"tune", "evaluate"},
+    {"monitor"},
     {"report", "serve"},
     {"pipeline", "demo"},
     {"cli"},

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tunesmith.events import event
@@ -51,6 +51,7 @@ class Alerts:
         self.states = [RuleState(rule) for rule in rules]
         self.metrics, self.store, self.webhook_url = metrics, store, webhook_url
         self.history: list[AlertEvent] = []
+        self._sender: ThreadPoolExecutor | None = None
         for state in self.states:
             if metrics is not None:
                 metrics.alerts.labels(rule=state.name).set(0)
@@ -96,8 +97,10 @@ class Alerts:
             self.metrics.alerts.labels(rule=state.name).set(1 if state.firing else 0)
         if self.store is not None:
             self.store.add_alert(change.rule, change.state, change.value, change.threshold, change.message)
-        if self.webhook_url:
-            threading.Thread(target=post_webhook, args=(self.webhook_url, change), daemon=True).start()
+        if self.webhook_url:  # one sender thread: the webhook hears alerts in the order they happened
+            if self._sender is None:
+                self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunesmith-webhook")
+            self._sender.submit(post_webhook, self.webhook_url, change)
 
 
 def post_webhook(url: str, change: AlertEvent) -> bool:

@@ -8,6 +8,7 @@ gauge read at scrape time where CUDA is present. Scale replicas on `tunesmith_qu
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +23,7 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64)
+FALLBACK_REASONS = ("timeout", "model_error", "invalid_output")
 
 
 class Metrics:
@@ -58,6 +60,12 @@ class Metrics:
                             registry=registry)
         self.gpu_memory = Gauge("tunesmith_gpu_memory_bytes", "GPU memory allocated by this process",
                                 ["device"], registry=registry)
+        for result in ("hit", "miss"):  # labelled series exist at zero before their first event
+            self.cache.labels(result=result)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason=reason)
+        for rating in ("1", "-1"):
+            self.feedback.labels(rating=rating)
 
     def observe_batch(self, size: int, tokens: int, seconds: float, waits: list[float]) -> None:
         self.batch_size.observe(size)
@@ -72,11 +80,19 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def _read_gpu(self) -> None:
-        import torch
+        if _gpus():
+            import torch
 
-        if torch.cuda.is_available():
-            for index in range(torch.cuda.device_count()):
+            for index in range(_gpus()):
                 self.gpu_memory.labels(device=str(index)).set(torch.cuda.memory_allocated(index))
+
+
+@functools.cache
+def _gpus() -> int:
+    """CUDA devices (asked once: the first call initialises CUDA and can take a second)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def sample_value(text: str, name: str, labels: dict[str, str] | None = None) -> Any:

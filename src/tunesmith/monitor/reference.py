@@ -27,6 +27,7 @@ from tunesmith.evaluate.metrics import field_value
 from tunesmith.files import read_jsonl
 from tunesmith.monitor.embed import load_encoder
 from tunesmith.recipe import Recipe
+from tunesmith.rundir import RunDir
 
 WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 MAX_LABELS = 50
@@ -46,6 +47,13 @@ def last_turn(messages: list[dict], role: str) -> str:
     return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == role), "")
 
 
+def prompt_and_answer(row: dict) -> tuple[str, str]:
+    """A canonical record's prompt (the last user turn; a classification text) and its answer."""
+    if row.get("messages"):
+        return last_turn(row["messages"], "user"), last_turn(row["messages"], "assistant")
+    return str(row.get("text") or ""), str(row.get("label") or "")
+
+
 def answer_label(answer: str, label_field: str | None) -> str:
     return field_value(answer, label_field)
 
@@ -53,11 +61,11 @@ def answer_label(answer: str, label_field: str | None) -> str:
 def build(recipe: Recipe, train_file: Path,
           count_tokens: Callable[[str], int]) -> tuple[DriftReference, np.ndarray | None]:
     """The reference of the rows in `train_file` (canonical chat JSONL), and its embeddings."""
-    rows = [r for r in read_jsonl(train_file) if r.get("messages")]
+    rows = read_jsonl(train_file)
     rng = random.Random(recipe.train.seed)
     sample = rng.sample(rows, min(len(rows), recipe.monitor.reference_size))
-    prompts = [last_turn(r["messages"], "user") for r in sample]
-    answers = [last_turn(r["messages"], "assistant") for r in sample]
+    prompts, answers = zip(*(prompt_and_answer(r) for r in sample), strict=True) if sample else ((), ())
+    prompts, answers = list(prompts), list(answers)
     cut = max(1, int(len(prompts) * 0.8))
     vocab = {w for t in prompts[:cut] for w in words(t)}
     labels = Counter(answer_label(a, recipe.eval.label_field) for a in answers)
@@ -69,6 +77,17 @@ def build(recipe: Recipe, train_file: Path,
         labels=dict(labels) if has_labels else {},
         embedding_model=encoder.name if encoder else None)
     return reference, (encoder.encode(prompts) if encoder else None)
+
+
+def save_for_run(recipe: Recipe, run: RunDir) -> None:
+    """Build the reference of a run's train split, measured in its model's tokens, into the run."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run.model))
+    reference, embeddings = build(recipe, run.split("train"),
+                                  lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    if reference.rows:
+        write(reference, embeddings, run.drift_reference, run.drift_embeddings)
 
 
 def write(reference: DriftReference, embeddings: np.ndarray | None, json_path: Path,

@@ -124,38 +124,39 @@ class Store:
         self._pending.put(row)
 
     def flush(self) -> None:
-        """Wait until every queued row is written."""
-        self._pending.join()
+        """Wait until every queued row is written (written here once the writer has stopped)."""
+        if self._writer.is_alive():
+            self._pending.join()
+        while not self._pending.empty():
+            self._write([self._pending.get()])
 
     def close(self) -> None:
+        """Stop the writer after what is queued; the store still answers (and writes) afterwards."""
         self.flush()
         self._pending.put(None)
         self._writer.join(timeout=10)
-        self.engine.dispose()
 
     def _write_loop(self) -> None:
         while True:
-            row = self._pending.get()
-            if row is None:
+            batch = [self._pending.get()]
+            while batch[-1] is not None and not self._pending.empty() and len(batch) < 256:
+                batch.append(self._pending.get())
+            rows = [row for row in batch if row is not None]
+            self._write(rows)
+            for _ in batch:
                 self._pending.task_done()
+            if len(rows) < len(batch):
                 return
-            batch = [row]
-            while not self._pending.empty() and len(batch) < 256:
-                extra = self._pending.get()
-                if extra is None:
-                    self._pending.put(None)
-                    self._pending.task_done()
-                    break
-                batch.append(extra)
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(insert(requests), batch)
-            except Exception as error:  # the store must never take the server down
-                event("store_error", error=f"{type(error).__name__}: {error}", rows=len(batch))
-            finally:
-                for _ in batch:
-                    self._pending.task_done()
             self._maybe_prune()
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(requests), rows)
+        except Exception as error:  # the store must never take the server down
+            event("store_error", error=f"{type(error).__name__}: {error}", rows=len(rows))
 
     def _maybe_prune(self) -> None:
         now = time.time()

@@ -1,0 +1,184 @@
+"""Watching a served model: /metrics in Prometheus' format with every metric; the request log and
+feedback; drift tests on hand-made windows; alert rules with hysteresis and a webhook; the
+served tiny run sending no drift alert for in-distribution traffic and one within a window of
+shifted traffic. Servers listen on 127.0.0.1 only; every loop is bounded."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import random
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_helpers import running, scripted
+from tunesmith.artifacts import DriftReference
+from tunesmith.monitor.alerts import Alerts
+from tunesmith.monitor.drift import Window, compare, label_test, mmd_test, psi
+from tunesmith.monitor.live import Monitor, Observation, Reference
+from tunesmith.monitor.metrics import Metrics
+from tunesmith.monitor.store import Store, UnknownRequest
+from tunesmith.recipe import AlertRule, MonitorConfig, load_recipe
+from tunesmith.serve.app import create_app
+
+CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "my invoice is wrong"}], "temperature": 0}
+
+
+def _monitored(tmp_path, *overrides: str, reference: Reference | None = None):
+    served = scripted(None, None, *overrides)
+    store = Store.open(tmp_path / "requests.db")
+    served.metrics = Metrics()
+    served.batcher.metrics = served.metrics
+    served.monitor = Monitor(served.recipe.monitor, served.metrics, store, reference)
+    return served
+
+
+# --- metrics and the request log ---------------------------------------------------------------
+
+METRICS = ["tunesmith_requests_total", "tunesmith_request_duration_seconds_bucket",
+           "tunesmith_queue_wait_seconds_bucket", "tunesmith_time_to_first_token_seconds_bucket",
+           "tunesmith_prompt_tokens_total", "tunesmith_completion_tokens_total",
+           "tunesmith_generation_tokens_per_second", "tunesmith_batch_size_bucket", "tunesmith_queue_depth",
+           "tunesmith_cache_lookups_total", "tunesmith_fallbacks_total", "tunesmith_feedback_total",
+           "tunesmith_alert_firing", "process_cpu_seconds_total", "process_resident_memory_bytes"]
+
+
+def test_metrics_parse_and_name_everything(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tunesmith.monitor.metrics import sample_value
+
+    served = _monitored(tmp_path)
+    app = create_app(lambda: served)
+    with running(app) as url:
+        assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+        for _ in range(2):  # the second is a cache hit
+            assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30) as r:
+            assert r.status_code == 200 and "[DONE]" in "".join(r.iter_text())
+        assert httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, timeout=30).status_code == 422
+        text = httpx.get(f"{url}/metrics").text
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert not [m for m in METRICS if m not in names], names
+    ok = {"route": "/v1/chat/completions", "status": "200", "error_class": ""}
+    assert sample_value(text, "tunesmith_requests_total", ok) == 3
+    assert sample_value(text, "tunesmith_requests_total", {"status": "422", "error_class": "input"}) == 1
+    assert sample_value(text, "tunesmith_cache_lookups_total", {"result": "hit"}) == 1
+    assert sample_value(text, "tunesmith_batch_size_count") == 2  # the cache hit never reached the model
+    assert sample_value(text, "tunesmith_time_to_first_token_seconds_count") == 1
+    assert sample_value(text, "process_resident_memory_bytes") > 10_000_000
+
+
+def test_every_answer_is_logged_and_can_be_rated(tmp_path):
+    served = _monitored(tmp_path)
+    app = create_app(lambda: served)
+    with running(app) as url:
+        answer = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30).json()
+        receipt = httpx.post(f"{url}/v1/feedback", json={"response_id": answer["id"], "rating": -1,
+                                                         "correction": '{"category": "billing"}'})
+        assert receipt.status_code == 200 and receipt.json()["request_id"] == answer["id"][len("chatcmpl-"):]
+        unknown = httpx.post(f"{url}/v1/feedback", json={"response_id": "chatcmpl-nope", "rating": 1})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "response_id"
+        invalid = httpx.post(f"{url}/v1/feedback", json={"response_id": answer["id"], "rating": 5})
+        assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "rating"
+    rows = served.monitor.store.rated()
+    assert len(rows) == 1 and rows[0]["rating"] == -1
+    assert json.loads(rows[0]["prompt"])[0]["content"] == "my invoice is wrong"
+    assert rows[0]["response"] == served.engine.answer
+    logged = served.monitor.store.recent_requests()
+    assert [r["status"] for r in logged] == [200]  # answers are logged; feedback calls are not
+    assert logged[0]["answered_by"] == "scripted" and logged[0]["latency_ms"] > 0
+
+
+def test_pii_is_scrubbed_and_old_rows_expire(tmp_path):
+    served = _monitored(tmp_path, "monitor.scrub_pii=true")
+    app = create_app(lambda: served)
+    body = {**CHAT, "messages": [{"role": "user", "content": "mail me at ana@example.com"}]}
+    with running(app) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+    store = served.monitor.store
+    (row,) = store.recent_requests()
+    assert "ana@example.com" not in row["prompt"] and "<EMAIL>" in row["prompt"]
+    store.add_feedback(row["id"], 1)
+    store.log_request({**row, "id": "old", "time": time.time() - 40 * 86400})
+    store.add_feedback("old", -1)
+    store.prune()  # retention 30 days: the old request and its feedback go, the new one stays
+    assert [r["id"] for r in store.recent_requests()] == [row["id"]]
+    assert [r["request_id"] for r in store.rated()] == [row["id"]]
+    with pytest.raises(UnknownRequest):
+        store.add_feedback("old", 1)
+
+
+# --- drift tests on hand-made windows ----------------------------------------------------------
+
+def test_psi_by_hand():
+    reference = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert psi(reference, reference) == pytest.approx(0.0)
+    # quintile edges 2.8, 4.6, 6.4, 8.2: the window puts everything in the top bin
+    shares = np.array([0.2, 0.2, 0.2, 0.2, 0.2])
+    moved = np.maximum(np.array([0, 0, 0, 0, 1.0]), 1e-4)
+    expected = float(np.sum((moved - shares) * np.log(moved / shares)))
+    assert psi(reference, [9, 10, 10, 9]) == pytest.approx(expected)
+
+
+def test_label_test_rejects_a_new_mix_and_accepts_the_old():
+    reference = {"billing": 50, "technical": 50}
+    assert not label_test(reference, ["billing"] * 10 + ["technical"] * 10, 0.01).drifted
+    shifted = label_test(reference, ["billing"] * 2 + ["thermostat"] * 18, 0.01)
+    assert shifted.drifted and shifted.p_value < 1e-6
+
+
+def test_mmd_tells_a_moved_cloud_from_the_same_one():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 8))
+    assert not mmd_test(reference, rng.normal(size=(40, 8)), 0.01).drifted
+    assert mmd_test(reference, rng.normal(loc=1.0, size=(40, 8)), 0.01).drifted
+
+
+def test_compare_runs_every_test_the_reference_allows():
+    reference = DriftReference(rows=4, lengths=[5, 6, 5, 6] * 10, vocabulary=["invoice", "wrong", "my", "is"],
+                               oov_rate=0.05, labels={"billing": 10, "account": 10})
+    same = Window(["my invoice is wrong"] * 20, [5, 6] * 10, ["billing", "account"] * 10)
+    result = compare(reference, None, same, MonitorConfig())
+    assert [t.test for t in result.tests] == ["KS", "PSI", "OOV rate ratio", "chi-square"]
+    assert result.score == 0.0
+    moved = Window(["thermostat heating stuck"] * 20, [15, 16] * 10, ["thermostat"] * 20)
+    assert compare(reference, None, moved, MonitorConfig()).score == 1.0
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alerts_fire_once_clear_with_hysteresis_and_post_a_webhook(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store, metrics = Store.open(tmp_path / "alerts.db"), Metrics()
+    rule = AlertRule(metric="error_rate", above=0.1, clear_below=0.05, windows=2)
+    alerts = Alerts([rule], metrics, store, f"http://127.0.0.1:{server.server_port}/hook")
+    states = []
+    for value in [0.2, 0.0, 0.2, 0.2, 0.08, 0.2, 0.07, 0.01, 0.02]:
+        states.append([c.state for c in alerts.evaluate({"error_rate": value})])
+    # one window above is not enough (windows=2); hovering between 0.05 and 0.1 neither clears nor re-fires
+    assert states == [[], [], [], ["firing"], [], [], [], ["resolved"], []]
+    assert [a["state"] for a in store.recent_alerts()] == ["resolved", "firing"]
+    deadline = time.monotonic() + 10
+    while len(_Hook.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.shutdown()
+    assert [h["state"] for h in _Hook.received] == ["firing", "resolved"]
+    assert alerts.evaluate({"latency": 1.0}) == []  # a metric without a rule is ignored
