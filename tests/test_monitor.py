@@ -25,7 +25,8 @@ from tunesmith.monitor.store import Store, UnknownRequest
 from tunesmith.recipe import AlertRule, MonitorConfig, load_recipe
 from tunesmith.serve.app import create_app
 
-CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "my invoice is wrong"}], "temperature": 0}
+CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "my invoice is wrong"}],
+        "temperature": 0}
 
 
 def _monitored(tmp_path, *overrides: str, reference: Reference | None = None):
@@ -58,7 +59,8 @@ def test_metrics_parse_and_name_everything(tmp_path):
         assert httpx.get(f"{url}/ready").json()["status"] == "ready"
         for _ in range(2):  # the second is a cache hit
             assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30) as r:
+        streamed = {**CHAT, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=streamed, timeout=30) as r:
             assert r.status_code == 200 and "[DONE]" in "".join(r.iter_text())
         assert httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, timeout=30).status_code == 422
         text = httpx.get(f"{url}/metrics").text
@@ -182,3 +184,79 @@ def test_alerts_fire_once_clear_with_hysteresis_and_post_a_webhook(tmp_path):
     server.shutdown()
     assert [h["state"] for h in _Hook.received] == ["firing", "resolved"]
     assert alerts.evaluate({"latency": 1.0}) == []  # a metric without a rule is ignored
+
+
+# --- the served tiny run: drift against its training data --------------------------------------
+
+COLOURS = ["red", "blue", "green", "black", "white", "pink"]
+SHIFTED = ["The thermostat in meeting room {} shows 31 degrees and the heating will not switch off",
+           "Our smart radiator valve on floor {} keeps beeping since the firmware update last night",
+           "Boiler pressure dropped below one bar in building {} and the hallway sensors read zero"]
+
+
+@pytest.fixture(scope="module")
+def monitored_run(tmp_path_factory, tiny_model_dir):
+    from conftest import write_jsonl
+    from tunesmith import pipeline
+
+    root = tmp_path_factory.mktemp("monitored")
+    train_file = write_jsonl(root / "train.jsonl", [
+        {"instruction": f"code for {c} #{i}", "output": c[:2].upper()} for i in range(12) for c in COLOURS])
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={train_file}",
+                                "train.max_steps=30", "train.lr=0.01", "train.batch_size=4",
+                                f"output.dir={root / 'runs'}", "name=monitored"])
+    pipeline.fine_tune(recipe)
+    return recipe.run_dir
+
+
+def _ask(url: str, text: str) -> None:
+    body = {"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 4}
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def _settle(monitor: Monitor, answered: int) -> None:
+    """Until the monitor has seen `answered` answers (a response reaches the client just before
+    its observation is recorded) and judged every full window."""
+    deadline = time.monotonic() + 30
+    while monitor.observed < answered and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monitor.wait()
+
+
+def test_drift_alert_fires_on_shifted_traffic_and_not_on_the_usual(monitored_run, capsys):
+    from tunesmith.serve.state import load_served
+
+    reference = json.loads((monitored_run / "train" / "drift_reference.json").read_text())
+    assert reference["rows"] == 66 and "code" in reference["vocabulary"]  # 72 rows less val
+    served = load_served(str(monitored_run), ["monitor.window_size=10"])
+    assert served.monitor.reference is not None and served.monitor.reference.embeddings.shape[1] == 384
+    drift_rule = next(s.name for s in served.monitor.alerts.states if s.rule.metric == "drift")
+    with running(create_app(lambda: served)) as url:
+        for i in range(20):  # two windows of what the model was trained on
+            _ask(url, f"code for {COLOURS[i % 6]} #{i % 12}")
+        _settle(served.monitor, 20)
+        usual = [w["drift"] for w in served.monitor.windows]
+        assert len(usual) == 2 and drift_rule not in served.monitor.alerts.firing, served.monitor.windows
+        for i in range(10):  # one window of something else
+            _ask(url, SHIFTED[i % 3].format(i))
+        _settle(served.monitor, 30)
+        assert drift_rule in served.monitor.alerts.firing, served.monitor.windows[-1]
+        summary = httpx.get(f"{url}/monitor/summary").json()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert summary["firing"] == [drift_rule] and summary["alerts"][0]["state"] == "firing"
+    assert 'tunesmith_alert_firing{rule="drift>0.5"} 1.0' in metrics
+    answers = [r["response"] for r in served.monitor.store.recent_requests()[10:]]  # the usual traffic's
+
+    # the false-alarm rate: 20 more windows of usual traffic, judged by a monitor of their own
+    judge = Monitor(served.recipe.monitor, Metrics(), None, served.monitor.reference,
+                    served.engine.count_tokens)
+    rng, alarms = random.Random(0), 0
+    for _ in range(20):
+        window = [Observation(f"r{i}", "/v1/chat/completions", 200, 0.1, response=rng.choice(answers),
+                              user_text=f"code for {rng.choice(COLOURS)} #{rng.randrange(12)}")
+                  for i in range(10)]
+        alarms += judge.judge(window, time.time())["drift"] > 0.5
+    with capsys.disabled():
+        print(f"\ndrift false alarms on 20 in-distribution windows of 10: {alarms}/20 "
+              f"(usual windows {usual}, shifted {served.monitor.windows[-1]['drift']})")
+    assert alarms <= 2

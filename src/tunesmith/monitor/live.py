@@ -74,6 +74,8 @@ class Monitor:
         self.windows: list[dict[str, Any]] = []
         """Summaries of judged windows, the most recent last (bounded)."""
         self.started = time.time()
+        self.observed = 0
+        """Answers observed (chat and completions)."""
 
     # on the event loop -------------------------------------------------------------------------
 
@@ -83,6 +85,7 @@ class Monitor:
         m.latency.labels(route=seen.route).observe(seen.latency)
         if seen.route not in ANSWER_ROUTES:
             return
+        self.observed += 1
         if seen.first_token is not None:
             m.first_token.observe(seen.first_token)
         m.prompt_tokens.inc(seen.prompt_tokens or 0)
