@@ -7,6 +7,8 @@
     tunesmith train RECIPE [key.sub=value ...] [--resume]
     tunesmith eval RECIPE [key.sub=value ...]
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
+    tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT
+    tunesmith monitor RUN_DIR                 tunesmith feedback export RUN_DIR --out DIR
     tunesmith report RUN_DIR
     tunesmith compare RUN_A RUN_B [...] [--html PAGE]
     tunesmith --debug COMMAND ...        (tracebacks of internal errors)
@@ -34,6 +36,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Fine-tune language models with the best practices built in.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
 app.add_typer(data_app, name="data")
+feedback_app = typer.Typer(no_args_is_help=True, help="What users said of a served model's answers.")
+app.add_typer(feedback_app, name="feedback")
 
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
@@ -172,6 +176,49 @@ def export_command(
     from tunesmith.serve.export import export_merged
 
     out.print(f"merged model: {export_merged(run_dir, out_dir)}")
+
+
+StoreOpt = typer.Option(None, "--store", help="The store's URL when it is not the run's own SQLite "
+                        "(monitor.store), e.g. postgresql://user@host/db.")
+
+
+def _served_run(run_dir: str):
+    from tunesmith.errors import ConfigError
+    from tunesmith.recipe import load_recipe
+    from tunesmith.rundir import open_run_dir
+
+    run = open_run_dir(run_dir)
+    if not run.recipe.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no recipe.yaml). Give the directory a "
+                          "`tunesmith run` wrote, e.g. runs/demo.")
+    return run, load_recipe(run.recipe)
+
+
+@app.command("monitor")
+def monitor_command(run_dir: str = typer.Argument(..., help="A served run directory, e.g. runs/demo."),
+                    store: str | None = StoreOpt) -> None:
+    """Windows, drift, feedback and alerts of a served run; whether retraining is advised."""
+    from tunesmith.monitor.summary import advise, read, show
+
+    run, recipe = _served_run(run_dir)
+    summary = read(run, recipe, store)
+    show(summary, advise(summary, recipe), run.root)
+
+
+@feedback_app.command("export")
+def feedback_export(run_dir: str = typer.Argument(..., help="A served run directory, e.g. runs/demo."),
+                    out_dir: str = typer.Option(..., "--out", help="Directory for sft/kto/dpo.jsonl."),
+                    store: str | None = StoreOpt) -> None:
+    """Rated and corrected answers as SFT, KTO and DPO data (deduplicated, test prompts removed)."""
+    from tunesmith.monitor.export import export
+
+    run, recipe = _served_run(run_dir)
+    result = export(run, recipe, Path(out_dir), store)
+    written = ", ".join(f"{name}.jsonl {count} rows" for name, count in result.rows.items())
+    out.print(f"{result.rated} rated answers -> {written} in {result.out}")
+    dropped = {n: sum(d.values()) for n, d in result.dropped.items() if sum(d.values())}
+    if dropped:
+        out.print("dropped (duplicates, test prompts): " + ", ".join(f"{n} {c}" for n, c in dropped.items()))
 
 
 def _output_file(path: str, option: str) -> Path:

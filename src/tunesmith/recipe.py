@@ -241,8 +241,12 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "full"] = "lora"
-    """`lora`: train small adapter matrices (default); `full`: update every weight."""
+    method: Literal["lora", "full", "dpo", "kto"] = "lora"
+    """`lora`: train small adapter matrices on demonstrations (default); `full`: update every weight;
+    `dpo` / `kto`: a LoRA adapter trained on preference data with TRL's DPO or KTO trainer (DPO:
+    chosen/rejected pairs; KTO: answers labelled desirable or not, pairs split in two)."""
+    beta: float = Field(0.1, gt=0)
+    """dpo / kto: how far the tuned model may move from the reference (higher: stays closer)."""
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     """Optimizer."""
     lr: float = Field(2e-4, gt=0)
@@ -295,6 +299,15 @@ class TrainConfig(_Section):
     """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
     seed: int = 42
     """Seed for weight init of the adapter and data order."""
+
+    @property
+    def adapter(self) -> Literal["lora", "full"]:
+        """What the run's model directory holds: a LoRA adapter (lora, dpo, kto) or full weights."""
+        return "full" if self.method == "full" else "lora"
+
+    @property
+    def preference(self) -> bool:
+        return self.method in ("dpo", "kto")
 
 
 class BiasConfig(_Section):

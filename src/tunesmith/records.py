@@ -61,6 +61,12 @@ def turn_text(message: dict[str, Any]) -> str:
     return f"{message['content']}\n{rendered}".strip()
 
 
+def preference_texts(record: dict[str, Any], with_system: bool = True) -> list[str]:
+    """A preference record's turns as text: the prompt's, then chosen / rejected or completion."""
+    prompt = [turn_text(m) for m in record["prompt"] if with_system or m["role"] != "system"]
+    return prompt + [record[k] for k in ("chosen", "rejected", "completion") if k in record]
+
+
 def as_chat(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The conversation to train/evaluate on: chat records as they are, classification as
     text -> label; None for plain text records (continued pre-training)."""

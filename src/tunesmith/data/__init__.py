@@ -30,7 +30,7 @@ from tunesmith.data.report import LengthCounter, describe, print_report_summary,
 from tunesmith.errors import DataError
 from tunesmith.files import read_jsonl, write_jsonl
 from tunesmith.recipe import Recipe
-from tunesmith.records import turn_text
+from tunesmith.records import preference_texts, turn_text
 from tunesmith.rundir import RunDir
 
 MAX_LISTED = 50
@@ -56,6 +56,8 @@ def match_text(record: dict[str, Any]) -> str:
     """What duplicate and leakage checks compare: every turn but the (shared) system prompt."""
     if "messages" in record:
         return "\n".join(turn_text(m) for m in record["messages"] if m["role"] != "system")
+    if "prompt" in record:
+        return "\n".join(preference_texts(record, with_system=False))
     return record["text"]
 
 
@@ -255,22 +257,34 @@ def _load_inputs(recipe: Recipe) -> _Inputs:
     if len(kinds) > 1:
         raise DataError(f"data.train mixes record kinds {sorted(kinds)}; train on one kind at a time.")
     kind = kinds.pop()
-    if kind == "preference":
-        fmt = next(iter(files.values())).format
-        raise DataError(f"{cfg.train[0]}: preference data ({fmt}: a prompt with "
-                        + ("chosen and rejected answers" if fmt == "dpo" else "answers labelled desirable "
-                           "or not") + "). tunesmith fine-tunes on demonstrations (SFT) for now; preference "
-                        "training (DPO/KTO) is not built yet. Use chat or instruction data, or inspect "
-                        "this file with `tunesmith data inspect`.")
+    _check_objective(kind, recipe, cfg.train[0], next(iter(files.values())).format)
     given: dict[str, list[dict]] = {}
     for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
         if not path:
             continue
         files[path] = load(recipe, path)
-        if files[path].kind != kind:
-            raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use one kind.")
+        allowed = {kind} | ({"chat"} if kind == "preference" and name != "val" else set())
+        if files[path].kind not in allowed:
+            raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use "
+                            + ("preference records for val and preference or chat records for test and "
+                               "eval sets." if kind == "preference" else "one kind."))
         given[name] = files[path].records
     return _Inputs(files, train, given, kind)
+
+
+def _check_objective(kind: str, recipe: Recipe, path: str, fmt: str) -> None:
+    """Preference data trains with train.method dpo or kto, demonstrations with the others."""
+    method = recipe.train.method
+    if kind == "preference" and not recipe.train.preference:
+        what = "chosen and rejected answers" if fmt == "dpo" else "answers labelled desirable or not"
+        raise DataError(f"{path}: preference data ({fmt}: a prompt with {what}), but train.method is "
+                        f"{method}, which learns from demonstrations. Set train.method: dpo (pairs) or kto "
+                        "(labelled answers), or train on chat / instruction data.")
+    if kind != "preference" and recipe.train.preference:
+        raise DataError(f"{path}: {kind} records, but train.method {method} learns from preference data: "
+                        + ("rows with a prompt, a chosen and a rejected answer." if method == "dpo" else
+                           "rows with a prompt, a completion and label true/false (or DPO pairs).")
+                        + " Export them from a served model with `tunesmith feedback export`.")
 
 
 def _first_report(inputs: _Inputs, recipe: Recipe) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-from tunesmith.records import as_chat, turn_text
+from tunesmith.records import as_chat, preference_texts, turn_text
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
@@ -26,6 +26,8 @@ def record_text(record: dict[str, Any]) -> str:
     """All the text of a record, one turn per line."""
     if "messages" in record:
         return "\n".join(turn_text(m) for m in record["messages"])
+    if "prompt" in record:
+        return "\n".join(preference_texts(record))
     return record["text"]
 
 

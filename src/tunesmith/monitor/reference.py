@@ -48,9 +48,12 @@ def last_turn(messages: list[dict], role: str) -> str:
 
 
 def prompt_and_answer(row: dict) -> tuple[str, str]:
-    """A canonical record's prompt (the last user turn; a classification text) and its answer."""
+    """A canonical record's prompt (the last user turn; a classification text) and its answer
+    (a preference row's chosen answer; a KTO row's completion, desirable or not)."""
     if row.get("messages"):
         return last_turn(row["messages"], "user"), last_turn(row["messages"], "assistant")
+    if isinstance(row.get("prompt"), list):  # preference: the answer the model should give
+        return last_turn(row["prompt"], "user"), str(row.get("chosen", row.get("completion")) or "")
     return str(row.get("text") or ""), str(row.get("label") or "")
 
 

@@ -23,8 +23,8 @@ def export_merged(run_path: str | Path, out: str | Path) -> Path:
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
     recipe = load_recipe(run.recipe)
-    run_model = load_run_model(recipe.model, recipe.train.method, run.model)
-    model = run_model.model.merge_and_unload() if recipe.train.method == "lora" else run_model.model
+    run_model = load_run_model(recipe.model, recipe.train.adapter, run.model)
+    model = run_model.model.merge_and_unload() if recipe.train.adapter == "lora" else run_model.model
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:  # written whole or not at all

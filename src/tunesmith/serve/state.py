@@ -83,7 +83,7 @@ def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
     family, device = family_for(recipe.model), resolve_device(recipe.model)
     bf16 = _precision(recipe, device)
     if model_dir is not None:
-        run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
+        run_model = load_run_model(recipe.model, recipe.train.adapter, model_dir)
         model, tokenizer, as_base = run_model.model, run_model.tokenizer, run_model.as_base
         if _merge(recipe, bf16):
             model, as_base = model.merge_and_unload(), _no_base
@@ -103,7 +103,7 @@ def _merge(recipe: Recipe, bf16: bool) -> bool:
     in bf16 here) when nothing needs the base back: in bf16 (answers already differ from the fp32
     evaluation's), without a `base` fallback. In fp32 the adapter stays separate, so that the
     served model answers exactly as it scored (merging gained nothing measurable in fp32)."""
-    return recipe.train.method == "lora" and bf16 and recipe.serve.fallback.kind != "base"
+    return recipe.train.adapter == "lora" and bf16 and recipe.serve.fallback.kind != "base"
 
 
 def _no_base() -> contextlib.AbstractContextManager:

@@ -17,6 +17,7 @@ weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 import warnings
@@ -51,6 +52,12 @@ class TrainResult:
     runtime_seconds: float
     final_eval_loss: float | None = None
     guards: list[GuardEvent] | None = None
+
+
+def preference_dataset(records: list[dict], recipe: Recipe) -> Any:
+    from tunesmith.train.preference import preference_dataset as build
+
+    return build(records, recipe)
 
 
 def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
@@ -116,13 +123,15 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     location, device = model_location(recipe.model), resolve_device(recipe.model)
     family = family_for(recipe.model)
     tokenizer = load_tokenizer(recipe.model, location)
-    train_set = tokenized_dataset(tokenizer, splits["train"], recipe)
-    val_set = tokenized_dataset(tokenizer, splits["val"], recipe) if splits.get("val") else None
+    dataset = (preference_dataset if recipe.train.preference
+               else functools.partial(tokenized_dataset, tokenizer))
+    train_set = dataset(splits["train"], recipe)
+    val_set = dataset(splits["val"], recipe) if splits.get("val") else None
     # seed before the adapter's random initialisation, not only in Trainer: a run's result must not
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout)
-    if recipe.train.method == "lora":
+    if recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
                     mixed_precision(recipe, device), run_dir.checkpoints,
@@ -139,7 +148,7 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         shutil.copyfile(job.log_path, run_dir.train_log)
     fitted.model.save_pretrained(str(run_dir.model), safe_serialization=True)
     job.tokenizer.save_pretrained(str(run_dir.model))
-    if job.recipe.train.merge and job.recipe.train.method == "lora":
+    if job.recipe.train.merge and job.recipe.train.adapter == "lora":
         fitted.model.merge_and_unload().save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
 
@@ -149,12 +158,13 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
     """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops) and
     `splits` (e.g. a CV fold) let other stages reuse the same training path."""
+    from tunesmith.train.preference import PreferenceBackend
     from tunesmith.train.trl_backend import TRLBackend
 
     _quiet()
     job = _job(recipe, run_dir, splits if splits is not None else load_splits(run_dir), resume, on_eval_loss)
     started = time.time()
-    fitted = (backend or TRLBackend()).fit(job)
+    fitted = (backend or (PreferenceBackend() if recipe.train.preference else TRLBackend())).fit(job)
     runtime = time.time() - started
     _save(job, fitted, run_dir)
     done = fitted.progress

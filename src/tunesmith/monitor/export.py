@@ -1,0 +1,142 @@
+"""The loop back: what users said of a served model's answers becomes the next run's data.
+
+    tunesmith feedback export runs/demo --out feedback/
+
+writes, from the request log's rated answers:
+- `sft.jsonl`: each corrected answer as a chat demonstration (the conversation, then the
+  correction as the assistant's turn);
+- `kto.jsonl`: each rated answer with label true (+1) or false (-1), and each correction as a
+  desirable answer (KTO: prompt, completion, label);
+- `dpo.jsonl`: pairs that share a prompt: a correction (chosen) against the answer it
+  corrected (rejected), and a +1 answer against a -1 answer to the same conversation;
+- `export.json`: how many rows of each, and how many were dropped and why.
+
+Every file goes through the data stage's duplicate removal (exact and near) and its leakage
+check against the run's test set, so feedback on a test prompt never trains the next run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data import match_text, near_params
+from tunesmith.data.dedup import exact_duplicate_groups, near_duplicate_clusters, normalise_for_match
+from tunesmith.data.leakage import cross_duplicates
+from tunesmith.errors import ConfigError
+from tunesmith.files import read_jsonl, write_json, write_jsonl
+from tunesmith.monitor.store import Store
+from tunesmith.recipe import Recipe
+from tunesmith.rundir import RunDir
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    rows: dict[str, int]
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    rated: int = 0
+
+
+def _conversation(row: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The rated request's conversation without system turns (the next run adds its own)."""
+    try:
+        prompt = json.loads(row["prompt"]) if row["prompt"] else None
+    except json.JSONDecodeError:
+        return None
+    if isinstance(prompt, str):  # a completion prompt
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list):
+        return None
+    turns = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+              "".join(p.get("text") or "" for p in m["content"] or [])}
+             for m in prompt if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    return turns if turns and turns[-1]["role"] == "user" else None
+
+
+def feedback_rows(rated: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """SFT, KTO and DPO rows from feedback joined with its requests (see the module's doc)."""
+    sft, kto, dpo = [], [], []
+    by_prompt: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"good": [], "bad": []})
+    for row in rated:
+        prompt = _conversation(row)
+        if prompt is None or row["response"] is None:
+            continue  # prompts were not stored (monitor.store_prompts: false)
+        meta = {"source": "feedback", "request_id": row["request_id"], "rating": row["rating"]}
+        good = row["rating"] > 0
+        kto.append({"prompt": prompt, "completion": row["response"], "label": good, "meta": meta})
+        by_prompt[json.dumps(prompt)]["good" if good else "bad"].append(row["response"])
+        correction = (row.get("correction") or "").strip()
+        if correction:
+            sft.append({"messages": [*prompt, {"role": "assistant", "content": correction}], "meta": meta})
+            kto.append({"prompt": prompt, "completion": correction, "label": True, "meta": meta})
+            if correction != row["response"].strip():
+                dpo.append({"prompt": prompt, "chosen": correction, "rejected": row["response"],
+                            "meta": meta})
+    for key, answers in by_prompt.items():
+        for good in answers["good"]:
+            for bad in answers["bad"]:
+                dpo.append({"prompt": json.loads(key), "chosen": good, "rejected": bad,
+                            "meta": {"source": "feedback", "pair": "rated +1 vs -1"}})
+    return {"sft": sft, "kto": kto, "dpo": dpo}
+
+
+def _text(record: dict[str, Any]) -> str:
+    """What dedup and leakage compare: the data stage's text of a record."""
+    return match_text(record)
+
+
+def _prompt_text(record: dict[str, Any]) -> str:
+    turns = record.get("messages", record.get("prompt", []))
+    return "\n".join(m["content"] for m in turns if m["role"] == "user")
+
+
+def _leaked(prompts: list[str], test_prompts: list[str], recipe: Recipe) -> set[int]:
+    """Indices of prompts that are a test prompt: the same after normalising, or a near copy."""
+    if not test_prompts:
+        return set()
+    tests = {normalise_for_match(t) for t in test_prompts}
+    exact = {i for i, p in enumerate(prompts) if normalise_for_match(p) in tests}
+    return exact | {i for i, _, _ in cross_duplicates(prompts, test_prompts, near_params(recipe))}
+
+
+def clean(rows: list[dict[str, Any]], test_prompts: list[str], recipe: Recipe) -> tuple[list[dict], dict]:
+    """Exact and near duplicates removed (first kept); rows whose prompt is a test prompt dropped."""
+    texts = [_text(r) for r in rows]
+    drop = {i for group in exact_duplicate_groups(texts) for i in group[1:]}
+    if recipe.data.dedup.near:
+        kept = [i for i in range(len(rows)) if i not in drop]
+        clusters = near_duplicate_clusters([texts[i] for i in kept], near_params(recipe))
+        near = {kept[i] for cluster in clusters for i in cluster[1:]}
+    else:
+        near = set()
+    remaining = [i for i in range(len(rows)) if i not in drop | near]
+    leaked = _leaked([_prompt_text(rows[i]) for i in remaining], test_prompts, recipe)
+    out = [rows[i] for n, i in enumerate(remaining) if n not in leaked]
+    return out, {"exact_duplicates": len(drop), "near_duplicates": len(near), "test_leakage": len(leaked)}
+
+
+def export(run: RunDir, recipe: Recipe, out: Path, store_url: str | None = None) -> ExportResult:
+    url = store_url or recipe.monitor.store or run.monitor_db
+    if "://" not in str(url) and not Path(url).is_file():
+        raise ConfigError(f"{url}: no request log. Serve the run (`tunesmith serve {run.root}`) and send "
+                          "feedback to POST /v1/feedback first, or pass --store with the store's URL.")
+    store = Store.open(url)
+    try:
+        rated = store.rated()
+    finally:
+        store.close()
+    test = read_jsonl(run.split("test")) if run.split("test").is_file() else []
+    test_prompts = [_prompt_text(r) for r in test]
+    result = ExportResult(out, {}, rated=len(rated))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in feedback_rows(rated).items():
+        kept, dropped = clean(rows, test_prompts, recipe)
+        write_jsonl(out / f"{name}.jsonl", kept)
+        result.rows[name], result.dropped[name] = len(kept), dropped
+    write_json(out / "export.json", {"run": str(run.root), "rated": result.rated, "rows": result.rows,
+                                     "dropped": result.dropped})
+    return result
