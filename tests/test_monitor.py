@@ -202,7 +202,10 @@ def monitored_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("monitored")
     train_file = write_jsonl(root / "train.jsonl", [
         {"instruction": f"code for {c} #{i}", "output": c[:2].upper()} for i in range(12) for c in COLOURS])
+    test_file = write_jsonl(root / "test.jsonl", [
+        {"instruction": f"code for {c} now", "output": c[:2].upper()} for c in COLOURS])
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={train_file}",
+                                f"data.test={test_file}",
                                 "train.max_steps=30", "train.lr=0.01", "train.batch_size=4",
                                 f"output.dir={root / 'runs'}", "name=monitored"])
     pipeline.fine_tune(recipe)
@@ -260,3 +263,65 @@ def test_drift_alert_fires_on_shifted_traffic_and_not_on_the_usual(monitored_run
         print(f"\ndrift false alarms on 20 in-distribution windows of 10: {alarms}/20 "
               f"(usual windows {usual}, shifted {served.monitor.windows[-1]['drift']})")
     assert alarms <= 2
+
+
+# --- the loop back: feedback -> data -> preference training ------------------------------------
+
+def _lora_b_norm(adapter_dir) -> float:
+    """LoRA's B matrices start at zero: a norm above zero means training moved them."""
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    return float(sum(np.abs(v).sum() for k, v in weights.items() if "lora_B" in k))
+
+
+def test_feedback_is_exported_and_trains_kto(monitored_run, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tunesmith import pipeline
+    from tunesmith.serve.state import load_served
+
+    served = load_served(str(monitored_run))
+    ratings = {"code for red #1": (1, None), "code for blue #2": (-1, "BL"), "code for pink #3": (-1, "PI"),
+               "code for green #4": (1, None), "code for red now": (-1, "RE")}  # the last is a test prompt
+    with running(create_app(lambda: served)) as url:
+        for text, (rating, correction) in ratings.items():
+            body = {"messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 4}
+            answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+            feedback = {"response_id": answer["id"], "rating": rating, "correction": correction}
+            assert httpx.post(f"{url}/v1/feedback", json=feedback).status_code == 200
+    out = tmp_path / "feedback"
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "feedback", "export", str(monitored_run),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "export.json").read_text())
+    assert report["rated"] == 5
+    sft = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert sorted(r["messages"][-1]["content"] for r in sft) == ["BL", "PI"]  # RE was a test prompt
+    assert report["dropped"]["sft"]["test_leakage"] == 1
+    kto = [json.loads(line) for line in (out / "kto.jsonl").read_text().splitlines()]
+    assert len(kto) == 6 and sum(r["label"] for r in kto) == 4  # 4 rated + 2 corrections, less the test's
+    assert report["rows"]["dpo"] == 2  # each correction against the answer it corrected
+
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={out / 'kto.jsonl'}",
+                                "train.method=kto", "train.max_steps=3", "train.batch_size=4",
+                                "data.val_fraction=0", f"output.dir={tmp_path / 'runs'}", "name=kto"])
+    pipeline.prepare(recipe)
+    pipeline.fine_tune(recipe)
+    assert _lora_b_norm(recipe.run_dir / "model") > 0
+    assert not (recipe.run_dir / "model" / "ref").exists()
+
+
+def test_dpo_trains_on_a_public_preference_file(tiny_model_dir, tmp_path):
+    from conftest import REAL
+    from tunesmith import pipeline
+
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={REAL / 'dpo_en_demo.json'}",
+                                "train.method=dpo", "train.max_steps=3", "train.batch_size=2",
+                                "train.max_length=256", "data.filters.max_tokens=100000",  # long rows: truncated
+                                f"output.dir={tmp_path / 'runs'}", "name=dpo"])
+    result = pipeline.fine_tune(recipe)
+    assert result.steps == 3 and _lora_b_norm(recipe.run_dir / "model") > 0
+    summary = json.loads((recipe.run_dir / "train" / "summary.json").read_text())
+    assert summary["method"] == "dpo" and summary["train_examples"] > 30
