@@ -319,7 +319,8 @@ def test_dpo_trains_on_a_public_preference_file(tiny_model_dir, tmp_path):
 
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={REAL / 'dpo_en_demo.json'}",
                                 "train.method=dpo", "train.max_steps=3", "train.batch_size=2",
-                                "train.max_length=256", "data.filters.max_tokens=100000",  # long rows: truncated
+                                "train.max_length=256",  # long rows are truncated, not filtered out:
+                                "data.filters.max_tokens=100000",
                                 f"output.dir={tmp_path / 'runs'}", "name=dpo"])
     result = pipeline.fine_tune(recipe)
     assert result.steps == 3 and _lora_b_norm(recipe.run_dir / "model") > 0

@@ -35,8 +35,10 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
+from tunesmith.errors import ConfigError
 from tunesmith.events import event
 
 metadata = MetaData()
@@ -93,14 +95,28 @@ class UnknownRequest(LookupError):
     pass
 
 
+def _unusable(url: str, error: Exception) -> ConfigError:
+    """A store that cannot be opened, said without its password."""
+    password = make_url(url).password if "://" in url else None
+    detail = str(error).splitlines()[0][:200]
+    if password:
+        detail = detail.replace(str(password), "***")
+    return ConfigError(f"monitor store ...@{url.split('@')[-1]}: cannot connect ({type(error).__name__}: "
+                       f"{detail}). Check the URL (monitor.store or --store); PostgreSQL needs "
+                       "`pip install 'tunesmith[distributed]'` and a reachable server.")
+
+
 class Store:
     def __init__(self, url: str, retention_days: float = 30.0) -> None:
         self.url, self.retention = url, retention_days * 86400
-        self.engine = create_engine(url, future=True)
         try:
-            metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError):  # another replica created them at the same moment
-            metadata.create_all(self.engine)
+            self.engine = create_engine(url, future=True)
+            try:
+                metadata.create_all(self.engine)
+            except IntegrityError:  # another replica created the tables at the same moment
+                metadata.create_all(self.engine)
+        except Exception as error:  # SQLAlchemy and driver errors all mean "cannot use it"
+            raise _unusable(url, error) from None
         self._pending: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="tunesmith-store", daemon=True)
         self._writer.start()
