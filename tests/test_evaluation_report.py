@@ -2,14 +2,14 @@
 Chromium, and `tunesmith compare` on two runs with different learning rates."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+import browser
+from browser import needs_chromium
 from conftest import write_jsonl
 from tunesmith import evaluate, pipeline, report
 from tunesmith.evaluate.bias import LEXICON, counterfactuals
@@ -101,25 +101,15 @@ def test_model_card_and_report(trained_run, tmp_path):
     assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
-                    reason="make test installs Debian chromium (and CI requires it)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     recipe, run_dir = trained_run
     evaluate.run(recipe, run_dir, generator_factory=Fair)
     page = report.run(run_dir).html
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
-    dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True,
-                         text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "Base vs fine-tuned" in dom.stdout and "100.0%" in dom.stdout
-    console_errors = [line for line in dom.stderr.splitlines()
-                      if "CONSOLE" in line and ("Uncaught" in line or "ERROR" in line)]
-    assert not console_errors
-    shot = tmp_path / "report.png"
-    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1100,2000", page.as_uri()],
-                   capture_output=True, timeout=120)
+    rendered = browser.render(page.as_uri(), tmp_path / "profile")
+    assert "Base vs fine-tuned" in rendered.dom and "100.0%" in rendered.dom
+    assert not rendered.console_errors
+    shot = browser.screenshot(page.as_uri(), tmp_path / "profile", tmp_path / "report.png")
     assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
 
 

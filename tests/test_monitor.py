@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import random
+import re
 import threading
 import time
 
@@ -226,7 +228,24 @@ def _settle(monitor: Monitor, answered: int) -> None:
     monitor.wait()
 
 
-def test_drift_alert_fires_on_shifted_traffic_and_not_on_the_usual(monitored_run, capsys):
+def _dashboard(url: str, tmp_path):
+    import shutil
+
+    import browser
+
+    if shutil.which("chromium") is None and not os.environ.get("CI"):
+        return None  # make test installs Debian chromium (and CI requires it)
+    return browser.render(url, tmp_path / "profile")
+
+
+def _cell(dom: str, test_id: str) -> str | None:
+    import html
+
+    found = re.search(f'data-testid="{test_id}"[^>]*>([^<]*)<', dom)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_drift_alert_fires_on_shifted_traffic_and_not_on_the_usual(monitored_run, capsys, tmp_path):
     from tunesmith.serve.state import load_served
 
     reference = json.loads((monitored_run / "train" / "drift_reference.json").read_text())
@@ -246,8 +265,14 @@ def test_drift_alert_fires_on_shifted_traffic_and_not_on_the_usual(monitored_run
         assert drift_rule in served.monitor.alerts.firing, served.monitor.windows[-1]
         summary = httpx.get(f"{url}/monitor/summary").json()
         metrics = httpx.get(f"{url}/metrics").text
+        page = _dashboard(f"{url}/dashboard", tmp_path)
     assert summary["firing"] == [drift_rule] and summary["alerts"][0]["state"] == "firing"
     assert 'tunesmith_alert_firing{rule="drift>0.5"} 1.0' in metrics
+    if page is not None:  # the dashboard, rendered by headless Chromium, shows the same numbers
+        assert not page.console_errors, page.console_errors
+        assert _cell(page.dom, "status") == "ALERT: drift>0.5" and _cell(page.dom, "requests") == "30"
+        assert _cell(page.dom, "drift") == f"{served.monitor.windows[-1]['drift']:.2f}"
+        assert page.dom.count("<tr>") >= 1 + 5 + 1 + 1  # headers, five drift tests, one alert
     answers = [r["response"] for r in served.monitor.store.recent_requests()[10:]]  # the usual traffic's
 
     # the false-alarm rate: 20 more windows of usual traffic, judged by a monitor of their own
