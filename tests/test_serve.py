@@ -443,3 +443,32 @@ def test_n_choices_and_their_stream():
         if choice["finish_reason"]:
             finished.add(choice["index"])
     assert {k: v.strip() for k, v in texts.items()} == {0: "one two", 1: "one two"} and finished == {0, 1}
+
+
+def test_the_canary_replays_the_test_set_and_alerts_on_a_drop(served_run, monkeypatch):
+    """The canary scores the live model on the run's test examples as evaluation did; when the
+    score is below the evaluation's CI, the canary-drop alert fires."""
+    from tunesmith.artifacts import EvalSummary, load
+    from tunesmith.serve import canary
+
+    recipe, run_dir, predictions = served_run
+    served = load_served(str(run_dir.root), ["monitor.canary_every_seconds=0.2"])
+    prepared = canary.prepare(served)
+    test = load(EvalSummary, run_dir.eval_summary).sets["test"]
+    assert len(prepared.prompts) == len(predictions) and prepared.floor == test.finetuned.ci[0]
+
+    async def replayed() -> float:
+        served.batcher.start()
+        try:
+            return await canary.replay(served, prepared)
+        finally:
+            await served.batcher.stop()
+    assert asyncio.run(replayed()) == pytest.approx(test.finetuned.value)  # as evaluation scored
+
+    impossible = canary.Canary(prepared.prompts, prepared.references, floor=1.5)
+    monkeypatch.setattr(canary, "prepare", lambda s: impossible)
+    with running(create_app(lambda: served)):
+        deadline = time.monotonic() + 30
+        while "canary_drop>0" not in served.monitor.alerts.firing and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert "canary_drop>0" in served.monitor.alerts.firing

@@ -33,7 +33,7 @@ from tunesmith.models.chat import with_system
 from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.monitor.live import Observation
 from tunesmith.recipe import ServeConfig
-from tunesmith.serve import protocol, watch
+from tunesmith.serve import canary, protocol, watch
 from tunesmith.serve.answer import Answer, answer, output_check
 from tunesmith.serve.errors import ServeError, record
 from tunesmith.serve.state import Served, describe
@@ -52,8 +52,10 @@ def create_app(load: Callable[[], Served], api_keys: list[str] | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.served = await asyncio.to_thread(load)
         await app.state.served.start()
+        replays = asyncio.create_task(canary.run_forever(app.state.served))
         event("ready", model=app.state.served.name)
         yield
+        replays.cancel()
         await app.state.served.stop()
 
     app = FastAPI(title="tunesmith", lifespan=lifespan, responses={
