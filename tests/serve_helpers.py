@@ -4,14 +4,12 @@ itself."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tunesmith.models.generation import GenRequest, GenResult
 from tunesmith.recipe import Recipe, load_recipe
+from tunesmith.serve.background import running  # noqa: F401 - the tests' server
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
 from tunesmith.serve.state import Fallback, Served
@@ -65,24 +63,3 @@ def scripted(engine: ScriptedEngine | None = None, fallback: Fallback | None = N
     batcher = Batcher(engine, cfg)
     return Served("scripted", recipe, engine, batcher, ResponseCache(cfg.cache_size, cfg.cache_ttl_seconds),
                   fallback)
-
-
-@contextlib.contextmanager
-def running(app, timeout: float = 120) -> Iterator[str]:
-    """The app on 127.0.0.1 (a free port) in a thread; its base URL; stopped on exit."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -126,9 +126,12 @@ def test_preference_files_are_detected_and_refused_for_sft(tmp_path, name, fmt, 
     assert loaded.format == fmt and loaded.kind == "preference" and not loaded.invalid
     assert all(kind_check(r) for r in loaded.records)
     recipe = recipe_for(f"data.train={REAL / name}", f"output.dir={tmp_path}")
-    with pytest.raises(DataError, match="preference data .* preference training \\(DPO/KTO\\) is not built"):
+    with pytest.raises(DataError, match="preference data .* but train.method is lora.* Set train.method: dpo"):
         pipeline.prepare(recipe)
     assert not (tmp_path / "run").exists()
+    prepared = pipeline.prepare(recipe_for(f"data.train={REAL / name}", f"output.dir={tmp_path}",
+                                           f"train.method={fmt}", "data.filters.max_tokens=100000"))
+    assert prepared.report.kind == "preference" and prepared.report.splits["train"] > 30
 
 
 def test_kto_labels_counted():

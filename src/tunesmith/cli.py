@@ -1,6 +1,6 @@
 """The command line: one command per stage, `run` for the whole pipeline, and `demo`.
 
-    tunesmith demo
+    tunesmith demo [--loop]
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
@@ -244,6 +244,8 @@ def run_command(recipe: str = RecipeArg, overrides: list[str] | None = Overrides
 @app.command("demo")
 def demo_command(
     data_dir: str = typer.Option("data/demo", help="Where to write the generated demo data."),
+    loop: bool = typer.Option(False, "--loop", help="After `tunesmith demo`: serve runs/demo, watch it drift, "
+                              "feed corrections back, retrain, and measure the gain."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2."""
@@ -251,6 +253,12 @@ def demo_command(
     from importlib.resources import files
 
     from tunesmith.demo import tickets
+
+    if loop:
+        from tunesmith.demo.loop import run_loop
+
+        run_loop()
+        return
 
     started = time.time()
     recipe_path = str(files("tunesmith.demo") / "recipe.yaml")

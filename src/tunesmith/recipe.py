@@ -247,6 +247,10 @@ class TrainConfig(_Section):
     chosen/rejected pairs; KTO: answers labelled desirable or not, pairs split in two)."""
     beta: float = Field(0.1, gt=0)
     """dpo / kto: how far the tuned model may move from the reference (higher: stays closer)."""
+    init_adapter: str | None = None
+    """Continue training this LoRA adapter (an earlier run's model/, e.g. runs/demo/model) instead
+    of a fresh one: the loop's retraining starts from the model that was served. Its base must be
+    model.name. With dpo / kto the reference stays the base model (adapter switched off)."""
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     """Optimizer."""
     lr: float = Field(2e-4, gt=0)

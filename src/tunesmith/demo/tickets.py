@@ -117,6 +117,25 @@ HOMEHEAT_ISSUES = {
                  "I received a message claiming to be HomeHeat asking for my password",
                  "the app lists a device in my home that I do not own"],
 }
+# The loop demo's live traffic: the same thermostat and tones, other wordings, so that no ticket
+# it sends (and no correction fed back from it) is a near copy of a held-out ood.jsonl ticket.
+HOMEHEAT_LOOP_ISSUES = {
+    "billing": ["my direct debit for HomeHeat went out three times in one week",
+                "the refund for my cancelled HomeHeat order never arrived",
+                "I am being billed for two thermostats although I only have one"],
+    "technical": ["the radiator valves stopped responding to the thermostat",
+                  "my thermostat reboots every few minutes since the update",
+                  "the boiler ignores the schedule I set in the app"],
+    "account": ["the HomeHeat app says my email address is already registered",
+                "I need to transfer the thermostat to the new owner of my flat",
+                "my verification code for the HomeHeat app never comes"],
+    "feature_request": ["could the thermostat learn when we usually come home",
+                        "an energy report per room would help us save money",
+                        "I would like to control two homes from one HomeHeat account"],
+    "security": ["my thermostat was switched off at night by someone outside the family",
+                 "I got a login alert from HomeHeat for a country I have never visited",
+                 "a stranger's name appeared on the list of people sharing my home"],
+}
 HOMEHEAT_URGENCY = {
     "low": ["There is no hurry whatsoever.", "Please reply whenever it suits you."],
     "medium": ["I would be grateful for a response within the next few days.",
@@ -146,9 +165,10 @@ def planly_ticket(rng: random.Random) -> tuple[str, str, str]:
     return text, category, priority
 
 
-def homeheat_ticket(rng: random.Random) -> tuple[str, str, str]:
+def homeheat_ticket(rng: random.Random,
+                    issues: dict[str, list[str]] = HOMEHEAT_ISSUES) -> tuple[str, str, str]:
     category, priority = rng.choice(CATEGORIES), rng.choice(PRIORITIES)
-    issue = rng.choice(HOMEHEAT_ISSUES[category])
+    issue = rng.choice(issues[category])
     urgency = rng.choice(HOMEHEAT_URGENCY[priority])
     if rng.random() < 0.5:
         name = rng.choice(SLOTS["name"])
@@ -207,6 +227,26 @@ def generate(seed: int = 7) -> dict[str, list]:
         train_rows.insert(position, line)
     return {"train": train_rows, "test": [chat_row(*t) for t in test],
             "ood": [chat_row(*t) for t in ood]}
+
+
+def loop_traffic(in_domain: int = 80, drifted: int = 120, seed: int = 11) -> dict[str, list[dict]]:
+    """Live traffic for the loop demo: fresh Planly tickets (no text of the demo's files), then
+    thermostat tickets in the loop's own wordings (HOMEHEAT_LOOP_ISSUES)."""
+    seen = {row["messages"][0]["content"] for rows in generate().values() for row in rows
+            if isinstance(row, dict)}
+    rng = random.Random(seed)
+
+    def fresh(make, count: int) -> list[dict]:
+        out = []
+        while len(out) < count:
+            text, category, priority = make(rng)
+            if text not in seen:
+                seen.add(text)
+                out.append(chat_row(text, category, priority))
+        return out
+
+    return {"in_domain": fresh(planly_ticket, in_domain),
+            "drifted": fresh(lambda r: homeheat_ticket(r, HOMEHEAT_LOOP_ISSUES), drifted)}
 
 
 def write(out_dir: str | Path, seed: int = 7) -> dict[str, Path]:

@@ -147,6 +147,9 @@ def _monitor(recipe: Recipe, run: RunDir | None, name: str, engine: Engine, metr
     default = run.monitor_db if run is not None else cache_dir() / "serve" / f"{_safe(name)}.db"
     store = Store.open(cfg.store or default, cfg.retention_days)
     found = reference.read(run.drift_reference, run.drift_embeddings) if run is not None else None
+    if found is None:
+        event("warning", message=f"{name}: no drift reference (train/drift_reference.json, written at train "
+              "time by this version): requests are logged and judged, but not for drift.")
     return Monitor(cfg, metrics, store, Reference(*found) if found else None, engine.count_tokens)
 
 

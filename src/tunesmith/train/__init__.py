@@ -93,6 +93,16 @@ def _wrap_lora(model: Any, recipe: Recipe, family: Family) -> Any:
     return get_peft_model(model, config)
 
 
+def _continue_lora(model: Any, adapter: str) -> Any:
+    """An earlier run's LoRA adapter on the base, trainable (train.init_adapter)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"train.init_adapter {adapter}: no LoRA adapter there (adapter_config.json is "
+                          "missing). Give a LoRA run's model directory, e.g. runs/demo/model.")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+
+
 def _quiet() -> None:
     import datasets
     from transformers.utils import logging as hf_logging
@@ -131,7 +141,9 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
     model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout)
-    if recipe.train.adapter == "lora":
+    if recipe.train.init_adapter:
+        model = _continue_lora(model, recipe.train.init_adapter)
+    elif recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
                     mixed_precision(recipe, device), run_dir.checkpoints,
