@@ -126,7 +126,7 @@ def test_preference_files_are_detected_and_refused_for_sft(tmp_path, name, fmt, 
     assert loaded.format == fmt and loaded.kind == "preference" and not loaded.invalid
     assert all(kind_check(r) for r in loaded.records)
     recipe = recipe_for(f"data.train={REAL / name}", f"output.dir={tmp_path}")
-    with pytest.raises(DataError, match="preference data .* but train.method is lora.* Set train.method: dpo"):
+    with pytest.raises(DataError, match="preference data .* train.method is lora.* Set train.method: dpo"):
         pipeline.prepare(recipe)
     assert not (tmp_path / "run").exists()
     prepared = pipeline.prepare(recipe_for(f"data.train={REAL / name}", f"output.dir={tmp_path}",

@@ -244,8 +244,8 @@ def run_command(recipe: str = RecipeArg, overrides: list[str] | None = Overrides
 @app.command("demo")
 def demo_command(
     data_dir: str = typer.Option("data/demo", help="Where to write the generated demo data."),
-    loop: bool = typer.Option(False, "--loop", help="After `tunesmith demo`: serve runs/demo, watch it drift, "
-                              "feed corrections back, retrain, and measure the gain."),
+    loop: bool = typer.Option(False, "--loop", help="After `tunesmith demo`: serve runs/demo, watch it "
+                              "drift, feed corrections back, retrain, and measure the gain."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2."""
