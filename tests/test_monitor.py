@@ -351,3 +351,20 @@ def test_dpo_trains_on_a_public_preference_file(tiny_model_dir, tmp_path):
     assert result.steps == 3 and _lora_b_norm(recipe.run_dir / "model") > 0
     summary = json.loads((recipe.run_dir / "train" / "summary.json").read_text())
     assert summary["method"] == "dpo" and summary["train_examples"] > 30
+
+
+def test_retraining_continues_the_served_adapter(monitored_run, tiny_model_dir, tmp_path):
+    """train.init_adapter starts from the earlier run's adapter: with a vanishing learning rate
+    the new adapter is the old one (a fresh LoRA would start with B = 0)."""
+    from safetensors.numpy import load_file
+
+    from tunesmith import pipeline
+
+    first = load_file(str(monitored_run / "model" / "adapter_model.safetensors"))
+    recipe = load_recipe(monitored_run / "recipe.yaml", [
+        f"train.init_adapter={monitored_run / 'model'}", "train.lr=1e-12", "train.max_steps=2",
+        f"output.dir={tmp_path / 'runs'}", "name=again"])
+    pipeline.fine_tune(recipe)
+    again = load_file(str(recipe.run_dir / "model" / "adapter_model.safetensors"))
+    assert again.keys() == first.keys() and _lora_b_norm(monitored_run / "model") > 0
+    assert all(np.allclose(again[k], first[k], atol=1e-6) for k in first)
