@@ -122,11 +122,9 @@ def clean(rows: list[dict[str, Any]], test_prompts: list[str], recipe: Recipe) -
 def export(run: RunDir, recipe: Recipe, out: Path, store_url: str | None = None) -> ExportResult:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file. Give a directory for sft.jsonl, kto.jsonl and dpo.jsonl.")
-    url = store_url or recipe.monitor.store or run.monitor_db
-    if "://" not in str(url) and not Path(url).is_file():
-        raise ConfigError(f"{url}: no request log. Serve the run (`tunesmith serve {run.root}`) and send "
-                          "feedback to POST /v1/feedback first, or pass --store with the store's URL.")
-    store = Store.open(url)
+    store = Store.open_existing(store_url or recipe.monitor.store or run.monitor_db,
+                                f"Serve the run (`tunesmith serve {run.root}`) and send feedback to "
+                                "POST /v1/feedback first, or pass --store with the store's URL.")
     try:
         rated = store.rated()
     finally:

@@ -123,6 +123,13 @@ class Store:
         self._last_prune = 0.0
 
     @classmethod
+    def open_existing(cls, url_or_path: str | Path, missing: str) -> Store:
+        """A store that must already hold a log (reading it, not serving): `missing` says what to do."""
+        if "://" not in str(url_or_path) and not Path(url_or_path).is_file():
+            raise ConfigError(f"{url_or_path}: no request log yet. {missing}")
+        return cls.open(url_or_path)
+
+    @classmethod
     def open(cls, url_or_path: str | Path, retention_days: float = 30.0) -> Store:
         """A URL (postgresql://, sqlite:///...) or a file path for SQLite."""
         text = str(url_or_path)

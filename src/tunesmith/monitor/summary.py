@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ConfigError
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
@@ -30,10 +29,8 @@ class Advice:
 
 
 def read(run: RunDir, recipe: Recipe, store_url: str | None = None) -> dict[str, Any]:
-    url = store_url or recipe.monitor.store or run.monitor_db
-    if "://" not in str(url) and not Path(url).is_file():
-        raise ConfigError(f"{url}: no request log yet. Serve the run first: tunesmith serve {run.root}")
-    store = Store.open(url)
+    store = Store.open_existing(store_url or recipe.monitor.store or run.monitor_db,
+                                f"Serve the run first: tunesmith serve {run.root}")
     try:
         rated = store.rated()
         return {"windows": store.recent_windows(), "alerts": store.recent_alerts(),
