@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 
@@ -89,3 +90,25 @@ def chat_files(tmp_path) -> dict[str, Path]:
     test = [{"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours]
     return {"train": write_jsonl(tmp_path / "train.jsonl", train),
             "test": write_jsonl(tmp_path / "test.jsonl", test)}
+
+
+PG_URL = os.environ.get("TUNESMITH_TEST_PG_URL")
+needs_pg = pytest.mark.skipif(not PG_URL and not os.environ.get("CI"),
+                              reason="needs PostgreSQL: scripts/postgres.sh starts one (CI runs it)")
+
+
+@pytest.fixture
+def empty_pg_database():
+    """A database created for this test alone (no Optuna tables yet), dropped afterwards."""
+    assert PG_URL, "CI must start PostgreSQL (scripts/postgres.sh) and export TUNESMITH_TEST_PG_URL"
+    import uuid
+
+    import psycopg
+
+    name = f"tunesmith_test_{uuid.uuid4().hex[:10]}"
+    admin = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield f"{admin}/{name}".replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import needs_pg
 from serve_helpers import running, scripted
 from tunesmith.artifacts import DriftReference
 from tunesmith.monitor.alerts import Alerts
@@ -368,3 +369,47 @@ def test_retraining_continues_the_served_adapter(monitored_run, tiny_model_dir, 
     again = load_file(str(recipe.run_dir / "model" / "adapter_model.safetensors"))
     assert again.keys() == first.keys() and _lora_b_norm(monitored_run / "model") > 0
     assert all(np.allclose(again[k], first[k], atol=1e-6) for k in first)
+
+
+def test_monitor_advises_retraining_only_for_a_reason(tmp_path):
+    import subprocess
+    import sys
+
+    from tunesmith.monitor.summary import advise, read
+    from tunesmith.rundir import RunDir
+
+    run, recipe = RunDir(tmp_path / "runs" / "x"), load_recipe(None)
+    store = Store.open(run.monitor_db)
+    quiet = {"requests": 40, "start": 0, "end": 10, "p95_latency_ms": 120.0, "error_rate": 0.0,
+             "cache_hit_rate": 0.0, "fallback_rate": 0.0, "drift": 0.2, "negative_feedback_rate": 0.1}
+    store.add_window(quiet)
+    assert not advise(read(run, recipe), recipe).retrain
+    store.add_window({**quiet, "drift": 1.0})
+    store.add_alert("drift>0.5", "firing", 1.0, 0.5, "drift is 1")
+    advice = advise(read(run, recipe), recipe)
+    assert advice.retrain and advice.reasons[0].startswith("drift:")
+    store.add_alert("drift>0.5", "resolved", 0.1, 0.4, "drift back to 0.1")  # a resolved alert is no reason
+    assert not advise(read(run, recipe), recipe).retrain
+    store.add_window({**quiet, "negative_feedback_rate": 0.6})
+    assert advise(read(run, recipe), recipe).reasons == [
+        "feedback: 60% of the ratings in a recent window were negative"]
+    store.close()
+    (run.root / "recipe.yaml").write_text("name: x\n")
+    shown = subprocess.run([sys.executable, "-m", "tunesmith", "monitor", str(run.root)], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0 and "retraining advised:" in shown.stdout and "60%" in shown.stdout
+
+
+@needs_pg
+def test_replicas_share_one_postgresql_store(empty_pg_database):
+    """Two stores on one PostgreSQL database (two replicas): what one logs, the other can rate."""
+    first, second = Store.open(empty_pg_database), Store.open(empty_pg_database)
+    first.log_request({"id": "r1", "time": time.time(), "route": "/v1/chat/completions", "status": 200,
+                       "latency_ms": 12.0, "prompt": '[{"role": "user", "content": "hi"}]',
+                       "response": "hello"})
+    first.flush()
+    second.add_feedback("r1", -1, correction="hi there")
+    (rated,) = first.rated()
+    assert (rated["request_id"], rated["rating"], rated["correction"]) == ("r1", -1, "hi there")
+    first.close()
+    second.close()

@@ -2,7 +2,6 @@
 worker processes sharing one study on a real PostgreSQL server (started by scripts/postgres.sh)."""
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import time
 import pytest
 import yaml
 
+from conftest import needs_pg
 from tunesmith import tune
 from tunesmith.files import read_json
 from tunesmith.recipe import load_recipe
@@ -145,28 +145,6 @@ def test_empty_space_is_a_clear_error(tmp_path, tiny_model_dir, chat_files):
                                 f"output.dir={tmp_path}"])
     with pytest.raises(ConfigError, match="tune.space is empty"):
         tune.run(recipe, open_run(recipe))
-
-
-PG_URL = os.environ.get("TUNESMITH_TEST_PG_URL")
-needs_pg = pytest.mark.skipif(not PG_URL and not os.environ.get("CI"),
-                              reason="needs PostgreSQL: scripts/postgres.sh starts one (CI runs it)")
-
-
-@pytest.fixture
-def empty_pg_database():
-    """A database created for this test alone (no Optuna tables yet), dropped afterwards."""
-    assert PG_URL, "CI must start PostgreSQL (scripts/postgres.sh) and export TUNESMITH_TEST_PG_URL"
-    import uuid
-
-    import psycopg
-
-    name = f"tunesmith_test_{uuid.uuid4().hex[:10]}"
-    admin = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
-    with psycopg.connect(PG_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield f"{admin}/{name}".replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(PG_URL, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 STORAGE_RACE = """

@@ -60,6 +60,15 @@ class Reference:
     embeddings: np.ndarray | None
 
 
+def still_firing(alerts: list[dict[str, Any]]) -> set[str]:
+    """Rules whose latest stored alert (newest first) is `firing`: what replicas sharing a store,
+    or a restarted server, still have to show."""
+    latest: dict[str, str] = {}
+    for alert in alerts:
+        latest.setdefault(alert["rule"], alert["state"])
+    return {rule for rule, state in latest.items() if state == "firing"}
+
+
 class Monitor:
     def __init__(self, cfg: MonitorConfig, metrics: Metrics, store: Store | None = None,
                  reference: Reference | None = None, count_tokens: Any = None) -> None:
@@ -170,7 +179,7 @@ class Monitor:
                   else [vars(a) for a in reversed(self.alerts.history)])
         return {"model": name, "since": self.started, "window_size": self.cfg.window_size,
                 "pending": len(self._window), "windows": windows,
-                "firing": self.alerts.firing, "alerts": recent,
+                "firing": sorted(set(self.alerts.firing) | still_firing(recent)), "alerts": recent,
                 "feedback": {"total": len(rated), "positive": sum(r["rating"] > 0 for r in rated),
                              "negative": sum(r["rating"] < 0 for r in rated),
                              "corrections": sum(bool(r["correction"]) for r in rated)},

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.monitor.live import still_firing
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
@@ -45,7 +46,7 @@ def read(run: RunDir, recipe: Recipe, store_url: str | None = None) -> dict[str,
 def advise(summary: dict[str, Any], recipe: Recipe) -> Advice:
     reasons = []
     rules = {r.metric: r.above for r in recipe.monitor.alerts}
-    fired = {a["rule"].split(">")[0] for a in summary["alerts"] if a["state"] == "firing"}
+    fired = {rule.split(">")[0] for rule in still_firing(summary["alerts"])}
     recent = summary["windows"][-RECENT_WINDOWS:]
     if "drift" in fired:
         scores = [w["drift"] for w in recent if w.get("drift") is not None]
@@ -82,7 +83,7 @@ def show(summary: dict[str, Any], advice: Advice, run: Path) -> None:
     for alert in summary["alerts"][:5]:
         out.print(f"alert {alert['state']}: {alert['rule']} at {_time(alert['time'])}: {alert['message']}")
     if advice.retrain:
-        out.print("[bold]retraining advised:[/bold]")
+        out.print("retraining advised:")
         for reason in advice.reasons:
             out.print(f"  - {reason}")
         out.print(f"  next: tunesmith feedback export {run} --out feedback/, then train on it")
