@@ -76,6 +76,8 @@ def test_metrics_parse_and_name_everything(tmp_path):
     assert sample_value(text, "tunesmith_batch_size_count") == 2  # the cache hit never reached the model
     assert sample_value(text, "tunesmith_time_to_first_token_seconds_count") == 1
     assert sample_value(text, "process_resident_memory_bytes") > 10_000_000
+    judged = served.monitor.judge(served.monitor._window, time.time())  # the answers so far, as a window
+    assert judged["errors_by_class"] == {"input": 1} and judged["cache_hit_rate"] == 0.25
 
 
 def test_every_answer_is_logged_and_can_be_rated(tmp_path):
@@ -317,6 +319,9 @@ def test_feedback_is_exported_and_trains_kto(monitored_run, tiny_model_dir, tmp_
             answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
             feedback = {"response_id": answer["id"], "rating": rating, "correction": correction}
             assert httpx.post(f"{url}/v1/feedback", json=feedback).status_code == 200
+        online = httpx.get(f"{url}/monitor/summary").json()["feedback"]
+        assert online["online_accuracy"] == 2 / 5 and online["online_accuracy_ci"][0] < 0.4 < online[
+            "online_accuracy_ci"][1]
     out = tmp_path / "feedback"
     done = subprocess.run([sys.executable, "-m", "tunesmith", "feedback", "export", str(monitored_run),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
@@ -413,3 +418,15 @@ def test_replicas_share_one_postgresql_store(empty_pg_database):
     assert (rated["request_id"], rated["rating"], rated["correction"]) == ("r1", -1, "hi there")
     first.close()
     second.close()
+
+
+def test_online_accuracy_has_a_wilson_interval():
+    from tunesmith.evaluate.stats import wilson
+    from tunesmith.monitor.live import online_accuracy
+
+    low, high = wilson(8, 10)  # the textbook example: 8 of 10 -> [0.490, 0.943]
+    assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
+    assert wilson(0, 5)[0] == 0.0 and wilson(0, 5)[1] > 0.4  # 0% is not certainty after 5 ratings
+    rated = [{"rating": 1}] * 8 + [{"rating": -1}] * 2
+    assert online_accuracy(rated)["online_accuracy"] == 0.8
+    assert online_accuracy([])["online_accuracy"] is None

@@ -67,3 +67,14 @@ def mcnemar(base: Sequence[float], tuned: Sequence[float]) -> dict[str, float]:
     smaller = min(base_only, tuned_only)
     p = sum(comb(discordant, k) for k in range(smaller + 1)) / 2 ** discordant
     return {"base_only_right": base_only, "tuned_only_right": tuned_only, "p_value": min(1.0, 2 * p)}
+
+
+def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson 95% interval of a proportion: sound at small counts and at 0% or 100%, where the
+    normal approximation collapses to a point (online accuracy from a handful of ratings)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * ((p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)

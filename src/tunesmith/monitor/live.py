@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from tunesmith.artifacts import DriftReference
 from tunesmith.data.privacy import scrub
+from tunesmith.evaluate.stats import wilson
 from tunesmith.monitor.alerts import Alerts, webhook_from_env
 from tunesmith.monitor.drift import Window, compare
 from tunesmith.monitor.embed import load_encoder
@@ -58,6 +60,20 @@ class Observation:
 class Reference:
     stats: DriftReference
     embeddings: np.ndarray | None
+
+
+def online_accuracy(rated: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of rated answers users called right (+1), with its Wilson 95% CI."""
+    if not rated:
+        return {"online_accuracy": None, "online_accuracy_ci": None}
+    right = sum(r["rating"] > 0 for r in rated)
+    return {"online_accuracy": right / len(rated), "online_accuracy_ci": wilson(right, len(rated))}
+
+
+def feedback_counts(rated: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"total": len(rated), "positive": sum(r["rating"] > 0 for r in rated),
+            "negative": sum(r["rating"] < 0 for r in rated),
+            "corrections": sum(bool(r["correction"]) for r in rated), **online_accuracy(rated)}
 
 
 def still_firing(alerts: list[dict[str, Any]]) -> set[str]:
@@ -136,6 +152,7 @@ class Monitor:
             "p95_latency_ms": 1000 * float(np.percentile(latencies, 95)),
             "error_rate": sum(o.status >= 500 for o in window) / len(window),
             "cache_hit_rate": sum(o.cached for o in window) / len(window),
+            "errors_by_class": dict(Counter(o.error_class for o in window if o.error_class)),
             "fallback_rate": sum(o.fallback_reason is not None for o in window) / len(window)}
         summary.update(self._feedback(started))
         drift = self._drift(answered)
@@ -155,7 +172,8 @@ class Monitor:
             return {}
         rows = self.store.feedback_since(since)
         negative = sum(r["rating"] < 0 for r in rows)
-        return {"feedback": len(rows), "negative_feedback_rate": negative / len(rows) if rows else None}
+        return {"feedback": len(rows), "negative_feedback_rate": negative / len(rows) if rows else None,
+                **online_accuracy(rows)}
 
     def _drift(self, answered: list[Observation]):
         if self.reference is None or len(answered) < 5:
@@ -180,9 +198,7 @@ class Monitor:
         return {"model": name, "since": self.started, "window_size": self.cfg.window_size,
                 "pending": len(self._window), "windows": windows,
                 "firing": sorted(set(self.alerts.firing) | still_firing(recent)), "alerts": recent,
-                "feedback": {"total": len(rated), "positive": sum(r["rating"] > 0 for r in rated),
-                             "negative": sum(r["rating"] < 0 for r in rated),
-                             "corrections": sum(bool(r["correction"]) for r in rated)},
+                "feedback": feedback_counts(rated),
                 "reference": self.reference is not None,
                 "thresholds": {r.metric: r.above for r in self.cfg.alerts}}
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.monitor.live import still_firing
+from tunesmith.formatting import pct
+from tunesmith.monitor.live import feedback_counts, still_firing
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
@@ -33,12 +34,8 @@ def read(run: RunDir, recipe: Recipe, store_url: str | None = None) -> dict[str,
     store = Store.open_existing(store_url or recipe.monitor.store or run.monitor_db,
                                 f"Serve the run first: tunesmith serve {run.root}")
     try:
-        rated = store.rated()
         return {"windows": store.recent_windows(), "alerts": store.recent_alerts(),
-                "requests": store.count("requests"),
-                "feedback": {"total": len(rated), "positive": sum(r["rating"] > 0 for r in rated),
-                             "negative": sum(r["rating"] < 0 for r in rated),
-                             "corrections": sum(bool(r["correction"]) for r in rated)}}
+                "requests": store.count("requests"), "feedback": feedback_counts(store.rated())}
     finally:
         store.close()
 
@@ -78,7 +75,9 @@ def show(summary: dict[str, Any], advice: Advice, run: Path) -> None:
                       _num(w.get("drift")), _num(w.get("negative_feedback_rate")))
     out.print(table)
     f = summary["feedback"]
-    out.print(f"feedback: {f['total']} ratings ({f['positive']} +1, {f['negative']} -1), "
+    accuracy = (f" -> online accuracy {pct(f['online_accuracy'], f['online_accuracy_ci'])}"
+                if f["online_accuracy"] is not None else "")
+    out.print(f"feedback: {f['total']} ratings ({f['positive']} +1, {f['negative']} -1){accuracy}, "
               f"{f['corrections']} corrections")
     for alert in summary["alerts"][:5]:
         out.print(f"alert {alert['state']}: {alert['rule']} at {_time(alert['time'])}: {alert['message']}")
