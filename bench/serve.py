@@ -8,7 +8,8 @@ bounded in count and time.
 (a) naive: the run's model, one HF `generate` per request, one after another (greedy, fp32);
 (b) `tunesmith serve` (its own process; dynamic batching) with `--clients` concurrent clients, in fp32 (the
     default on a CPU: it answers as evaluation scored) and in bf16 (`serve.precision: bf16`);
-then the latency of a cache hit. Prints req/s, p50/p95/p99 latency and the ratio to naive.
+then the latency of a cache hit. Prints req/s, p50/p95/p99 latency and the ratio to naive, and
+how many of the run's test and eval-set answers bf16 serving gives exactly as fp32 does.
 """
 
 from __future__ import annotations
@@ -124,6 +125,28 @@ def served(run: Path, chats: list[list[dict]], tokens: int, concurrency: int, pr
     return latencies, wall, statistics.median(hits), len(latencies) / batches
 
 
+def agreement(run: Path, tokens: int = 64) -> dict[str, tuple[int, int]]:
+    """Per set (test and each eval set): answers bf16 serving gives exactly as fp32 does, of all."""
+    from tunesmith.models.chat import prompt_and_reference
+    from tunesmith.models.generation import GenRequest
+    from tunesmith.serve.state import load_served
+
+    answers: dict[str, dict[str, list[str]]] = {}
+    for precision in ("fp32", "bf16"):
+        served = load_served(str(run), [f"serve.precision={precision}"], with_fallback=False)
+        recipe, engine = served.recipe, served.engine
+        for name, path in {"test": recipe.data.test, **recipe.data.eval_sets}.items():
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+            prompts = [engine.render(prompt_and_reference(r, recipe.data.system_prompt)[0]) for r in rows]
+            texts = []
+            for start in range(0, len(prompts), 16):
+                batch = [GenRequest(p, tokens, temperature=0) for p in prompts[start:start + 16]]
+                texts += [r.text for r in engine.generate(batch)]
+            answers.setdefault(name, {})[precision] = texts
+    return {name: (sum(a == b for a, b in zip(both["fp32"], both["bf16"], strict=True)), len(both["fp32"]))
+            for name, both in answers.items()}
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -161,6 +184,9 @@ def main() -> None:
                       f"{percentile(latencies, 50):.2f}", f"{percentile(latencies, 95):.2f}",
                       f"{percentile(latencies, 99):.2f}", f"{rate / naive_rate:.2f}x", f"{1000 * hit:.1f}")
     Console(width=140).print(table)
+    same = agreement(run)
+    print("bf16 answers identical to fp32 (greedy, 64 new tokens): "
+          + ", ".join(f"{name} {n} of {total}" for name, (n, total) in same.items()))
 
 
 if __name__ == "__main__":
