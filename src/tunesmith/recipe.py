@@ -500,7 +500,7 @@ class ServeConfig(_Section):
     """How long a cached answer is served."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto` generates as evaluation did (eval.precision), so the served model answers as it scored.
-    `bf16` on a CPU with AMX / AVX512-BF16: bf16 weights, 2.2x the fp32 throughput (bench/serve.py)."""
+    `bf16` on a CPU with AMX / AVX512-BF16: bf16 weights, 2.2-2.7x the fp32 throughput (bench/serve.py)."""
     prefix_cache: bool = True
     """Compute the prompt prefix a batch shares (system prompt, template) once and keep it."""
     output_check: Literal["none", "json", "json_fields"] = "none"

@@ -160,6 +160,9 @@ class Store:
         self._writer.join(timeout=10)
 
     def _write_loop(self) -> None:
+        from tunesmith.monitor.live import background_priority
+
+        background_priority()
         while True:
             batch = [self._pending.get()]
             while batch[-1] is not None and not self._pending.empty() and len(batch) < 256:

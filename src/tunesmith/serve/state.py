@@ -22,6 +22,7 @@ from tunesmith.models.device import cpu_native_bf16, generation_bf16, resolve_de
 from tunesmith.models.families import family_for
 from tunesmith.models.generation import Engine, HFEngine
 from tunesmith.models.loading import cache_dir
+from tunesmith.monitor.embed import load_encoder
 from tunesmith.monitor.live import Monitor, Reference
 from tunesmith.monitor.metrics import Metrics
 from tunesmith.monitor.store import Store
@@ -147,6 +148,8 @@ def _monitor(recipe: Recipe, run: RunDir | None, name: str, engine: Engine, metr
     default = run.monitor_db if run is not None else cache_dir() / "serve" / f"{_safe(name)}.db"
     store = Store.open(cfg.store or default, cfg.retention_days)
     found = reference.read(run.drift_reference, run.drift_embeddings) if run is not None else None
+    if found is not None and found[1] is not None and cfg.embeddings:
+        load_encoder()  # now, not in the middle of traffic at the first window (seconds of CPU)
     if found is None:
         event("warning", message=f"{name}: no drift reference (train/drift_reference.json, written at train "
               "time by this version): requests are logged and judged, but not for drift.")
