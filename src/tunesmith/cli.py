@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         usage.show()
         code = usage.exit_code
     except (KeyboardInterrupt, typer.Abort):
+        for number in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second signal during
+            signal.signal(number, signal.SIG_IGN)        # shutdown must not turn exit 130 into -2
         problem("interrupted", "stopped before it finished; the run directory is as it was "
                 "(an interrupted training resumes with --resume).", style="bold yellow")
         code = 130
