@@ -9,6 +9,7 @@
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
     tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT
     tunesmith monitor RUN_DIR                 tunesmith feedback export RUN_DIR --out DIR
+    tunesmith models list                     tunesmith models recommend --task T --memory 16GB
     tunesmith report RUN_DIR
     tunesmith compare RUN_A RUN_B [...] [--html PAGE]
     tunesmith --debug COMMAND ...        (tracebacks of internal errors)
@@ -38,6 +39,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and prepare data.")
 app.add_typer(data_app, name="data")
 feedback_app = typer.Typer(no_args_is_help=True, help="What users said of a served model's answers.")
 app.add_typer(feedback_app, name="feedback")
+models_app = typer.Typer(no_args_is_help=True, help="The base-model catalog and advisor.")
+app.add_typer(models_app, name="models")
 
 RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=False)
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
@@ -176,6 +179,28 @@ def export_command(
     from tunesmith.serve.export import export_merged
 
     out.print(f"merged model: {export_merged(run_dir, out_dir)}")
+
+
+@models_app.command("list")
+def models_list(family: str | None = typer.Option(None, help="causal_lm, encoder or seq2seq.")) -> None:
+    """The catalog: size, family, context, languages, license and commercial use of each model."""
+    from tunesmith.report.advice import print_catalog
+
+    print_catalog(family)
+
+
+@models_app.command("recommend")
+def models_recommend(
+    task: str = typer.Option(..., help="generation, classification or text2text."),
+    memory: str | None = typer.Option(None, help="Memory to train in, e.g. 16GB (default: this machine's)."),
+    license: str = typer.Option("any", help="commercial (exclude non-commercial licenses) or any."),
+    data: str | None = typer.Option(None, help="A recipe whose training data sizes the epoch."),
+    top: int = typer.Option(5, min=1, help="How many to show."),
+) -> None:
+    """Base models ranked for a task, a memory budget and a license, with the reasons."""
+    from tunesmith.report.advice import print_recommendation, recommendation_need
+
+    print_recommendation(recommendation_need(task, memory, license, data), top)
 
 
 StoreOpt = typer.Option(None, "--store", help="The store's URL when it is not the run's own SQLite "

@@ -1,0 +1,68 @@
+"""The base-model catalog (`catalog.yaml` beside this file): real open models of the three
+families with their size, architecture numbers, context, languages and license terms, and the
+source of the facts. `tunesmith models list` prints it; the advisor ranks it.
+
+    entries = load_catalog()
+    entry = find("HuggingFaceTB/SmolLM2-135M-Instruct")      # or an embedded name
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.resources import files
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+Family = Literal["causal_lm", "encoder", "seq2seq"]
+TASK_FAMILIES: dict[str, tuple[str, ...]] = {
+    "generation": ("causal_lm",),
+    "classification": ("encoder", "causal_lm"),
+    "text2text": ("seq2seq", "causal_lm"),
+}
+"""Families that suit a task, the best suited first (a decoder can classify and rewrite too)."""
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hub_id: str
+    family: Family
+    arch: str
+    params: float = Field(gt=0)
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    kv_dim: int = Field(gt=0)
+    """Key/value width per layer: kv heads x head dim (grouped-query attention keeps it small)."""
+    intermediate: int = Field(gt=0)
+    vocab: int = Field(gt=0)
+    context: int = Field(gt=0)
+    languages: list[str]
+    license: str
+    commercial: Literal["yes", "no", "conditions"]
+    gated: bool
+    conditions: str | None = None
+    embedded: str | None = None
+    """The `model.name` that ships offline with tunesmith, if any."""
+    source: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.embedded or self.hub_id
+
+    @property
+    def size(self) -> str:
+        return f"{self.params / 1e9:.1f}B" if self.params >= 1e9 else f"{self.params / 1e6:.0f}M"
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> tuple[CatalogEntry, ...]:
+    raw = yaml.safe_load((files("tunesmith.models") / "catalog.yaml").read_text(encoding="utf-8"))
+    source = raw["defaults"]["source"]
+    return tuple(CatalogEntry(**{"source": source.format(hub_id=m["hub_id"]), **m}) for m in raw["models"])
+
+
+def find(name: str) -> CatalogEntry | None:
+    """The catalog entry of a hub id or an embedded model name (case-insensitive), if listed."""
+    wanted = name.lower()
+    return next((e for e in load_catalog() if wanted in (e.hub_id.lower(), (e.embedded or "").lower())), None)
