@@ -191,7 +191,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, tiny_model_dir, chat_fil
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in loaded.trials)
     assert len({t.user_attrs["worker"] for t in loaded.trials}) == 2, "both workers ran trials"
     trials = sorted(p.name for p in (tmp_path / "runs" / recipe.name / "tune" / "trials").iterdir())
-    assert len(trials) == 6, "each worker's trials were merged into the one run"
+    trained = sorted(f"trial-{t.number}" for t in loaded.trials if "duplicate_of" not in t.user_attrs)
+    # a trial that repeats earlier values is answered from that trial, not trained: it leaves no directory
+    assert trials == trained and len(trained) >= 4, "each worker's trials were merged into the one run"
 
 
 def test_tune_writes_nothing_secret(tmp_path, tiny_model_dir, chat_files):

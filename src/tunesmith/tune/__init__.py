@@ -38,7 +38,7 @@ from tunesmith.rundir import RunDir
 from tunesmith.tune.budget import StepBudget, steps_used
 from tunesmith.tune.objective import cv_folds, objective, report
 from tunesmith.tune.outputs import TuneResult, write_outputs
-from tunesmith.tune.space import pruner, repeat_of, sampler, suggest, trial_recipe
+from tunesmith.tune.space import pruner, repeat_of, sampler, suggest, trial_recipe, worker_seed_offset
 from tunesmith.tune.storage import open_storage
 
 __all__ = ["StepBudget", "TuneResult", "cv_folds", "pruner", "repeat_of", "report", "run", "sampler",
@@ -68,8 +68,12 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
         if not splits.get("val") and cfg.cv_folds < 2:
             raise ConfigError("tuning needs validation data: set data.val, data.val_fraction > 0, "
                               "or tune.cv_folds.")
-        study = optuna.create_study(storage=open_storage(cfg, view, storage), sampler=sampler(cfg),
-                                    pruner=pruner(cfg), study_name=study_name or cfg.study or recipe.name,
+        # workers sharing a study each sample from their own seed: with the recipe's seed in every
+        # worker they proposed the same points, and the repeats were answered without training
+        seed_offset = 0 if storage is None else worker_seed_offset()
+        study = optuna.create_study(storage=open_storage(cfg, view, storage),
+                                    sampler=sampler(cfg, seed_offset), pruner=pruner(cfg),
+                                    study_name=study_name or cfg.study or recipe.name,
                                     direction=cfg.direction, load_if_exists=True)
         started = time.time()
         budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)

@@ -3,6 +3,7 @@ and the recipe a trial's values make."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,25 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], run_name: str, out_dir:
     return recipe_from_dict(raw, f"trial {run_name}")
 
 
-def sampler(cfg: Any) -> Any:
+def worker_seed_offset() -> int:
+    """A number of this worker's own (host and process), added to the sampler's seed when workers
+    share a study, so that they do not all propose the same points."""
+    import zlib
+
+    return zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 1_000_003
+
+
+def sampler(cfg: Any, seed_offset: int = 0) -> Any:
+    """The search strategy's sampler; `seed_offset` 0 (one worker) keeps the recipe's seed exactly."""
     import optuna
 
+    seed = cfg.seed + seed_offset
     if cfg.strategy == "grid":
-        return optuna.samplers.GridSampler({k: s.grid_values() for k, s in cfg.space.items()}, seed=cfg.seed)
+        return optuna.samplers.GridSampler({k: s.grid_values() for k, s in cfg.space.items()}, seed=seed)
     if cfg.strategy == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: trials still running on other workers count as bad, so workers spread out
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=cfg.startup_trials,
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=cfg.startup_trials,
                                       constant_liar=True)
 
 
