@@ -92,9 +92,11 @@ def _decode_step(model, ids, mask):
     """The logits of one decoding step (one query token over the cached prompt)."""
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    from tunesmith.models.generation import cache_argument
+
+    cache, argument = DynamicCache(), cache_argument(model)
+    model(input_ids=ids, attention_mask=mask, **{argument: cache}, use_cache=True)
     step = torch.tensor([[11], [12], [13]])
     full_mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-    out = model(input_ids=step, attention_mask=full_mask, past_key_values=cache, use_cache=True)
+    out = model(input_ids=step, attention_mask=full_mask, **{argument: cache}, use_cache=True)
     return out.logits.float()

@@ -77,6 +77,15 @@ PREFIX_CACHE_SIZE = 8
 """Distinct prefixes kept (system prompt x template x adapter on/off)."""
 
 
+def cache_argument(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` since transformers 5.24,
+    `past_key_values` before (still accepted there, with a deprecation warning)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _common_prefix(ids: list[list[int]]) -> int:
     """Tokens all rows share at the start, leaving each row at least one of its own."""
     limit = min(len(x) for x in ids) - 1
@@ -183,7 +192,7 @@ class HFEngine:
                   "attention_mask": torch.tensor(mask, device=device)}
         if shared:
             prefix = tuple(ids[0][:shared])
-            inputs["past_key_values"] = self._prefix_cache(model, prefix, use_base, len(batch))
+            inputs[cache_argument(model)] = self._prefix_cache(model, prefix, use_base, len(batch))
         return inputs
 
     def _prefix_cache(self, model: Any, prefix: tuple[int, ...], use_base: bool, rows: int) -> Any:
@@ -194,7 +203,7 @@ class HFEngine:
         if key not in self._prefixes:
             computed = DynamicCache()
             model(input_ids=torch.tensor([prefix], device=next(model.parameters()).device),
-                  past_key_values=computed, use_cache=True)
+                  **{cache_argument(model): computed}, use_cache=True)
             self._prefixes[key] = [(layer.keys, layer.values) for layer in computed.layers]
             while len(self._prefixes) > PREFIX_CACHE_SIZE:
                 self._prefixes.pop(next(iter(self._prefixes)))
