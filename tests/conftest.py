@@ -76,6 +76,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT, hidden size 16, saved as safetensors with the char tokenizer: the shape of
+    a BERT-style checkpoint (an encoder without a head; fine-tuning adds the classifier)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

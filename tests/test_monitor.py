@@ -329,7 +329,11 @@ def test_feedback_is_exported_and_trains_kto(monitored_run, tiny_model_dir, tmp_
     report = json.loads((out / "export.json").read_text())
     assert report["rated"] == 5
     sft = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
-    assert sorted(r["messages"][-1]["content"] for r in sft) == ["BL", "PI"]  # RE was a test prompt
+    corrections = [r for r in sft if r["meta"]["kind"] == "correction"]
+    assert sorted(r["messages"][-1]["content"] for r in corrections) == ["BL", "PI"]  # RE was a test prompt
+    approved = sorted(r["messages"][0]["content"] for r in sft if r["meta"]["kind"] == "approved")
+    assert approved == ["code for green #4", "code for red #1"]  # the answers rated +1, as given
+    assert report["sft_rows"] == {"correction": 2, "approved": 2}
     assert report["dropped"]["sft"]["test_leakage"] == 1
     kto = [json.loads(line) for line in (out / "kto.jsonl").read_text().splitlines()]
     assert len(kto) == 6 and sum(r["label"] for r in kto) == 4  # 4 rated + 2 corrections, less the test's

@@ -116,6 +116,8 @@ class SetResult(Schema):
     worst_examples: list[WorstExample] = Field(default_factory=list)
     top_confusions: list[TopConfusion] = Field(default_factory=list)
     slices: dict[str, Slice] = Field(default_factory=dict)
+    majority: float | None = None
+    """A classifier's floor: accuracy of always answering the training data's commonest label."""
 
 
 class Loss(Schema):
@@ -175,6 +177,9 @@ class Bias(Schema):
 class EvalSummary(Schema):
     metric: str
     """The primary metric (eval.metric) that `value`, the paired deltas and the bias gaps use."""
+    baseline: str = "base model"
+    """What the `base` scores are: the model before fine-tuning, or for an encoder (whose head
+    starts random) a k-NN vote over the frozen encoder's embeddings."""
     sets: dict[str, SetResult] = Field(default_factory=dict)
     """Per evaluation set: test, and each data.eval_sets entry (e.g. ood)."""
     validation: Validation = Field(default_factory=Validation)

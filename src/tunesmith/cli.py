@@ -233,12 +233,14 @@ def monitor_command(run_dir: str = typer.Argument(..., help="A served run direct
 @feedback_app.command("export")
 def feedback_export(run_dir: str = typer.Argument(..., help="A served run directory, e.g. runs/demo."),
                     out_dir: str = typer.Option(..., "--out", help="Directory for sft/kto/dpo.jsonl."),
-                    store: str | None = StoreOpt) -> None:
+                    store: str | None = StoreOpt,
+                    corrections_only: bool = typer.Option(
+                        False, "--corrections-only", help="sft.jsonl without the answers rated +1.")) -> None:
     """Rated and corrected answers as SFT, KTO and DPO data (deduplicated, test prompts removed)."""
     from tunesmith.monitor.export import export
 
     run, recipe = _served_run(run_dir)
-    result = export(run, recipe, Path(out_dir), store)
+    result = export(run, recipe, Path(out_dir), store, approved=not corrections_only)
     written = ", ".join(f"{name}.jsonl {count} rows" for name, count in result.rows.items())
     out.print(f"{result.rated} rated answers -> {written} in {result.out}")
     dropped = {n: sum(d.values()) for n, d in result.dropped.items() if sum(d.values())}

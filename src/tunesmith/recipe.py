@@ -207,8 +207,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "embedded:smollm2-135m-instruct"
     """Hub id, local directory (safetensors), or `embedded:smollm2-135m-instruct` (ships offline)."""
-    family: Literal["causal_lm"] = "causal_lm"
-    """Model family: `causal_lm` (decoder, GPT-style: generation). Encoders and seq2seq come next."""
+    family: Literal["causal_lm", "encoder"] = "causal_lm"
+    """Model family: `causal_lm` (decoder, GPT-style: generation) or `encoder` (BERT-style: a
+    classification head; the label is a classification record's, or a chat answer's
+    `eval.label_field`)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; None takes the default branch."""
     trust_remote_code: bool = False
@@ -590,6 +592,13 @@ class Recipe(_Section):
     """How `tunesmith serve` answers: batching, limits, cache, output check, fallback."""
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     """What the server watches: request log, feedback, drift, alerts."""
+
+    @model_validator(mode="after")
+    def _family_trains_so(self) -> Recipe:
+        if self.model.family == "encoder" and self.train.preference:
+            raise ValueError(f"train.method {self.train.method} needs a generating model; an encoder "
+                             "(model.family: encoder) trains with train.method lora or full")
+        return self
 
     @property
     def run_dir(self) -> Path:

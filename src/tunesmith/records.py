@@ -79,3 +79,26 @@ def as_chat(record: dict[str, Any]) -> list[dict[str, Any]] | None:
         answer = record.get("chosen", record.get("completion", ""))
         return [*record["prompt"], {"role": "assistant", "content": answer}]
     return None
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in `text` (models often wrap it in prose), or None."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+def answer_field(text: str, field: str) -> str | None:
+    """A JSON answer's field as a string (the label of a structured answer), or None."""
+    parsed = parse_json_object(text)
+    value = parsed.get(field) if parsed else None
+    return None if value is None else str(value)

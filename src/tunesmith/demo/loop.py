@@ -130,16 +130,23 @@ def _settle(served: Any, answered: int) -> None:
     served.monitor.wait()
 
 
-def retrain(run: Path, feedback: Path) -> Path:
-    """Step 5: the served adapter, trained on the demo's data plus the corrections."""
-    from tunesmith import pipeline
+def retrain_overrides(run: Path, feedback: Path) -> list[str]:
+    """Step 5's recipe, as overrides of the first run's (`bench/loop_spread.py` varies them)."""
     from tunesmith.recipe import load_recipe
 
     first = load_recipe(run / "recipe.yaml")
-    recipe = load_recipe(run / "recipe.yaml", [
-        f"name={run.name}-loop", f"data.train=[{first.data.train[0]}, {feedback / 'sft.jsonl'}]",
-        "data.balance.by=meta.source", "data.balance.strategy=oversample",
-        f"train.init_adapter={run / 'model'}", "train.lr=2e-4", "train.max_steps=40", "train.eval_steps=20"])
+    return [f"name={run.name}-loop", f"data.train=[{first.data.train[0]}, {feedback / 'sft.jsonl'}]",
+            "data.balance.by=meta.source", "data.balance.strategy=oversample",
+            f"train.init_adapter={run / 'model'}", "train.lr=2e-4", "train.max_steps=40",
+            "train.eval_steps=20"]
+
+
+def retrain(run: Path, feedback: Path, extra: list[str] | None = None) -> Path:
+    """Step 5: the served adapter, trained on the demo's data plus the users' feedback."""
+    from tunesmith import pipeline
+    from tunesmith.recipe import load_recipe
+
+    recipe = load_recipe(run / "recipe.yaml", [*retrain_overrides(run, feedback), *(extra or [])])
     pipeline.run(recipe)
     return recipe.run_dir
 

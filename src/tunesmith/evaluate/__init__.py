@@ -31,6 +31,7 @@ from tunesmith.data import load_splits
 from tunesmith.evaluate import analysis
 from tunesmith.evaluate.generation import Generator, HFGenerator
 from tunesmith.evaluate.scoring import Evaluation, bias_probes, forgetting, score_set, validation
+from tunesmith.models.classifier import KNN_NEIGHBOURS
 from tunesmith.models.device import generation_bf16, resolve_device
 from tunesmith.models.families import family_for
 from tunesmith.models.loading import load_run_model
@@ -61,7 +62,44 @@ def _evaluation(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]],
         return HFGenerator(model, run_model.tokenizer, cfg.max_new_tokens, cfg.batch_size, bf16, family)
 
     labels = bool(cfg.label_field) or "label" in (splits.get("train") or [{}])[0]
-    return Evaluation(recipe, run_model, family, generator_for, labels)
+    if family.generates:
+        return Evaluation(recipe, run_model, family, generator_for, labels, cfg.label_field)
+    return _classifier_evaluation(recipe, run_model, family, splits, generator_factory)
+
+
+def _classifier_evaluation(recipe: Recipe, run_model: Any, family: Any, splits: dict[str, list[dict]],
+                           generator_factory: Any) -> Evaluation:
+    """An encoder: answers are the head's labels, references the records' labels, and the
+    baseline a k-NN over the frozen encoder's embeddings of the training split."""
+    from tunesmith.models.classifier import ClassifierPredictor, KNNPredictor, example
+
+    cfg = recipe.eval
+    config = run_model.model.config
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    train = [example(r, cfg.label_field) for r in splits.get("train", [])]
+
+    def reference_of(record: dict) -> tuple[list[dict], str]:
+        text, label = example(record, cfg.label_field)
+        return [{"role": "user", "content": text}], label
+
+    def generator_for(model: Any) -> Generator:
+        if generator_factory is not None:
+            return generator_factory(model, run_model.tokenizer)
+        return ClassifierPredictor(model, run_model.tokenizer, labels, cfg.batch_size,
+                                   recipe.train.max_length)
+
+    knn: dict[str, KNNPredictor] = {}
+
+    def knn_for(base: Any) -> Generator:  # one per evaluation: the training embeddings are computed once
+        if "knn" not in knn:
+            knn["knn"] = KNNPredictor(base, run_model.tokenizer, [t for t, _ in train],
+                                      [lb for _, lb in train], batch_size=cfg.batch_size,
+                                      max_length=recipe.train.max_length)
+        knn["knn"].model = base
+        return knn["knn"]
+
+    return Evaluation(recipe, run_model, family, generator_for, True, None, reference_of,
+                      knn_for if train else None, [lb for _, lb in train])
 
 
 def _memorisation(summary: EvalSummary, predictions: list[Prediction], train: list[dict]) -> None:
@@ -91,6 +129,8 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
     splits = load_splits(run_dir)
     ev = _evaluation(recipe, run_dir, splits, generator_factory)
     summary = EvalSummary(metric=cfg.metric)
+    if not ev.family.generates:
+        summary.baseline = f"k-NN (k={KNN_NEIGHBOURS}) over the frozen encoder's embeddings"
     if splits.get("val"):
         summary.validation = validation(ev, splits["val"][: cfg.max_examples])
     predictions: list[Prediction] = []
@@ -105,9 +145,9 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
     summary.generation_examples_per_second = sum(ev.speeds) / len(ev.speeds) if ev.speeds else None
     if run_dir.train_log.exists():
         summary.generalisation = analysis.loss_curves(load_rows(LogEntry, run_dir.train_log))
-    if test_pairs is not None and splits.get("train"):
+    if test_pairs is not None and splits.get("train") and ev.family.generates:
         _memorisation(summary, predictions, splits["train"])
-    if cfg.forgetting_probe:
+    if cfg.forgetting_probe and ev.family.generates:  # a classifier has no general knowledge to probe
         summary.forgetting = forgetting(ev)
     if cfg.bias.enabled and test_pairs is not None and cfg.metric != "none":
         summary.bias = bias_probes(ev, test_pairs)

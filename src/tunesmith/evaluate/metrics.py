@@ -13,7 +13,6 @@ recall and F1, and a confusion matrix (scikit-learn).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from functools import lru_cache
@@ -21,6 +20,9 @@ from typing import Any
 
 from tunesmith.artifacts import ModelScores
 from tunesmith.evaluate.stats import bootstrap_ci
+from tunesmith.records import answer_field, parse_json_object
+
+__all__ = ["parse_json_object"]  # re-exported: serving and analysis import it from here
 
 _SPACE = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -58,22 +60,6 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in `text` (models often wrap it in prose), or None."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(value, dict):
-            return value
-        start = text.find("{", start + 1)
-    return None
-
-
 def json_valid(prediction: str, reference: str = "") -> float:
     return float(parse_json_object(prediction) is not None)
 
@@ -90,9 +76,8 @@ def field_value(text: str, field: str | None) -> str:
     """The label in an answer: a JSON field when `field` is set, else the whole answer."""
     if field is None:
         return normalise(text)
-    parsed = parse_json_object(text)
-    value = parsed.get(field) if parsed else None
-    return "<invalid>" if value is None else str(value)
+    value = answer_field(text, field)
+    return "<invalid>" if value is None else value
 
 
 def score(metric: str, prediction: str, reference: str, fields: list[str]) -> float | None:

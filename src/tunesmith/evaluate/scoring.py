@@ -32,6 +32,7 @@ from tunesmith.evaluate.generation import Generator
 from tunesmith.evaluate.metrics import score, set_scores
 from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
 from tunesmith.models.chat import prompt_and_reference, tokenize_record
+from tunesmith.models.classifier import majority_accuracy
 from tunesmith.models.families import Family
 from tunesmith.models.families.causal_lm import IGNORE
 from tunesmith.models.loading import RunModel
@@ -49,8 +50,22 @@ class Evaluation:
     """A generator answering with the given model (fine-tuned or base)."""
     labels: bool
     """Answers are labels (classification data, or eval.label_field set): label metrics too."""
+    label_field: str | None = None
+    """The JSON field of an answer that is its label (eval.label_field; None for a classifier,
+    whose answers and references are the labels themselves)."""
+    reference_of: Callable[[dict], tuple[list[dict], str]] | None = None
+    """A record's (prompt, reference); None: the conversation and its last answer."""
+    base_generator_for: Callable[[Any], Generator] | None = None
+    """The baseline's answers from the base model; None: generator_for (an encoder: its k-NN)."""
+    train_labels: list[str] = field(default_factory=list)
+    """A classifier's training labels, for the majority-class floor."""
     speeds: list[float] = field(default_factory=list)
     """Examples per second of the fine-tuned model's generation, one per evaluation set."""
+
+    def pair(self, record: dict) -> tuple[list[dict], str]:
+        if self.reference_of is not None:
+            return self.reference_of(record)
+        return prompt_and_reference(record, self.recipe.data.system_prompt)
 
     def answers(self, prompts: list[list[dict]], label: str, measure: bool = False) -> dict[str, list[str]]:
         """The fine-tuned model's answers, and the base model's when eval.baseline is on."""
@@ -60,7 +75,8 @@ class Evaluation:
             self.speeds.append(getattr(generator, "examples_per_second", 0.0))
         if self.recipe.eval.baseline:
             with self.run_model.as_base() as base:
-                out["base"] = self.generator_for(base).generate(prompts, f"{label} (base)")
+                out["base"] = (self.base_generator_for or self.generator_for)(base).generate(
+                    prompts, f"{label} (base)")
         return out
 
 
@@ -99,14 +115,41 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
     return total / max(count, 1)
 
 
+def mean_label_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe, family: Family) -> float:
+    """A classifier's mean cross-entropy over the records whose label its head knows."""
+    import torch
+
+    from tunesmith.models.classifier import example
+
+    index = model.config.label2id
+    pairs = [(t, index[label]) for t, label in (example(r, recipe.eval.label_field) for r in records)
+             if label in index]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(pairs), recipe.eval.batch_size):
+            batch = pairs[start:start + recipe.eval.batch_size]
+            inputs = tokenizer([t for t, _ in batch], padding=True, truncation=True,
+                               max_length=recipe.train.max_length, return_tensors="pt").to(device)
+            batch_total, batch_count = family.answer_loss_sum(model(**inputs).logits,
+                                                              torch.tensor([i for _, i in batch]))
+            total += float(batch_total)
+            count += int(batch_count)
+    return total / max(count, 1)
+
+
 def validation(ev: Evaluation, records: list[dict]) -> Validation:
-    """Loss and perplexity on the answer tokens of the validation split, as in training."""
+    """Loss and perplexity on the answer tokens of the validation split, as in training (a
+    classifier: the head's cross-entropy; its base has a random head, so no base loss)."""
+    loss_fn = mean_answer_loss if ev.family.generates else mean_label_loss
+
     def loss_of(model: Any) -> Loss:
-        loss = mean_answer_loss(model, ev.run_model.tokenizer, records, ev.recipe, ev.family)
+        loss = loss_fn(model, ev.run_model.tokenizer, records, ev.recipe, ev.family)
         return Loss(loss=loss, perplexity=math.exp(loss))
 
     result = Validation(finetuned=loss_of(ev.run_model.model))
-    if ev.recipe.eval.baseline:
+    if ev.recipe.eval.baseline and ev.family.generates:
         with ev.run_model.as_base() as base:
             result.base = loss_of(base)
     return result
@@ -136,7 +179,7 @@ def _predictions(name: str, records: list[dict], pairs: list, answers: dict[str,
             "input_ids"]) >= cfg.max_new_tokens
         correct = (row.finetuned_score or 0) >= 1
         row.finetuned_error = analysis.error_class(row.finetuned_prediction, reference, correct, hit_limit,
-                                                   cfg.label_field)
+                                                   ev.label_field)
         rows.append(row)
     return rows
 
@@ -146,10 +189,10 @@ def score_set(ev: Evaluation, name: str, records: list[dict]) -> tuple[SetResult
     classes, worst examples, confusions and group slices. Also returns the (prompt, reference)
     pairs, which the bias probes reuse."""
     cfg = ev.recipe.eval
-    pairs = [prompt_and_reference(r, ev.recipe.data.system_prompt) for r in records]
+    pairs = [ev.pair(r) for r in records]
     references = [ref for _, ref in pairs]
     answers = ev.answers([p for p, _ in pairs], name, measure=True)
-    scores = {model: set_scores(outputs, references, cfg.metric, cfg.json_fields, cfg.label_field, ev.labels)
+    scores = {model: set_scores(outputs, references, cfg.metric, cfg.json_fields, ev.label_field, ev.labels)
               for model, outputs in answers.items()}
     rows = _predictions(name, records, pairs, answers, ev)
     result = SetResult(examples=len(records), finetuned=scores["finetuned"][0],
@@ -157,6 +200,8 @@ def score_set(ev: Evaluation, name: str, records: list[dict]) -> tuple[SetResult
                        errors=dict(sorted(Counter(r.finetuned_error for r in rows).items())),
                        worst_examples=analysis.worst_examples(rows, cfg.worst_examples),
                        slices=_slices(rows))
+    if ev.train_labels:
+        result.majority = majority_accuracy(ev.train_labels, references)
     if "base" in scores and cfg.metric != "none":
         result.paired = paired(cfg.metric, scores["base"][1][cfg.metric],
                                scores["finetuned"][1][cfg.metric])

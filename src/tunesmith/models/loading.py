@@ -201,8 +201,9 @@ DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop
 
 
 def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None,
-               dropout: float | None = None) -> Any:
-    """The model on its device; `dropout` sets every dropout field its config has."""
+               dropout: float | None = None, **head: Any) -> Any:
+    """The model on its device; `dropout` sets every dropout field its config has; `head` is a
+    classifier's num_labels / id2label / label2id."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
@@ -216,7 +217,7 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
     try:
         model = family_for(cfg).auto_class().from_pretrained(
             location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
-            **overrides,
+            **overrides, **head,
         )
     except (OSError, ValueError) as error:  # missing files, offline hub, malformed repo id
         raise ModelError(
@@ -224,6 +225,20 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
             "your network, and that the repo has safetensors weights."
         ) from None
     return model.to(device)
+
+
+def classifier_head(model_dir: Path) -> dict[str, Any]:
+    """A classifier run's head (num_labels, id2label, label2id) from its labels file; {} otherwise."""
+    import json
+
+    from tunesmith.models.classifier import LABELS_FILE
+
+    path = model_dir / LABELS_FILE
+    if not path.is_file():
+        return {}
+    labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
 
 
 @dataclass
@@ -246,7 +261,7 @@ def load_run_model(cfg: ModelConfig, method: str, model_dir: Path) -> RunModel:
                          "`tunesmith train RECIPE` (or `tunesmith run RECIPE`) first.")
     device = resolve_device(cfg)
     tokenizer = load_tokenizer(cfg, str(model_dir))
-    base = load_model(cfg, model_location(cfg), device)
+    base = load_model(cfg, model_location(cfg), device, **classifier_head(model_dir))
     if method != "lora":
         return RunModel(tokenizer, load_model(cfg, str(model_dir), device),
                         lambda: contextlib.nullcontext(base))

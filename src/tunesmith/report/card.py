@@ -85,7 +85,7 @@ def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files
         {"task": {"type": tag}, "dataset": {"name": name, "type": "custom"},
          "metrics": [{"type": metric, "value": round(row.finetuned.value or 0.0, 4)}]}
         for name, row in sets.items()]}]
-    front = {"base_model": base_model, "license": license_name,
+    front = {"base_model": base_model, "license": license_name, "pipeline_tag": tag,
              "library_name": "peft" if recipe.train.adapter == "lora" else "transformers",
              "datasets": [f["path"] for f in data_files], "tags": ["tunesmith", recipe.train.method, tag],
              "model-index": model_index}

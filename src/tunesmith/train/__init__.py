@@ -9,7 +9,9 @@ run killed with `kill -9` finishes with the same total steps. Writes the adapter
 weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
 
     backend.py      the Backend protocol: a TrainJob in, a Fitted model out
-    trl_backend.py  the backend today: TRL's SFTTrainer, used as-is
+    trl_backend.py  the backend for generating families: TRL's SFTTrainer, used as-is
+    preference.py   DPO / KTO: TRL's preference trainers
+    classifier.py   encoders: transformers' Trainer on a classification head, class weights
     callbacks.py    the Trainer side: progress and log.jsonl, guards, the eval-loss hook
     guards.py       overfitting guards, independent of the backend (they see losses only)
     checkpoints.py  which checkpoint to resume from, and whether a resume is possible
@@ -38,6 +40,13 @@ from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
+from tunesmith.train.classifier import (
+    ClassifierBackend,
+    class_weights,
+    classification_dataset,
+    labels_for,
+    save_labels,
+)
 from tunesmith.train.guards import OverfittingGuards
 
 __all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset"]
@@ -133,14 +142,22 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     location, device = model_location(recipe.model), resolve_device(recipe.model)
     family = family_for(recipe.model)
     tokenizer = load_tokenizer(recipe.model, location)
-    dataset = (preference_dataset if recipe.train.preference
-               else functools.partial(tokenized_dataset, tokenizer))
+    head: dict[str, Any] = {}
+    if recipe.train.preference:
+        dataset: Callable[[list[dict], Recipe], Any] = preference_dataset
+    elif not family.generates:  # a classifier: labels from the training split, index order
+        labels = labels_for(splits["train"], recipe)
+        dataset = functools.partial(classification_dataset, tokenizer, labels=labels)
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)}}
+    else:
+        dataset = functools.partial(tokenized_dataset, tokenizer)
     train_set = dataset(splits["train"], recipe)
     val_set = dataset(splits["val"], recipe) if splits.get("val") else None
     # seed before the adapter's random initialisation, not only in Trainer: a run's result must not
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
-    model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout)
+    model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout, **head)
     if recipe.train.init_adapter:
         model = _continue_lora(model, recipe.train.init_adapter)
     elif recipe.train.adapter == "lora":
@@ -148,7 +165,8 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
                     mixed_precision(recipe, device), run_dir.checkpoints,
                     _prepare_checkpoints(recipe, run_dir, resume), run_dir.log_in_progress,
-                    OverfittingGuards(recipe.train), on_eval_loss)
+                    OverfittingGuards(recipe.train), on_eval_loss,
+                    class_weights(splits["train"], recipe, labels) if head else None)
 
 
 def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
@@ -160,9 +178,23 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         shutil.copyfile(job.log_path, run_dir.train_log)
     fitted.model.save_pretrained(str(run_dir.model), safe_serialization=True)
     job.tokenizer.save_pretrained(str(run_dir.model))
+    if not job.family.generates:
+        config = fitted.model.config
+        save_labels(run_dir.model, [config.id2label[i] for i in range(config.num_labels)], job.class_weights)
     if job.recipe.train.merge and job.recipe.train.adapter == "lora":
         fitted.model.merge_and_unload().save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
+
+
+def _backend(job: TrainJob) -> Backend:
+    from tunesmith.train.preference import PreferenceBackend
+    from tunesmith.train.trl_backend import TRLBackend
+
+    if job.recipe.train.preference:
+        return PreferenceBackend()
+    if not job.family.generates:
+        return ClassifierBackend(job.class_weights)
+    return TRLBackend()
 
 
 def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
@@ -170,13 +202,10 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
     """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops) and
     `splits` (e.g. a CV fold) let other stages reuse the same training path."""
-    from tunesmith.train.preference import PreferenceBackend
-    from tunesmith.train.trl_backend import TRLBackend
-
     _quiet()
     job = _job(recipe, run_dir, splits if splits is not None else load_splits(run_dir), resume, on_eval_loss)
     started = time.time()
-    fitted = (backend or (PreferenceBackend() if recipe.train.preference else TRLBackend())).fit(job)
+    fitted = (backend or _backend(job)).fit(job)
     runtime = time.time() - started
     _save(job, fitted, run_dir)
     done = fitted.progress

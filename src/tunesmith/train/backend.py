@@ -27,7 +27,8 @@ class TrainJob:
     tokenizer: Any
     family: Family
     train_set: Any
-    """A `datasets.Dataset` of input_ids + assistant_masks (loss only where the mask is 1)."""
+    """A `datasets.Dataset`: input_ids + assistant_masks (loss only where the mask is 1) for
+    generating families, input_ids + labels (class index) for a classifier, preference rows."""
     val_set: Any | None
     device: str
     precision: str
@@ -40,6 +41,8 @@ class TrainJob:
     guards: OverfittingGuards
     on_eval_loss: Callable[[int, int, float], bool] | None = None
     """After each validation: (step, max steps, loss) -> stop now (the tune stage's pruning)."""
+    class_weights: list[float] | None = None
+    """A classifier's loss weight per label (data.balance.strategy: class_weights), index order."""
 
 
 @dataclass

@@ -7,7 +7,8 @@ instead of assumed.
     model = family.auto_class().from_pretrained(...)
     total, count = family.answer_loss_sum(logits, labels)
 
-Only the causal LM is built; `encoder` (sequence classification) and `seq2seq` land here next.
+    causal_lm.py  decoder-only: next-token loss, the answer follows the prompt
+    encoder.py    BERT-style: a classification head, answers are label names (models.classifier)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from tunesmith.errors import ConfigError
 from tunesmith.models.families.causal_lm import CausalLM
+from tunesmith.models.families.encoder import Encoder
 
 
 class Family(Protocol):
@@ -24,6 +26,8 @@ class Family(Protocol):
     """The model card's task (`text-generation`, `text-classification`, `text2text-generation`)."""
     peft_task_type: str
     """PEFT's task type for a LoRA adapter on this family."""
+    generates: bool
+    """Answers are generated text (decoders, encoder-decoders), not a classifier's label."""
 
     def auto_class(self) -> Any:
         """The transformers Auto class that loads a model of this family."""
@@ -38,7 +42,7 @@ class Family(Protocol):
         ...
 
 
-FAMILIES: dict[str, Family] = {"causal_lm": CausalLM()}
+FAMILIES: dict[str, Family] = {"causal_lm": CausalLM(), "encoder": Encoder()}
 
 
 def family_for(model_cfg: Any) -> Family:

@@ -16,6 +16,7 @@ class CausalLM:
     name: str = "causal_lm"
     pipeline_tag: str = "text-generation"
     peft_task_type: str = "CAUSAL_LM"
+    generates: bool = True
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
