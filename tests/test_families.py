@@ -52,7 +52,7 @@ def test_an_encoder_trains_evaluates_and_is_compared(tiny_encoder_dir, colour_fi
     assert {p["finetuned_prediction"] for p in predictions} <= {"cold", "warm"}
     assert {p["reference"] for p in predictions} == {"cold", "warm"}
     card = (run / "README.md").read_text()
-    assert "pipeline_tag: text-classification" in card
+    assert "pipeline_tag: text-classification" in card and "The baseline is a k-NN" in card
     assert (run / "model" / "adapter_config.json").is_file()
     # full fine-tuning: every weight, saved whole (this tiny char-level BERT learns slowly that way)
     again = _encoder_recipe(tiny_encoder_dir, colour_files, tmp_path, "name=enc-full", "train.method=full",
@@ -85,7 +85,7 @@ def test_class_weights_are_in_the_loss(colour_files):
     import torch
 
     from tunesmith.data.load import load_file
-    from tunesmith.train.classifier import _trainer_class, class_weights
+    from tunesmith.train.classifier import WeightedTrainer, class_weights
 
     records = load_file(colour_files[0]).records
     recipe = load_recipe(None, ["data.balance.strategy=class_weights", "model.family=encoder"])
@@ -102,7 +102,7 @@ def test_class_weights_are_in_the_loss(colour_files):
             return type("Out", (), {"logits": self.w(x)})()
 
     model = Head()
-    trainer = object.__new__(_trainer_class())  # only compute_loss is exercised: no Trainer set-up
+    trainer = object.__new__(WeightedTrainer)  # only compute_loss is exercised: no Trainer set-up
     trainer.weights, trainer.l1 = weights, 0.0
     x, labels = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([0, 1, 1])
     logits = model.w(x)

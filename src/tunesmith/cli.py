@@ -1,6 +1,6 @@
 """The command line: one command per stage, `run` for the whole pipeline, and `demo`.
 
-    tunesmith demo [--loop]
+    tunesmith demo [--loop] [--family encoder]
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
@@ -273,9 +273,11 @@ def demo_command(
     data_dir: str = typer.Option("data/demo", help="Where to write the generated demo data."),
     loop: bool = typer.Option(False, "--loop", help="After `tunesmith demo`: serve runs/demo, watch it "
                               "drift, feed corrections back, retrain, and measure the gain."),
+    family: str = typer.Option("causal_lm", "--family", help="causal_lm: SmolLM2 answers JSON (the demo); "
+                               "encoder: MiniLM classifies the category, on the same tickets."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
-    """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2."""
+    """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2 (or MiniLM)."""
     import time
     from importlib.resources import files
 
@@ -288,7 +290,12 @@ def demo_command(
         return
 
     started = time.time()
-    recipe_path = str(files("tunesmith.demo") / "recipe.yaml")
+    demo_recipes = {"causal_lm": "recipe.yaml", "encoder": "encoder.yaml"}
+    if family not in demo_recipes:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"--family {family}: the demo has {' and '.join(demo_recipes)}.")
+    recipe_path = str(files("tunesmith.demo") / demo_recipes[family])
     target = Path(data_dir)
     data_overrides = [f"data.train={target / 'train.jsonl'}", f"data.test={target / 'test.jsonl'}",
                       f"data.eval_sets.ood={target / 'ood.jsonl'}"]

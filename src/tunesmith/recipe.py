@@ -206,7 +206,8 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "embedded:smollm2-135m-instruct"
-    """Hub id, local directory (safetensors), or `embedded:smollm2-135m-instruct` (ships offline)."""
+    """Hub id, local directory (safetensors), or an embedded model that ships offline:
+    `embedded:smollm2-135m-instruct` (decoder) or `embedded:all-minilm-l6-v2` (encoder)."""
     family: Literal["causal_lm", "encoder"] = "causal_lm"
     """Model family: `causal_lm` (decoder, GPT-style: generation) or `encoder` (BERT-style: a
     classification head; the label is a classification record's, or a chat answer's

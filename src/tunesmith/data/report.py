@@ -24,8 +24,10 @@ class LengthCounter:
     """Length of a record in tokens of the recipe's tokenizer (words when there is none),
     remembered by content: the filters and every split's report ask about the same rows."""
 
-    def __init__(self, tokenizer: Any, system_prompt: str | None) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str | None, input_only: bool = False) -> None:
         self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        self.input_only = input_only
+        """An encoder's count: the tokens it reads (the text or user turns), not a chat rendering."""
         self.unit = "words" if tokenizer is None else "tokens"
         self._seen: dict[str, int] = {}
 
@@ -35,6 +37,10 @@ class LengthCounter:
         if key not in self._seen:
             if self.tokenizer is None:
                 self._seen[key] = len(_WORD.findall(key))
+            elif self.input_only:
+                from tunesmith.models.classifier import input_text
+
+                self._seen[key] = len(self.tokenizer(input_text(record))["input_ids"])
             else:
                 from tunesmith.models.chat import tokenize_record
 

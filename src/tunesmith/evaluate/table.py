@@ -14,12 +14,19 @@ def print_summary(summary: EvalSummary, run_dir: RunDir, console: Console | None
     from tunesmith.console import out, warn
 
     console = console or out
-    table = Table(title=f"base vs fine-tuned: {summary.metric} (95% CI; * = significant)")
-    for column in ("set", "examples", "base", "fine-tuned", "delta"):
+    classifier = any(row.majority is not None for row in summary.sets.values())
+    base_name = "k-NN" if classifier else "base"
+    title = f"{base_name} vs fine-tuned: {summary.metric} (95% CI; * = significant)"
+    if classifier:
+        title += f"\n{summary.baseline}; majority: always the commonest training label"
+    table = Table(title=title)
+    columns = ("set", "examples", *(["majority"] if classifier else []), base_name, "fine-tuned", "delta")
+    for column in columns:
         table.add_column(column, justify="left" if column == "set" else "right")
     for name, row in summary.sets.items():
         base = row.base
-        table.add_row(name, str(row.examples), pct(base.value, base.ci) if base else "-",
+        floor = [pct(row.majority)] if classifier else []
+        table.add_row(name, str(row.examples), *floor, pct(base.value, base.ci) if base else "-",
                       pct(row.finetuned.value, row.finetuned.ci), delta(row.paired))
     forgetting = summary.forgetting
     if forgetting:
@@ -27,7 +34,8 @@ def print_summary(summary: EvalSummary, run_dir: RunDir, console: Console | None
                       pct(forgetting.finetuned), delta(forgetting.paired))
     validation = summary.validation
     if validation.finetuned:
-        table.add_row("val perplexity", "", number(validation.base.perplexity if validation.base else None),
+        table.add_row("val perplexity", "", *([""] if classifier else []),
+                      number(validation.base.perplexity if validation.base else None),
                       number(validation.finetuned.perplexity), "")
     console.print(table)
     for dimension, result in (summary.bias.dimensions.items() if summary.bias else []):

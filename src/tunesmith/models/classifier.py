@@ -32,6 +32,15 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
+def input_text(record: dict[str, Any]) -> str:
+    """What an encoder reads of any record: its text, or a conversation's user turns."""
+    if "text" in record:
+        return record["text"]
+    messages = as_chat(record) or []
+    answered = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return prompt_text(messages[: answered[-1]] if answered else messages)
+
+
 def example(record: dict[str, Any], label_field: str | None) -> tuple[str, str]:
     """(text, label) of a classification or chat record; the answer's `label_field` when set."""
     if "label" in record and "text" in record:

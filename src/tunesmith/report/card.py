@@ -109,7 +109,7 @@ def _training(run: RunRecord) -> dict[str, Any]:
 
 def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
     if evaluation is None:
-        return {"eval_rows": [], "validation": None, "generalisation": "", "forgetting": "",
+        return {"eval_rows": [], "baseline": "", "validation": None, "generalisation": "", "forgetting": "",
                 "bias": _bias_text(None)}
     rows = [{"set": name, "examples": row.examples,
              "base": pct(row.base.value, row.base.ci) if row.base else "-",
@@ -124,8 +124,14 @@ def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
         gen_parts.append(f"{gen.memorisation.verbatim_train_answers} of {gen.memorisation.checked} long test "
                          "answers reproduce a training answer verbatim")
     forgetting = evaluation.forgetting
+    classifier = any(row.majority is not None for row in evaluation.sets.values())
     return {
         "eval_rows": rows,
+        "baseline": (f"The baseline is a {evaluation.baseline} (a new classification head starts "
+                     "random, so the untrained model is no baseline); majority: always answering the "
+                     "commonest training label, " + ", ".join(
+                         f"{name} {pct(row.majority)}" for name, row in evaluation.sets.items()) + "."
+                     ) if classifier else "",
         "validation": {"base": number(validation.base.perplexity if validation.base else None),
                        "finetuned": number(validation.finetuned.perplexity)}
         if validation.finetuned else None,

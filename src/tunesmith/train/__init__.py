@@ -40,13 +40,6 @@ from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
-from tunesmith.train.classifier import (
-    ClassifierBackend,
-    class_weights,
-    classification_dataset,
-    labels_for,
-    save_labels,
-)
 from tunesmith.train.guards import OverfittingGuards
 
 __all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset"]
@@ -142,6 +135,8 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     location, device = model_location(recipe.model), resolve_device(recipe.model)
     family = family_for(recipe.model)
     tokenizer = load_tokenizer(recipe.model, location)
+    from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
+
     head: dict[str, Any] = {}
     if recipe.train.preference:
         dataset: Callable[[list[dict], Recipe], Any] = preference_dataset
@@ -179,6 +174,8 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
     fitted.model.save_pretrained(str(run_dir.model), safe_serialization=True)
     job.tokenizer.save_pretrained(str(run_dir.model))
     if not job.family.generates:
+        from tunesmith.train.classifier import save_labels
+
         config = fitted.model.config
         save_labels(run_dir.model, [config.id2label[i] for i in range(config.num_labels)], job.class_weights)
     if job.recipe.train.merge and job.recipe.train.adapter == "lora":
@@ -187,6 +184,7 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
 
 
 def _backend(job: TrainJob) -> Backend:
+    from tunesmith.train.classifier import ClassifierBackend
     from tunesmith.train.preference import PreferenceBackend
     from tunesmith.train.trl_backend import TRLBackend
 

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import Trainer
+
 from tunesmith.files import write_json
 from tunesmith.models.classifier import LABELS_FILE, example, label_names
 from tunesmith.recipe import Recipe
@@ -49,33 +51,28 @@ def save_labels(model_dir: Any, labels: list[str], weights: list[float] | None) 
     write_json(model_dir / LABELS_FILE, {"labels": labels, "class_weights": weights})
 
 
-def _trainer_class() -> Any:
-    from transformers import Trainer
+class WeightedTrainer(Trainer):
+    """Trainer whose training loss is the class-weighted cross-entropy (+ train.l1 x sum |w|);
+    the validation loss stays the plain cross-entropy, comparable across runs."""
 
-    class WeightedTrainer(Trainer):
-        """Trainer whose training loss is the class-weighted cross-entropy (+ train.l1 x sum |w|);
-        the validation loss stays the plain cross-entropy, comparable across runs."""
+    def __init__(self, *args: Any, weights: list[float] | None = None, l1: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.weights, self.l1 = weights, l1
 
-        def __init__(self, *args: Any, weights: list[float] | None = None, l1: float = 0.0,
-                     **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.weights, self.l1 = weights, l1
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        import torch
 
-        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            import torch
-
-            if not model.training or (self.weights is None and self.l1 <= 0):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            weight = torch.tensor(self.weights, device=outputs.logits.device) if self.weights else None
-            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
-            if self.l1 > 0:
-                loss = loss + self.l1 * l1_penalty(model)
-            return (loss, outputs) if return_outputs else loss
-
-    return WeightedTrainer
+        if not model.training or (self.weights is None and self.l1 <= 0):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weight = torch.tensor(self.weights, device=outputs.logits.device) if self.weights else None
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+        if self.l1 > 0:
+            loss = loss + self.l1 * l1_penalty(model)
+        return (loss, outputs) if return_outputs else loss
 
 
 @dataclass
@@ -88,7 +85,7 @@ class ClassifierBackend:
 
         hooks, progress = callbacks(job)
         args = {k: v for k, v in trainer_args(job).items() if k != "max_length"}
-        trainer = _trainer_class()(
+        trainer = WeightedTrainer(
             model=job.model, args=TrainingArguments(**args, include_num_input_tokens_seen="non_padding"),
             train_dataset=job.train_set, eval_dataset=job.val_set, processing_class=job.tokenizer,
             data_collator=DataCollatorWithPadding(job.tokenizer), callbacks=hooks,
