@@ -85,7 +85,8 @@ def test_class_weights_are_in_the_loss(colour_files):
     import torch
 
     from tunesmith.data.load import load_file
-    from tunesmith.train.classifier import WeightedTrainer, class_weights
+    from tunesmith.train.classifier import class_weights
+    from tunesmith.train.hf_backend import WeightedTrainer
 
     records = load_file(colour_files[0]).records
     recipe = load_recipe(None, ["data.balance.strategy=class_weights", "model.family=encoder"])
@@ -115,5 +116,52 @@ def test_class_weights_are_in_the_loss(colour_files):
 def test_encoder_recipe_refuses_preference_training():
     from tunesmith.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="an encoder"):
+    with pytest.raises(ConfigError, match="built for decoders"):
         load_recipe(None, ["model.family=encoder", "train.method=dpo"])
+
+
+def test_a_seq2seq_model_trains_evaluates_and_is_compared(tiny_t5_dir, chat_files, tmp_path):
+    """A tiny T5 learns the colour-code task (answer the first two letters, upper-cased) and goes
+    through data -> train -> eval -> card -> compare like a decoder; LoRA and full."""
+    from tunesmith import pipeline
+    from tunesmith.report.compare import compare
+
+    def recipe(*extra: str):
+        return load_recipe(None, [f"model.name={tiny_t5_dir}", "model.family=seq2seq",
+                                  f"data.train={chat_files['train']}", f"data.test={chat_files['test']}",
+                                  "train.max_steps=60", "train.batch_size=8", "train.lr=1e-2",
+                                  "train.eval_steps=20", "eval.max_new_tokens=4", "eval.bias.enabled=false",
+                                  "eval.forgetting_probe=false", "data.dedup.near=false",
+                                  f"output.dir={tmp_path / 'runs'}", *extra])
+
+    lora = recipe("name=t5-lora")
+    pipeline.run(lora)
+    summary = json.loads((lora.run_dir / "eval" / "summary.json").read_text())
+    test = summary["sets"]["test"]
+    assert summary["baseline"] == "base model" and test["base"]["value"] == 0.0  # an untrained T5
+    assert summary["validation"]["finetuned"]["loss"] < summary["validation"]["base"]["loss"]
+    rows = (lora.run_dir / "eval" / "predictions.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in rows]
+    assert all(len(p["finetuned_prediction"]) <= 4 for p in predictions)  # answers only, no prompt echo
+    assert "pipeline_tag: text2text-generation" in (lora.run_dir / "README.md").read_text()
+    full = recipe("name=t5-full", "train.method=full", "train.max_steps=10")
+    pipeline.run(full)
+    assert (full.run_dir / "model" / "model.safetensors").is_file()
+    assert len(compare([lora.run_dir, full.run_dir]).sets["test"]) == 2
+
+
+def test_seq2seq_rows_put_the_prompt_in_the_encoder_and_the_answer_in_the_labels():
+    import torch
+
+    from conftest import build_char_tokenizer
+    from tunesmith.models.families.seq2seq import Seq2Seq, tokenize_pair
+
+    tokenizer = build_char_tokenizer()
+    row = tokenize_pair(tokenizer, [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
+                        "OK", max_length=64)
+    assert tokenizer.decode(row["input_ids"]) == "S\nhi" and row["attention_mask"] == [1, 1, 1, 1]
+    assert row["labels"] == tokenizer("OK")["input_ids"] + [tokenizer.eos_token_id]
+    cut = tokenize_pair(tokenizer, [{"role": "user", "content": "x" * 100}], "y" * 100, max_length=10)
+    assert len(cut["input_ids"]) == 10 and len(cut["labels"]) == 10
+    assert cut["labels"][-1] == tokenizer.eos_token_id
+    assert Seq2Seq().generated_tokens(torch.tensor([[0, 5, 6]]), prompt_length=99).tolist() == [[5, 6]]

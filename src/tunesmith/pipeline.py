@@ -19,7 +19,6 @@ from pathlib import Path
 from tunesmith import data, evaluate, report, train, tune
 from tunesmith.errors import QualityGateError
 from tunesmith.evaluate.table import print_summary
-from tunesmith.models.families import family_for
 from tunesmith.monitor import reference as drift_reference
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, open_run
@@ -39,7 +38,7 @@ def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
     with run_dir.transaction(recipe, ("data", "train")) as view:
         data.print_stats(data.run(recipe, view).report)
         result = train.run(recipe, view, resume=resume)
-        if recipe.monitor.enabled and family_for(recipe.model).generates:  # what serving compares with
+        if recipe.monitor.enabled and recipe.model.family == "causal_lm":  # what serving compares with
             drift_reference.save_for_run(recipe, view)
     shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume
     if run_dir.work.is_dir() and not any(run_dir.work.iterdir()):

@@ -208,10 +208,10 @@ class ModelConfig(_Section):
     name: str = "embedded:smollm2-135m-instruct"
     """Hub id, local directory (safetensors), or an embedded model that ships offline:
     `embedded:smollm2-135m-instruct` (decoder) or `embedded:all-minilm-l6-v2` (encoder)."""
-    family: Literal["causal_lm", "encoder"] = "causal_lm"
-    """Model family: `causal_lm` (decoder, GPT-style: generation) or `encoder` (BERT-style: a
+    family: Literal["causal_lm", "encoder", "seq2seq"] = "causal_lm"
+    """Model family: `causal_lm` (decoder, GPT-style: generation), `encoder` (BERT-style: a
     classification head; the label is a classification record's, or a chat answer's
-    `eval.label_field`)."""
+    `eval.label_field`) or `seq2seq` (encoder-decoder, T5-style: text to text)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; None takes the default branch."""
     trust_remote_code: bool = False
@@ -596,9 +596,10 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _family_trains_so(self) -> Recipe:
-        if self.model.family == "encoder" and self.train.preference:
-            raise ValueError(f"train.method {self.train.method} needs a generating model; an encoder "
-                             "(model.family: encoder) trains with train.method lora or full")
+        if self.model.family != "causal_lm" and self.train.preference:
+            raise ValueError(f"train.method {self.train.method} is built for decoders (model.family: "
+                             f"causal_lm); a {self.model.family} model trains with train.method lora or "
+                             "full")
         return self
 
     @property

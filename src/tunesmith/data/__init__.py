@@ -29,7 +29,6 @@ from tunesmith.data.readers import ReadOptions
 from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.errors import DataError
 from tunesmith.files import read_jsonl, write_jsonl
-from tunesmith.models.families import family_for
 from tunesmith.recipe import Recipe
 from tunesmith.records import preference_texts, turn_text
 from tunesmith.rundir import RunDir
@@ -341,7 +340,7 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
         from tunesmith.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(recipe.model)
-    length = LengthCounter(tokenizer, cfg.system_prompt, input_only=not family_for(recipe.model).generates)
+    length = LengthCounter(tokenizer, cfg.system_prompt, family=recipe.model.family)
     if cfg.filters.enabled:
         train = _filter(train, recipe, length, report)
     train = _dedup(train, recipe, report)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.report import LengthCounter, percentiles
-from tunesmith.models.families import family_for
 from tunesmith.recipe import Recipe
 from tunesmith.records import as_chat
 
@@ -59,7 +58,7 @@ def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None,
         tokenizer = load_tokenizer(recipe.model)
     report["tokenizer"] = getattr(tokenizer, "name_or_path", "")
     length = LengthCounter(tokenizer, recipe.data.system_prompt,
-                           input_only=not family_for(recipe.model).generates)
+                           family=recipe.model.family)
     report["tokens"] = percentiles([length(r) for r in loaded.records])
     # the data stage (cleaning, dedup, split) takes demonstrations; preference data is refused there
     report["data_report"] = _stage_report(path, recipe, tokenizer) if loaded.kind != "preference" else {}

@@ -24,10 +24,11 @@ class LengthCounter:
     """Length of a record in tokens of the recipe's tokenizer (words when there is none),
     remembered by content: the filters and every split's report ask about the same rows."""
 
-    def __init__(self, tokenizer: Any, system_prompt: str | None, input_only: bool = False) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str | None, family: str = "causal_lm") -> None:
         self.tokenizer, self.system_prompt = tokenizer, system_prompt
-        self.input_only = input_only
-        """An encoder's count: the tokens it reads (the text or user turns), not a chat rendering."""
+        self.family = family
+        """causal_lm: the chat rendering's tokens; encoder: the tokens it reads (text or user turns);
+        seq2seq: the prompt's tokens and the answer's (T5 has no chat template)."""
         self.unit = "words" if tokenizer is None else "tokens"
         self._seen: dict[str, int] = {}
 
@@ -37,10 +38,15 @@ class LengthCounter:
         if key not in self._seen:
             if self.tokenizer is None:
                 self._seen[key] = len(_WORD.findall(key))
-            elif self.input_only:
+            elif self.family == "encoder":
                 from tunesmith.models.classifier import input_text
 
                 self._seen[key] = len(self.tokenizer(input_text(record))["input_ids"])
+            elif self.family == "seq2seq":
+                from tunesmith.models.classifier import input_text
+
+                answer = answers(record)[-1:] or [""]
+                self._seen[key] = len(self.tokenizer(input_text(record) + "\n" + answer[0])["input_ids"])
             else:
                 from tunesmith.models.chat import tokenize_record
 

@@ -29,7 +29,7 @@ from typing import Any
 from tunesmith.artifacts import EvalSummary, LogEntry, Prediction, load_rows, save, save_rows
 from tunesmith.data import load_splits
 from tunesmith.evaluate import analysis
-from tunesmith.evaluate.generation import Generator, HFGenerator
+from tunesmith.evaluate.generation import Generator, HFGenerator, Seq2SeqGenerator
 from tunesmith.evaluate.scoring import Evaluation, bias_probes, forgetting, score_set, validation
 from tunesmith.models.classifier import KNN_NEIGHBOURS
 from tunesmith.models.device import generation_bf16, resolve_device
@@ -59,6 +59,9 @@ def _evaluation(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]],
     def generator_for(model: Any) -> Generator:
         if generator_factory is not None:
             return generator_factory(model, run_model.tokenizer)
+        if family.name == "seq2seq":
+            return Seq2SeqGenerator(model, run_model.tokenizer, cfg.max_new_tokens, cfg.batch_size,
+                                    recipe.train.max_length)
         return HFGenerator(model, run_model.tokenizer, cfg.max_new_tokens, cfg.batch_size, bf16, family)
 
     labels = bool(cfg.label_field) or "label" in (splits.get("train") or [{}])[0]

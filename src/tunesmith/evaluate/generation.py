@@ -61,3 +61,41 @@ class HFGenerator:
                     plain.advance(len(batch))
         self.examples_per_second = len(texts) / max(time.time() - started, 1e-9)
         return answers
+
+
+@dataclass
+class Seq2SeqGenerator:
+    """Greedy answers of an encoder-decoder (T5-style): the prompt's text to the encoder, batched
+    with right padding (the encoder reads the whole prompt, so padding side does not matter),
+    `generate` writes the answer."""
+    model: Any
+    tokenizer: Any
+    max_new_tokens: int
+    batch_size: int
+    max_length: int = 512
+    examples_per_second: float = 0.0
+
+    def generate(self, prompts: list[list[dict]], label: str) -> list[str]:
+        import torch
+
+        from tunesmith.models.families.seq2seq import source_text
+
+        texts = [source_text(p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        answers: list[str] = [""] * len(texts)
+        device = next(self.model.parameters()).device
+        started = time.time()
+        progress = PlainProgress(f"generate {label}", len(texts))
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                inputs = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
+                                        max_length=self.max_length, return_tensors="pt").to(device)
+                output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+                for i, text in zip(batch, self.tokenizer.batch_decode(output, skip_special_tokens=True),
+                                   strict=True):
+                    answers[i] = text.strip()
+                progress.advance(len(batch))
+        self.examples_per_second = len(texts) / max(time.time() - started, 1e-9)
+        return answers

@@ -92,6 +92,8 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
     """Token-weighted mean cross-entropy over the loss-masked tokens of `records`."""
     import torch
 
+    if family.name == "seq2seq":
+        return _seq2seq_loss(model, tokenizer, records, recipe, family)
     rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
                             recipe.data.system_prompt) for r in records]
     device = next(model.parameters()).device
@@ -109,6 +111,33 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
                                     for t, keep in zip(r["input_ids"], r["assistant_masks"], strict=True)]
                                    + [IGNORE] * (width - len(r["input_ids"])) for r in batch])
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            batch_total, batch_count = family.answer_loss_sum(logits, labels)
+            total += float(batch_total)
+            count += int(batch_count)
+    return total / max(count, 1)
+
+
+def _seq2seq_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe, family: Family) -> float:
+    """An encoder-decoder's token-weighted mean cross-entropy over the answers' tokens."""
+    import torch
+
+    from tunesmith.models.families.seq2seq import tokenize_pair
+
+    system, limit = recipe.data.system_prompt, recipe.train.max_length
+    rows = [tokenize_pair(tokenizer, *prompt_and_reference(r, system), limit) for r in records]
+    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(rows), recipe.eval.batch_size):
+            batch = rows[start:start + recipe.eval.batch_size]
+            source, target = (max(len(r[k]) for r in batch) for k in ("input_ids", "labels"))
+            ids = torch.tensor([r["input_ids"] + [pad] * (source - len(r["input_ids"])) for r in batch])
+            lengths = torch.tensor([len(r["input_ids"]) for r in batch])
+            mask = (torch.arange(source)[None, :] < lengths[:, None]).long()
+            labels = torch.tensor([r["labels"] + [IGNORE] * (target - len(r["labels"])) for r in batch])
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           labels=labels.to(device)).logits
             batch_total, batch_count = family.answer_loss_sum(logits, labels)
             total += float(batch_total)
             count += int(batch_count)

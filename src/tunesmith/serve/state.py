@@ -126,10 +126,10 @@ def resolve_target(target: str, overrides: list[str] | None = None) -> tuple[Rec
 def load_served(target: str, overrides: list[str] | None = None, with_fallback: bool = True) -> Served:
     """A run directory, a local model directory or a hub id, ready to start."""
     recipe, model_dir, name = resolve_target(target, overrides)
-    if not family_for(recipe.model).generates:
-        raise ConfigError(f"{target}: an encoder classifier (model.family: {recipe.model.family}); "
-                          "tunesmith serve answers chat and completions with generating models only. "
-                          "Load its model/ directory with transformers' text-classification pipeline.")
+    if recipe.model.family != "causal_lm":  # the batched engine (KV cache, prefix cache) is a decoder's
+        use = {"encoder": "text-classification", "seq2seq": "text2text-generation"}[recipe.model.family]
+        raise ConfigError(f"{target}: model.family {recipe.model.family}; tunesmith serve runs decoders "
+                          f"(causal_lm) only. Load its model/ directory with transformers' {use} pipeline.")
     cfg = recipe.serve
     engine = _engine(recipe, model_dir)
     metrics = Metrics()

@@ -11,7 +11,8 @@ weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
     backend.py      the Backend protocol: a TrainJob in, a Fitted model out
     trl_backend.py  the backend for generating families: TRL's SFTTrainer, used as-is
     preference.py   DPO / KTO: TRL's preference trainers
-    classifier.py   encoders: transformers' Trainer on a classification head, class weights
+    hf_backend.py   transformers' Trainer: encoders (class weights) and encoder-decoders
+    classifier.py   an encoder's rows (text, label index) and class weights
     callbacks.py    the Trainer side: progress and log.jsonl, guards, the eval-loss hook
     guards.py       overfitting guards, independent of the backend (they see losses only)
     checkpoints.py  which checkpoint to resume from, and whether a resume is possible
@@ -75,6 +76,18 @@ def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> An
             "raise train.max_length."
         )
     return datasets.Dataset.from_list(kept)
+
+
+def seq2seq_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
+    """An encoder-decoder's rows: the prompt's input_ids, the answer's tokens as labels."""
+    import datasets
+
+    from tunesmith.models.chat import prompt_and_reference
+    from tunesmith.models.families.seq2seq import tokenize_pair
+
+    system, limit = recipe.data.system_prompt, recipe.train.max_length
+    rows = [tokenize_pair(tokenizer, *prompt_and_reference(r, system), limit) for r in records]
+    return datasets.Dataset.from_list(rows)
 
 
 def _wrap_lora(model: Any, recipe: Recipe, family: Family) -> Any:
@@ -145,6 +158,8 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
         dataset = functools.partial(classification_dataset, tokenizer, labels=labels)
         head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                 "label2id": {name: i for i, name in enumerate(labels)}}
+    elif family.name == "seq2seq":
+        dataset = functools.partial(seq2seq_dataset, tokenizer)
     else:
         dataset = functools.partial(tokenized_dataset, tokenizer)
     train_set = dataset(splits["train"], recipe)
@@ -184,14 +199,14 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
 
 
 def _backend(job: TrainJob) -> Backend:
-    from tunesmith.train.classifier import ClassifierBackend
+    from tunesmith.train.hf_backend import TrainerBackend
     from tunesmith.train.preference import PreferenceBackend
     from tunesmith.train.trl_backend import TRLBackend
 
     if job.recipe.train.preference:
         return PreferenceBackend()
-    if not job.family.generates:
-        return ClassifierBackend(job.class_weights)
+    if job.family.name != "causal_lm":  # TRL's SFTTrainer is for decoders
+        return TrainerBackend()
     return TRLBackend()
 
 

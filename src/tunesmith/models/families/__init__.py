@@ -9,6 +9,7 @@ instead of assumed.
 
     causal_lm.py  decoder-only: next-token loss, the answer follows the prompt
     encoder.py    BERT-style: a classification head, answers are label names (models.classifier)
+    seq2seq.py    T5-style: the encoder reads the prompt, the decoder writes the answer
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from tunesmith.errors import ConfigError
 from tunesmith.models.families.causal_lm import CausalLM
 from tunesmith.models.families.encoder import Encoder
+from tunesmith.models.families.seq2seq import Seq2Seq
 
 
 class Family(Protocol):
@@ -42,7 +44,7 @@ class Family(Protocol):
         ...
 
 
-FAMILIES: dict[str, Family] = {"causal_lm": CausalLM(), "encoder": Encoder()}
+FAMILIES: dict[str, Family] = {"causal_lm": CausalLM(), "encoder": Encoder(), "seq2seq": Seq2Seq()}
 
 
 def family_for(model_cfg: Any) -> Family:
