@@ -3,7 +3,9 @@ ranking of the catalog by task, memory, license and time.
 
 Memory (bytes), training: weights + gradients and optimizer states of the trained parameters
 (all of them, or LoRA's) + activations kept for the backward pass + the logits and their
-gradient + the runtime; serving: weights + the KV cache + the runtime. Time: floating-point
+gradient + the runtime, checked against measured peaks on the CPU (within 25% for a tiny Llama,
+SmolLM2-135M with LoRA and MiniLM fully fine-tuned: tests/test_memory_estimate.py); serving:
+weights + the KV cache + the runtime. Time: floating-point
 work per token (6 x params for full training, 4 x params with LoRA: no weight gradients for the
 frozen base) over the device's effective throughput.
 
@@ -96,23 +98,58 @@ def weight_bytes(method: Method, precision: str) -> float:
     return 4.0 if precision == "fp32" else 2.0
 
 
+ATTENTION_MATRIX_BYTES = 15
+"""Per head, query and key position of a materialised attention matrix (see below)."""
+LOGIT_BYTES = 16
+"""Per vocabulary entry and token: the bf16 logits, their fp32 upcast for the loss, the
+log-softmax kept for backward, and the gradient in fp32 and bf16."""
+
+
+def activation_bytes_per_token(entry: CatalogEntry, method: Method, compute_bytes: int, seq: int) -> float:
+    """What one layer keeps for the backward pass, per token (bytes). Counted from what autograd
+    saves in a transformer block under bf16 autocast, and checked against measured peaks
+    (bench/memory.py, tests/test_memory_estimate.py):
+    - every linear layer's input in the compute dtype: q, k, v, o and the MLP's (gate,) up and down;
+    - with LoRA, per linear layer also the dropout mask (1 byte) and lora_A's input;
+    - the two norms' fp32 input and output (the residual stream stays fp32 under autocast);
+    - attention's q, k, v and its output; the MLP's intermediate tensors (gated: gate, up,
+      act(gate), their product; plain: the output and its activation);
+    - encoders and encoder-decoders: the attention matrix, which their attention dropout (or T5's
+      position bias) makes PyTorch materialise: per head and key position the bf16 scores, the
+      masked fp32 scores, the fp32 probabilities, the dropout mask and the dropped copy, 15 bytes
+      (decoders' SDPA kernel keeps none of it)."""
+    h, kv, i, a = entry.hidden, entry.kv_dim, entry.intermediate, compute_bytes
+    gated = entry.family == "causal_lm"
+    linear_inputs = (6 * h + i) if gated else (5 * h + i)
+    saved = a * linear_inputs
+    if method != "full":
+        saved += (1 + a) * linear_inputs
+    norms = 2 * 8 * h
+    attention = a * (h + 2 * kv) + a * h
+    mlp = a * (4 * i if gated else 2 * i)
+    matrix = 0 if gated else entry.attention_heads * seq * ATTENTION_MATRIX_BYTES
+    return saved + norms + attention + mlp + matrix
+
+
 def training_memory(entry: CatalogEntry, method: Method = "lora", seq: int = 512, batch: int = 8,
                     precision: str = "bf16", optimizer: str = "adamw", device: str = "cpu",
                     rank: int = 16, checkpointing: bool = False) -> Memory:
-    """Peak memory of a training step. `precision` is the weights' (fp32 with bf16 autocast on a
-    CPU counts fp32 weights and bf16 activations)."""
+    """Peak memory of a training step. `precision` is the weights': `bf16`, `fp32`, or
+    `autocast` (fp32 weights with bf16 autocast, the CPU default: autocast's bf16 copies of the
+    weights live through the backward pass, so they count too)."""
     trained = entry.params if method == "full" else lora_parameters(entry, rank)
-    activation_bytes = 2 if precision in ("bf16", "autocast") else 4
+    compute_bytes = 4 if precision == "fp32" else 2
     tokens = seq * batch
-    per_token_layer = 8 * entry.hidden + 2 * entry.kv_dim + 4 * entry.intermediate
     layers_kept = math.sqrt(entry.layers) if checkpointing else entry.layers
     weights = entry.params * weight_bytes(method, "fp32" if precision == "autocast" else precision)
+    if precision == "autocast":
+        weights += entry.params * 2
     return Memory(
         weights=weights,
         gradients=trained * 4,
         optimizer=trained * OPTIMIZER_BYTES.get(optimizer, 8),
-        activations=tokens * per_token_layer * layers_kept * activation_bytes,
-        logits=(tokens * entry.vocab * 4 * 2) if entry.family != "encoder" else 0.0,
+        activations=tokens * activation_bytes_per_token(entry, method, compute_bytes, seq) * layers_kept,
+        logits=(tokens * entry.vocab * LOGIT_BYTES) if entry.family != "encoder" else 0.0,
         runtime=RUNTIME_BYTES.get(device, 0.5 * GB))
 
 
@@ -168,8 +205,7 @@ class Setup:
 
 def _setup_for(entry: CatalogEntry, need: Need, hardware: Hardware, budget: float) -> tuple[Setup, Memory]:
     """The first setup that fits: full fine-tuning for small encoders, else LoRA; then LoRA at
-    batch 1 with activation checkpointing; then QLoRA (CUDA only). Not yet validated against
-    measured peaks (the memory estimates are a first cut)."""
+    batch 1 with activation checkpointing; then QLoRA (CUDA only)."""
     precision = "bf16" if hardware.device == "cuda" else "autocast"
     setups = [Setup("full", need.batch, False)] if entry.family == "encoder" and entry.params < 1e9 else []
     setups += [Setup("lora", need.batch, False), Setup("lora", 1, True)]

@@ -35,6 +35,8 @@ class CatalogEntry(BaseModel):
     kv_dim: int = Field(gt=0)
     """Key/value width per layer: kv heads x head dim (grouped-query attention keeps it small)."""
     intermediate: int = Field(gt=0)
+    heads: int | None = Field(None, gt=0)
+    """Attention heads (None: hidden / 64, the usual head width)."""
     vocab: int = Field(gt=0)
     context: int = Field(gt=0)
     languages: list[str]
@@ -49,6 +51,10 @@ class CatalogEntry(BaseModel):
     @property
     def name(self) -> str:
         return self.embedded or self.hub_id
+
+    @property
+    def attention_heads(self) -> int:
+        return self.heads or max(1, self.hidden // 64)
 
     @property
     def size(self) -> str:
@@ -66,3 +72,20 @@ def find(name: str) -> CatalogEntry | None:
     """The catalog entry of a hub id or an embedded model name (case-insensitive), if listed."""
     wanted = name.lower()
     return next((e for e in load_catalog() if wanted in (e.hub_id.lower(), (e.embedded or "").lower())), None)
+
+
+def entry_from_config(name: str, family: Family, config: dict, params: float) -> CatalogEntry:
+    """An entry for a model the catalog does not list (a local directory, a new hub model), from
+    its config.json numbers and its counted parameters; license terms unknown."""
+    hidden = config.get("hidden_size") or config.get("d_model")
+    heads = config.get("num_attention_heads") or config.get("num_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    layers = config.get("num_hidden_layers") or (config.get("num_layers", 0)
+                                                  + (config.get("num_decoder_layers") or 0))
+    head_dim = config.get("head_dim") or config.get("d_kv") or hidden // heads
+    return CatalogEntry(hub_id=name, family=family, arch=config.get("model_type", "unknown"), params=params,
+                        layers=layers, hidden=hidden, kv_dim=kv_heads * head_dim,
+                        intermediate=config.get("intermediate_size") or config.get("d_ff"), heads=heads,
+                        vocab=config["vocab_size"], context=config.get("max_position_embeddings") or 512,
+                        languages=["unknown"], license="unknown", commercial="conditions", gated=False,
+                        conditions="the license is not in tunesmith's catalog: read the model's own card")
