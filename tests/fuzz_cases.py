@@ -228,7 +228,22 @@ RECIPES: list[tuple[str, Callable[[Workspace], str | bytes], tuple[str, ...]]] =
     ("chat-data-no-template", lambda w: yaml.safe_dump({**w.recipe, "model": {
         "name": str(_no_template_model(w))}}),
      ("the tokenizer has no chat template", "model.chat_template: chatml")),
+    ("non-commercial-base-for-commercial-use", lambda w: yaml.safe_dump({**w.recipe, "model": {
+        "name": str(_non_commercial_model(w)), "intended_use": "commercial"}}),
+     ("its license cc-by-nc-4.0 does not allow commercial use",
+      "tunesmith models recommend --license commercial", "model.accept_license: cc-by-nc-4.0")),
 ]
+
+
+def _non_commercial_model(w: Workspace) -> Path:
+    """A copy of the tiny model whose card says its license is non-commercial."""
+    import shutil
+
+    target = w.dir / "nc-model"
+    if not target.exists():
+        shutil.copytree(w.model, target)
+        (target / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# research only\n")
+    return target
 
 
 def _no_template_model(w: Workspace) -> Path:

@@ -75,3 +75,37 @@ def test_a_non_commercial_research_model_may_use_research_licenses():
     assert "Qwen/Qwen2.5-3B-Instruct" in names  # research-only licenses are fine for research
     first = rank(need, LAPTOP)[0]
     assert first.fits and first.hours <= 8 and first.entry.family == "causal_lm"
+
+
+# --- license lineage: the base model's terms against model.intended_use -----------------------
+
+def test_license_terms_come_from_the_catalog_then_the_models_card(tmp_path):
+    from tunesmith.models.license import license_terms
+
+    smol = license_terms("embedded:smollm2-135m-instruct")
+    assert (smol.base_model, smol.license, smol.commercial) == ("HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                                 "Apache-2.0", "yes")
+    assert license_terms("Qwen/Qwen2.5-3B-Instruct").commercial == "no"
+    llama = license_terms("meta-llama/Llama-3.2-1B-Instruct")
+    assert llama.commercial == "conditions" and llama.gated and "700 million" in llama.conditions
+    (tmp_path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# a local model\n")
+    local = license_terms(str(tmp_path))
+    assert (local.license, local.commercial) == ("cc-by-nc-4.0", "no")
+    assert license_terms(str(tmp_path / "nowhere")).license == "unknown"
+
+
+def test_commercial_use_of_a_non_commercial_base_stops_unless_accepted():
+    from tunesmith.errors import ConfigError
+    from tunesmith.models.license import check_use
+    from tunesmith.recipe import ModelConfig
+
+    research = "Qwen/Qwen2.5-3B-Instruct"
+    with pytest.raises(ConfigError, match="not allow commercial use.*model.accept_license: qwen-research"):
+        check_use(ModelConfig(name=research, intended_use="commercial"))
+    assert "separate agreement" in check_use(ModelConfig(name=research, intended_use="commercial",
+                                                          accept_license="qwen-research"))
+    assert check_use(ModelConfig(name=research, intended_use="research")) is None
+    assert check_use(ModelConfig(name=research)) is None  # nothing declared, nothing checked
+    assert "with conditions" in check_use(ModelConfig(name="meta-llama/Llama-3.2-1B-Instruct",
+                                                      intended_use="commercial"))
+    assert check_use(ModelConfig(name="embedded:smollm2-135m-instruct", intended_use="commercial")) is None

@@ -32,7 +32,18 @@ def prepare(recipe: Recipe) -> data.DataResult:
     return result
 
 
+def check_license(recipe: Recipe) -> None:
+    """Before any training: the base model's license against model.intended_use."""
+    from tunesmith.console import warn
+    from tunesmith.models.license import check_use
+
+    warning = check_use(recipe.model)
+    if warning:
+        warn(warning)
+
+
 def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
+    check_license(recipe)
     run_dir = open_run(recipe)
     train.check_resumable(recipe, run_dir, resume)
     with run_dir.transaction(recipe, ("data", "train")) as view:
@@ -60,6 +71,7 @@ def evaluate_run(recipe: Recipe) -> evaluate.EvalResult:
 def search(recipe: Recipe, storage: str | None = None, study_name: str | None = None,
            trials: int | None = None) -> tune.TuneResult:
     """The tune stage; the model card of a trained run is rebuilt with it, to show the search."""
+    check_license(recipe)
     run_dir = open_run(recipe)
     return tune.run(recipe, run_dir, storage=storage, study_name=study_name, trials=trials,
                     after=report.run if run_dir.has_model() else None)

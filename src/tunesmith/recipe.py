@@ -223,6 +223,11 @@ class ModelConfig(_Section):
     chat_template: str | None = None
     """Jinja chat template overriding the tokenizer's (needed if the tokenizer has none), or
     `chatml` for the ChatML template (`<|im_start|>role ... <|im_end|>`)."""
+    intended_use: Literal["unspecified", "commercial", "research"] = "unspecified"
+    """How the fine-tuned model will be used. `commercial` stops a run whose base model's license
+    forbids commercial use (and warns on conditions); the model card records the lineage."""
+    accept_license: str | None = None
+    """A license id to accept despite a conflict with intended_use (a separate agreement)."""
 
 
 class LoraConfig(_Section):

@@ -3,7 +3,6 @@ directory alone (resolved recipe, manifest, data report, train summary, eval sum
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from tunesmith.artifacts import Bias, DataReport, EvalSummary
 from tunesmith.files import sha256_file
 from tunesmith.formatting import delta, number, pct, points
 from tunesmith.models.families import family_for
-from tunesmith.models.loading import EMBEDDED, EMBEDDED_PREFIX
+from tunesmith.models.license import license_terms
 from tunesmith.render import render
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
@@ -28,18 +27,27 @@ LIMITATIONS = [
 
 
 def base_model_and_license(model_name: str) -> tuple[str, str]:
-    """The hub id to name as base_model, and its license (from the model's own card if local)."""
-    if model_name.startswith(EMBEDDED_PREFIX):
-        entry = EMBEDDED[model_name.removeprefix(EMBEDDED_PREFIX)]
-        return entry.hub_id, entry.license
-    readme = Path(model_name) / "README.md"
-    if readme.exists():
-        match = re.match(r"---\n(.*?)\n---", readme.read_text(encoding="utf-8"), re.DOTALL)
-        if match:
-            meta = yaml.safe_load(match.group(1)) or {}
-            if isinstance(meta, dict) and meta.get("license"):
-                return model_name, str(meta["license"])
-    return model_name, "unknown"
+    """The hub id to name as base_model, and its license (catalog, else the model's own card)."""
+    terms = license_terms(model_name)
+    return terms.base_model, terms.license
+
+
+def _lineage(recipe: Any) -> dict[str, Any]:
+    """The license lineage for the card: the base's terms, the declared use, and the check."""
+    terms = license_terms(recipe.model.name)
+    commercial = {"yes": "allowed", "no": "not allowed", "unknown": "unknown (read the model's own card)",
+                  "conditions": f"allowed with conditions: {terms.conditions}"}[terms.commercial]
+    use = recipe.model.intended_use
+    if use == "commercial" and recipe.model.accept_license and terms.commercial == "no":
+        declared = "commercial: accepted by model.accept_license despite the license (a separate agreement)"
+    else:
+        declared = {"unspecified": "not declared (model.intended_use); no check was made",
+                    "research": "research", "commercial": f"commercial: {commercial}"}[use]
+    derived = "a LoRA adapter on" if recipe.train.adapter == "lora" else "full weights derived from"
+    return {"lineage": {"base model": terms.base_model, "base model license": terms.license,
+                        "commercial use": commercial, "gated": "yes" if terms.gated else "no",
+                        "facts from": terms.source or "nowhere: unknown", "declared use": declared,
+                        "this model": f"{derived} {terms.base_model}, under {terms.license}"}}
 
 
 def _data_checks(report: DataReport) -> str:
@@ -163,5 +171,5 @@ def build_card(run_dir: RunDir) -> str:
         tune=run.tune.card_text if run.tune else None,
         metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
-        license=license_name,
+        license=license_name, **_lineage(recipe),
         **_evaluation_texts(run.evaluation))
