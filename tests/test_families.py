@@ -54,6 +54,8 @@ def test_an_encoder_trains_evaluates_and_is_compared(tiny_encoder_dir, colour_fi
     card = (run / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card and "The baseline is a k-NN" in card
     assert "### License lineage" in card and "| declared use | not declared" in card
+    assert "| peak memory |" in card
+    assert json.loads((run / "train" / "summary.json").read_text())["peak_memory_bytes"] > 2**20
     assert (run / "model" / "adapter_config.json").is_file()
     # full fine-tuning: every weight, saved whole (this tiny char-level BERT learns slowly that way)
     again = _encoder_recipe(tiny_encoder_dir, colour_files, tmp_path, "name=enc-full", "train.method=full",

@@ -238,6 +238,9 @@ class TrainSummary(TrainProgress):
     train_examples: int
     val_examples: int
     guards: list[GuardEvent] = Field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    """Peak memory of training: the GPU's allocated peak on CUDA, else the process's peak
+    resident memory (which includes the data stage and the framework)."""
 
 
 class LogEntry(Schema):

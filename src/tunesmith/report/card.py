@@ -111,6 +111,9 @@ def _training(run: RunRecord) -> dict[str, Any]:
         training.update({"steps": train.steps,
                          "device / precision": f"{train.device} / {train.mixed_precision}",
                          "training tokens/s": number(train.tokens_per_second, 0),
+                         "training time": f"{train.runtime_seconds:.0f} s",
+                         "peak memory": f"{train.peak_memory_bytes / 2**30:.2f} GiB"
+                         if train.peak_memory_bytes else "not measured",
                          "final train loss": number(train.train_loss, 4)})
     return training
 

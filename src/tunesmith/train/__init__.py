@@ -198,6 +198,21 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
 
 
+def peak_memory(device: str) -> int | None:
+    """The GPU's peak allocation on CUDA; else this process's peak resident memory (Linux, macOS)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        import resource
+        import sys
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
 def _backend(job: TrainJob) -> Backend:
     from tunesmith.train.hf_backend import TrainerBackend
     from tunesmith.train.preference import PreferenceBackend
@@ -228,7 +243,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         mixed_precision=job.precision, method=recipe.train.method,
         trainable_parameters=sum(p.numel() for p in fitted.model.parameters() if p.requires_grad),
         train_examples=len(job.train_set), val_examples=len(job.val_set) if job.val_set is not None else 0,
-        guards=job.guards.events)
+        guards=job.guards.events, peak_memory_bytes=peak_memory(job.device))
     save(summary, run_dir.train_summary)
     return TrainResult(run_dir.model, done.steps, done.train_loss, done.tokens_per_second, runtime,
                        done.final_eval_loss, job.guards.events)
