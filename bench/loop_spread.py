@@ -9,6 +9,13 @@ adapter as `tunesmith demo --loop` does (only `train.seed` differs between seeds
 stays that of the recipe), evaluate on the demo's test and held-out thermostat (`ood`) sets
 without the baseline, probes and bias copies (the first run's answers are the "before"), and
 print each run's paired exact-match deltas, then each variant's mean, min and max.
+
+Measured (seeds 42, 1, 2 for both; 3 and 4 for the second), paired points on the 60 held-out
+thermostat tickets / the 120 in-domain test tickets:
+    corrections            +0.0 / +0.8, +18.3* / +0.8, +10.0 / +1.7         mean +9.4
+    corrections+approved   +25.0* / +0.8, +20.0* / +0.8, +26.7* / -0.8, +30.0* / +0.0,
+                           +15.0* / -0.8                                     mean +23.3
+(* the paired 95% CI excludes zero; no in-domain change was significant.)
 """
 
 from __future__ import annotations
@@ -22,8 +29,6 @@ from pathlib import Path
 VARIANTS = {
     "corrections": (False, []),
     "corrections+approved": (True, []),
-    "corrections+approved, 1e-4": (True, ["train.lr=1e-4"]),
-    "corrections+approved, 80 steps": (True, ["train.max_steps=80"]),
 }
 """name -> (approved answers in sft.jsonl, overrides on top of the loop's retraining recipe)."""
 QUICK_EVAL = ["eval.baseline=false", "eval.forgetting_probe=false", "eval.bias.enabled=false"]
@@ -60,6 +65,7 @@ def main() -> None:
             results.append({"variant": name, "seed": seed, "sft_rows": exported.rows["sft"],
                             **{k: {"before": v["before"], "after": v["after"], "paired": v["paired"]}
                                for k, v in sets.items()}})
+            Path("bench-out/loop_spread.json").write_text(json.dumps(results, indent=2))  # as it goes
             out.print(f"{tag}: ood {sets['ood']['before']:.3f} -> {sets['ood']['after']:.3f}, "
                       f"test {sets['test']['before']:.3f} -> {sets['test']['after']:.3f}")
     Path("bench-out/loop_spread.json").write_text(json.dumps(results, indent=2))
