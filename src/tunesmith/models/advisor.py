@@ -105,7 +105,8 @@ LOGIT_BYTES = 16
 log-softmax kept for backward, and the gradient in fp32 and bf16."""
 
 
-def activation_bytes_per_token(entry: CatalogEntry, method: Method, compute_bytes: int, seq: int) -> float:
+def activation_bytes_per_token(entry: CatalogEntry, method: Method, compute_bytes: int, seq: int,
+                               device: str = "cpu") -> float:
     """What one layer keeps for the backward pass, per token (bytes). Counted from what autograd
     saves in a transformer block under bf16 autocast, and checked against measured peaks
     (bench/memory.py, tests/test_memory_estimate.py):
@@ -114,10 +115,11 @@ def activation_bytes_per_token(entry: CatalogEntry, method: Method, compute_byte
     - the two norms' fp32 input and output (the residual stream stays fp32 under autocast);
     - attention's q, k, v and its output; the MLP's intermediate tensors (gated: gate, up,
       act(gate), their product; plain: the output and its activation);
-    - encoders and encoder-decoders: the attention matrix, which their attention dropout (or T5's
-      position bias) makes PyTorch materialise: per head and key position the bf16 scores, the
-      masked fp32 scores, the fp32 probabilities, the dropout mask and the dropped copy, 15 bytes
-      (decoders' SDPA kernel keeps none of it)."""
+    - encoders and encoder-decoders off CUDA: the attention matrix, which their attention dropout
+      (or T5's position bias) makes PyTorch's CPU attention materialise: per head and key
+      position the bf16 scores, the masked fp32 scores, the fp32 probabilities, the dropout mask
+      and the dropped copy, 15 bytes (decoders' SDPA kernel keeps none of it, nor do CUDA's
+      fused kernels, which apply dropout inside)."""
     h, kv, i, a = entry.hidden, entry.kv_dim, entry.intermediate, compute_bytes
     gated = entry.family == "causal_lm"
     linear_inputs = (6 * h + i) if gated else (5 * h + i)
@@ -127,7 +129,7 @@ def activation_bytes_per_token(entry: CatalogEntry, method: Method, compute_byte
     norms = 2 * 8 * h
     attention = a * (h + 2 * kv) + a * h
     mlp = a * (4 * i if gated else 2 * i)
-    matrix = 0 if gated else entry.attention_heads * seq * ATTENTION_MATRIX_BYTES
+    matrix = 0 if gated or device == "cuda" else entry.attention_heads * seq * ATTENTION_MATRIX_BYTES
     return saved + norms + attention + mlp + matrix
 
 
@@ -148,7 +150,8 @@ def training_memory(entry: CatalogEntry, method: Method = "lora", seq: int = 512
         weights=weights,
         gradients=trained * 4,
         optimizer=trained * OPTIMIZER_BYTES.get(optimizer, 8),
-        activations=tokens * activation_bytes_per_token(entry, method, compute_bytes, seq) * layers_kept,
+        activations=tokens * layers_kept * activation_bytes_per_token(entry, method, compute_bytes, seq,
+                                                                      device),
         logits=(tokens * entry.vocab * LOGIT_BYTES) if entry.family != "encoder" else 0.0,
         runtime=RUNTIME_BYTES.get(device, 0.5 * GB))
 
