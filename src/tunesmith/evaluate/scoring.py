@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -87,61 +87,57 @@ def paired(metric: str, base: list[float], tuned: list[float]) -> Paired:
     return result
 
 
-def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe,
-                     family: Family) -> float:
-    """Token-weighted mean cross-entropy over the loss-masked tokens of `records`."""
+def _mean_loss(model: Any, family: Family, batches: Iterator[tuple[dict[str, Any], Any]]) -> float:
+    """Token- (or example-) weighted mean of the family's loss over (model inputs, labels) batches."""
     import torch
 
-    if family.name == "seq2seq":
-        return _seq2seq_loss(model, tokenizer, records, recipe, family)
-    rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
-                            recipe.data.system_prompt) for r in records]
     device = next(model.parameters()).device
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(rows), recipe.eval.batch_size):
-            batch = rows[start:start + recipe.eval.batch_size]
-            width = max(len(r["input_ids"]) for r in batch)
-            ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"]))
-                                for r in batch])
-            mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
-                                 for r in batch])
-            labels = torch.tensor([[t if keep else IGNORE
-                                    for t, keep in zip(r["input_ids"], r["assistant_masks"], strict=True)]
-                                   + [IGNORE] * (width - len(r["input_ids"])) for r in batch])
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for inputs, labels in batches:
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
             batch_total, batch_count = family.answer_loss_sum(logits, labels)
             total += float(batch_total)
             count += int(batch_count)
     return total / max(count, 1)
 
 
-def _seq2seq_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe, family: Family) -> float:
-    """An encoder-decoder's token-weighted mean cross-entropy over the answers' tokens."""
+def _padded(rows: list[list[int]], value: int) -> Any:
     import torch
 
-    from tunesmith.models.families.seq2seq import tokenize_pair
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
-    system, limit = recipe.data.system_prompt, recipe.train.max_length
-    rows = [tokenize_pair(tokenizer, *prompt_and_reference(r, system), limit) for r in records]
-    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(rows), recipe.eval.batch_size):
-            batch = rows[start:start + recipe.eval.batch_size]
-            source, target = (max(len(r[k]) for r in batch) for k in ("input_ids", "labels"))
-            ids = torch.tensor([r["input_ids"] + [pad] * (source - len(r["input_ids"])) for r in batch])
-            lengths = torch.tensor([len(r["input_ids"]) for r in batch])
-            mask = (torch.arange(source)[None, :] < lengths[:, None]).long()
-            labels = torch.tensor([r["labels"] + [IGNORE] * (target - len(r["labels"])) for r in batch])
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           labels=labels.to(device)).logits
-            batch_total, batch_count = family.answer_loss_sum(logits, labels)
-            total += float(batch_total)
-            count += int(batch_count)
-    return total / max(count, 1)
+
+def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe,
+                     family: Family) -> float:
+    """Token-weighted mean cross-entropy over the loss-masked tokens of `records` (a decoder's:
+    the chat rendering with the answer mask; an encoder-decoder's: the answer's tokens)."""
+    size = recipe.eval.batch_size
+    if family.name == "seq2seq":
+        from tunesmith.models.families.seq2seq import tokenize_pair
+
+        system, limit = recipe.data.system_prompt, recipe.train.max_length
+        rows = [tokenize_pair(tokenizer, *prompt_and_reference(r, system), limit) for r in records]
+
+        def pairs() -> Iterator[tuple[dict[str, Any], Any]]:
+            for batch in (rows[i:i + size] for i in range(0, len(rows), size)):
+                labels = _padded([r["labels"] for r in batch], IGNORE)
+                yield {"input_ids": _padded([r["input_ids"] for r in batch], tokenizer.pad_token_id),
+                       "attention_mask": _padded([r["attention_mask"] for r in batch], 0),
+                       "labels": labels}, labels
+        return _mean_loss(model, family, pairs())
+    rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
+                            recipe.data.system_prompt) for r in records]
+
+    def batches() -> Iterator[tuple[dict[str, Any], Any]]:
+        for batch in (rows[i:i + size] for i in range(0, len(rows), size)):
+            yield ({"input_ids": _padded([r["input_ids"] for r in batch], tokenizer.pad_token_id),
+                    "attention_mask": _padded([[1] * len(r["input_ids"]) for r in batch], 0)},
+                   _padded([[t if keep else IGNORE for t, keep in zip(r["input_ids"], r["assistant_masks"],
+                                                                     strict=True)] for r in batch], IGNORE))
+    return _mean_loss(model, family, batches())
 
 
 def mean_label_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Recipe, family: Family) -> float:
@@ -150,22 +146,16 @@ def mean_label_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Rec
 
     from tunesmith.models.classifier import example
 
-    index = model.config.label2id
+    index, size = model.config.label2id, recipe.eval.batch_size
     pairs = [(t, index[label]) for t, label in (example(r, recipe.eval.label_field) for r in records)
              if label in index]
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(pairs), recipe.eval.batch_size):
-            batch = pairs[start:start + recipe.eval.batch_size]
-            inputs = tokenizer([t for t, _ in batch], padding=True, truncation=True,
-                               max_length=recipe.train.max_length, return_tensors="pt").to(device)
-            batch_total, batch_count = family.answer_loss_sum(model(**inputs).logits,
-                                                              torch.tensor([i for _, i in batch]))
-            total += float(batch_total)
-            count += int(batch_count)
-    return total / max(count, 1)
+
+    def batches() -> Iterator[tuple[dict[str, Any], Any]]:
+        for batch in (pairs[i:i + size] for i in range(0, len(pairs), size)):
+            yield (dict(tokenizer([t for t, _ in batch], padding=True, truncation=True,
+                                  max_length=recipe.train.max_length, return_tensors="pt")),
+                   torch.tensor([i for _, i in batch]))
+    return _mean_loss(model, family, batches())
 
 
 def validation(ev: Evaluation, records: list[dict]) -> Validation:
