@@ -1,7 +1,7 @@
 """The memory estimator (`tunesmith.models.advisor.training_memory`) against measured peaks on
 this machine: each model trains a few steps in a fresh process (the stack tunesmith trains with:
 transformers + PEFT, AdamW, bf16 autocast on the CPU), and the process's peak resident memory
-(`ru_maxrss`: weights, gradients, optimizer states, activations, the framework) is compared with
+(VmHWM: weights, gradients, optimizer states, activations, the framework) is compared with
 the estimate for the same model, method, sequence length and batch.
 
     .venv/bin/python bench/memory.py                      # the three models below, a table
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ def measure(spec: dict) -> dict:
 
     from tunesmith.models.advisor import training_memory
     from tunesmith.models.catalog import entry_from_config, find
+    from tunesmith.models.device import peak_memory
     from tunesmith.models.families import FAMILIES
     from tunesmith.models.loading import model_location
     from tunesmith.recipe import ModelConfig
@@ -58,7 +58,7 @@ def measure(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_memory("cpu")  # VmHWM: ru_maxrss would carry a parent's size over fork + exec
     params = sum(p.numel() for p in model.parameters())
     if spec["method"] == "lora":
         params -= sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)

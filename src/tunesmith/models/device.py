@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,25 @@ def generation_bf16(recipe: Recipe, device: str) -> bool:
     if recipe.eval.precision != "auto":
         return recipe.eval.precision == "bf16"
     return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def peak_memory(device: str) -> int | None:
+    """Peak memory so far: the GPU's allocated peak on CUDA; else this process's peak resident
+    memory. On Linux that is /proc/self/status VmHWM, the high-water mark of this program's own
+    memory: `ru_maxrss` is not, since the kernel carries the parent's resident size over a
+    fork + exec (a child of a 1.8 GB pytest reported 1.8 GB whatever it did)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere

@@ -34,7 +34,7 @@ from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.files import write_json
 from tunesmith.models.chat import tokenize_record
-from tunesmith.models.device import mixed_precision, resolve_device
+from tunesmith.models.device import mixed_precision, peak_memory, resolve_device
 from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
 from tunesmith.recipe import Recipe
@@ -196,21 +196,6 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
     if job.recipe.train.merge and job.recipe.train.adapter == "lora":
         fitted.model.merge_and_unload().save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
-
-
-def peak_memory(device: str) -> int | None:
-    """The GPU's peak allocation on CUDA; else this process's peak resident memory (Linux, macOS)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    try:
-        import resource
-        import sys
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
 def _backend(job: TrainJob) -> Backend:

@@ -1,0 +1,210 @@
+"""Training throughput (issue 14, part 1): TRL's SFTTrainer with its defaults, TRL with bf16, and
+`tunesmith train`, each in a fresh process on the same rows, in one run of this script.
+
+    .venv/bin/python bench/train_throughput.py [--rows 64] [--steps 8] [--warmup 3] [--data alpaca|demo]
+
+Setup (as the issue states it): the first `--rows` rows of ../shared/fixtures/real/alpaca_en_demo.json
+(or the demo's tickets), SmolLM2-135M-Instruct (the embedded model), LoRA r=16 alpha=32 on all
+linear layers, batch 8, max_length 512, `--steps` optimizer steps. Printed per trainer:
+- real tokens/s (non-padding tokens), end to end (from the first step's start: warm-up and any
+  compilation included) and in steady state (steps after `--warmup`);
+- the training loss of each step (the same rows in the same order are not guaranteed across
+  trainers, so the mean over the run is compared);
+- peak resident memory of the process;
+- achieved GFLOP/s (LoRA: ~4 x parameters per trained token: the forward pass and the backward
+  pass through the activations) and that as a share of a 2048 x 2048 matmul's bf16 and fp32
+  throughput measured in the same run (MFU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ALPACA = REPO.parent / "shared" / "fixtures" / "real" / "alpaca_en_demo.json"
+MODEL = "embedded:smollm2-135m-instruct"
+TRAINERS = ("trl-defaults", "trl-bf16", "tunesmith")
+
+
+def rows(source: str, count: int) -> list[dict]:
+    """Chat rows: alpaca instruction (+ input) -> output, or the demo's tickets."""
+    if source == "demo":
+        from tunesmith.demo.tickets import write
+
+        paths = write(tempfile.mkdtemp())
+        data = [json.loads(line) for line in Path(paths["train"]).read_text().splitlines()]
+        return [{"messages": r["messages"]} for r in data if "messages" in r][:count]
+    data = json.loads(ALPACA.read_text())[:count]
+    def prompt(row: dict) -> str:
+        return "\n\n".join(part for part in (row["instruction"], row["input"]) if part)
+
+    return [{"messages": [{"role": "user", "content": prompt(r)},
+                          {"role": "assistant", "content": r["output"]}]} for r in data]
+
+
+def matmul_gflops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+class Clock:
+    """A TrainerCallback recording each step's end time, tokens seen and logged loss."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Clock(TrainerCallback):
+            def __init__(self) -> None:
+                self.begin, self.steps, self.losses = None, [], []
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.begin = time.perf_counter()  # as tunesmith's progress log starts its clock
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.steps.append((time.perf_counter(), state.num_input_tokens_seen))
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.losses.append(float(logs["loss"]))
+
+        return _Clock()
+
+
+def run_trl(data: list[dict], steps: int, bf16: bool) -> dict:
+    import datasets
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.models.loading import model_location
+    from tunesmith.recipe import ModelConfig
+
+    location = model_location(ModelConfig(name=MODEL))
+    model = AutoModelForCausalLM.from_pretrained(location)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    clock = Clock()
+    # TRL refuses its bf16 default on a CPU: "defaults" there means fp32
+    extra = {"bf16": True, "use_cpu": True} if bf16 else {"bf16": False}
+    args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, max_length=512,
+                     max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", seed=42,
+                     disable_tqdm=True, include_num_input_tokens_seen="non_padding", **extra)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(data),
+                         processing_class=tokenizer, callbacks=[clock],
+                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+    trainer.train()
+    return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses}
+
+
+def run_tunesmith(data: list[dict], steps: int) -> dict:
+    from tunesmith import pipeline
+    from tunesmith.recipe import load_recipe
+
+    work = Path(tempfile.mkdtemp())
+    train = work / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in data))
+    recipe = load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
+                                "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
+                                "data.filters.enabled=false", "data.leakage.action=flag",
+                                "train.batch_size=8", "train.max_length=512", f"train.max_steps={steps}",
+                                "train.logging_steps=1",
+                                "train.lora.r=16", "train.lora.alpha=32", "monitor.enabled=false",
+                                f"output.dir={work / 'runs'}", "name=bench"])
+    started = time.perf_counter()
+    pipeline.fine_tune(recipe)
+    log = [json.loads(line) for line in (recipe.run_dir / "train" / "log.jsonl").read_text().splitlines()]
+    logged = [e for e in log if "loss" in e and "time" in e]
+    # log times are wall-clock; rebase them on this process's perf_counter. The progress log's
+    # clock starts at on_train_begin: its first entry's tokens / tokens_per_second go back to it.
+    offset = time.perf_counter() - time.time()
+    first = logged[0]
+    begin = first["time"] + offset - first["tokens_seen"] / max(first.get("tokens_per_second") or 0, 1e-9)
+    return {"begin": max(begin, started), "steps": [(e["time"] + offset, e["tokens_seen"]) for e in logged],
+            "losses": [e["loss"] for e in logged]}
+
+
+def measure(trainer: str, source: str, count: int, steps: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    data = rows(source, count)
+    if trainer == "tunesmith":
+        result = run_tunesmith(data, steps)
+    else:
+        result = run_trl(data, steps, bf16=trainer == "trl-bf16")
+    from tunesmith.models.device import peak_memory
+
+    result["peak_rss"] = peak_memory("cpu")
+    result["params"] = 134.5e6
+    return result
+
+
+def summarise(result: dict, warmup: int) -> dict:
+    steps = result["steps"]
+    (end, tokens) = steps[-1]
+    steady_start, steady_tokens = steps[warmup - 1] if len(steps) > warmup else (result["begin"], 0)
+    return {"end_to_end": tokens / (end - result["begin"]),
+            "steady": (tokens - steady_tokens) / (end - steady_start),
+            "loss": sum(result["losses"]) / len(result["losses"]) if result["losses"] else float("nan"),
+            "peak_gib": result["peak_rss"] / 2 ** 30, "tokens": tokens, "params": result["params"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--data", choices=["alpaca", "demo"], default="alpaca")
+    parser.add_argument("--one", choices=TRAINERS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.data, args.rows, args.steps)))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    peaks = {"bf16": matmul_gflops("bfloat16"), "fp32": matmul_gflops("float32")}
+    results = {}
+    for trainer in TRAINERS:
+        done = subprocess.run([sys.executable, __file__, "--one", trainer, "--data", args.data, "--rows",
+                               str(args.rows), "--steps", str(args.steps)], capture_output=True, text=True,
+                              timeout=3600)
+        if done.returncode != 0:
+            raise SystemExit(f"{trainer} failed:\n{done.stderr[-3000:]}")
+        results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), args.warmup)
+    base, bf16 = results["trl-defaults"], results["trl-bf16"]
+    table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.steps} steps; "
+                        f"steady = after step {args.warmup}); matmul peak bf16 {peaks['bf16']:.0f}, "
+                        f"fp32 {peaks['fp32']:.0f} GFLOP/s")
+    for column in ("trainer", "tok/s end to end", "tok/s steady", "vs TRL defaults (steady / e2e)",
+                   "vs TRL + bf16 (steady)", "mean loss", "peak RSS", "GFLOP/s", "MFU bf16 / fp32"):
+        table.add_column(column)
+    for trainer, r in results.items():
+        gflops = r["steady"] * 4 * r["params"] / 1e9
+        table.add_row(trainer, f"{r['end_to_end']:.1f}", f"{r['steady']:.1f}",
+                      f"{r['steady'] / base['steady']:.2f}x / {r['end_to_end'] / base['end_to_end']:.2f}x",
+                      f"{r['steady'] / bf16['steady']:.2f}x", f"{r['loss']:.4f}", f"{r['peak_gib']:.2f} GiB",
+                      f"{gflops:.0f}",
+                      f"{100 * gflops / peaks['bf16']:.1f}% / {100 * gflops / peaks['fp32']:.1f}%")
+    Console().print(table)
+    out = REPO / "bench-out"
+    out.mkdir(exist_ok=True)
+    (out / f"train_throughput_{args.data}.json").write_text(json.dumps({"peaks": peaks, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    main()
