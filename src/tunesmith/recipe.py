@@ -362,6 +362,9 @@ class EvalConfig(_Section):
     """Score both models on a bundled set of 20 general questions, to catch forgetting."""
     worst_examples: int = Field(5, ge=0)
     """How many lowest-scoring examples per set to list for error analysis."""
+    knn_neighbours: int = Field(5, gt=0)
+    """An encoder's baseline: a vote of this many nearest training examples, by the frozen
+    encoder's embeddings (its new classification head starts random, so is no baseline)."""
     bias: BiasConfig = Field(default_factory=BiasConfig)
     """Counterfactual bias probes and their threshold."""
 

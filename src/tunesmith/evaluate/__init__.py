@@ -31,7 +31,6 @@ from tunesmith.data import load_splits
 from tunesmith.evaluate import analysis
 from tunesmith.evaluate.generation import Generator, HFGenerator, Seq2SeqGenerator
 from tunesmith.evaluate.scoring import Evaluation, bias_probes, forgetting, score_set, validation
-from tunesmith.models.classifier import KNN_NEIGHBOURS
 from tunesmith.models.device import generation_bf16, resolve_device
 from tunesmith.models.families import family_for
 from tunesmith.models.loading import load_run_model
@@ -91,15 +90,13 @@ def _classifier_evaluation(recipe: Recipe, run_model: Any, family: Any, splits: 
         return ClassifierPredictor(model, run_model.tokenizer, labels, cfg.batch_size,
                                    recipe.train.max_length)
 
-    knn: dict[str, KNNPredictor] = {}
+    # one k-NN per evaluation: its training embeddings are computed once, with the base encoder
+    knn = KNNPredictor(None, run_model.tokenizer, [t for t, _ in train], [lb for _, lb in train],
+                       k=cfg.knn_neighbours, batch_size=cfg.batch_size, max_length=recipe.train.max_length)
 
-    def knn_for(base: Any) -> Generator:  # one per evaluation: the training embeddings are computed once
-        if "knn" not in knn:
-            knn["knn"] = KNNPredictor(base, run_model.tokenizer, [t for t, _ in train],
-                                      [lb for _, lb in train], batch_size=cfg.batch_size,
-                                      max_length=recipe.train.max_length)
-        knn["knn"].model = base
-        return knn["knn"]
+    def knn_for(base: Any) -> Generator:
+        knn.model = base
+        return knn
 
     return Evaluation(recipe, run_model, family, generator_for, True, None, reference_of,
                       knn_for if train else None, [lb for _, lb in train])
@@ -133,7 +130,7 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
     ev = _evaluation(recipe, run_dir, splits, generator_factory)
     summary = EvalSummary(metric=cfg.metric)
     if not ev.family.generates:
-        summary.baseline = f"k-NN (k={KNN_NEIGHBOURS}) over the frozen encoder's embeddings"
+        summary.baseline = f"k-NN (k={cfg.knn_neighbours}) over the frozen encoder's embeddings"
     if splits.get("val"):
         summary.validation = validation(ev, splits["val"][: cfg.max_examples])
     predictions: list[Prediction] = []

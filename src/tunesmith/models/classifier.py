@@ -22,7 +22,6 @@ from typing import Any
 from tunesmith.errors import DataError
 from tunesmith.records import answer_field, as_chat
 
-KNN_NEIGHBOURS = 5
 LABELS_FILE = "labels.json"
 """In a run's model directory: the classifier's label names, index order."""
 
@@ -114,12 +113,13 @@ class ClassifierPredictor:
 
 def embed(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 256) -> Any:
     """Sentence embeddings from an encoder (a bare one or a classifier's body): mean-pooled last
-    hidden states over real tokens, L2-normalised. numpy (n, hidden)."""
+    hidden states over real tokens, L2-normalised, as sentence-transformers computes them for
+    MiniLM (the drift monitor's embeddings too). numpy (n, hidden)."""
     import numpy as np
     import torch
 
     device = next(model.parameters()).device
-    vectors = np.zeros((len(texts), 0), dtype=np.float32)
+    vectors = np.zeros((0, model.config.hidden_size), dtype=np.float32)
     rows: dict[int, Any] = {}
     model.eval()
     with torch.inference_mode():
@@ -144,7 +144,8 @@ class KNNPredictor:
     tokenizer: Any
     train_texts: list[str]
     train_labels: list[str]
-    k: int = KNN_NEIGHBOURS
+    k: int = 5
+    """eval.knn_neighbours in a run."""
     batch_size: int = 32
     max_length: int = 256
     _train: Any = None

