@@ -1,16 +1,20 @@
 """Training throughput (issue 14, part 1): TRL's SFTTrainer with its defaults, TRL with bf16, and
 `tunesmith train`, each in a fresh process on the same rows, in one run of this script.
 
-    .venv/bin/python bench/train_throughput.py [--rows 64] [--steps 8] [--warmup 3] [--data alpaca|demo]
+    .venv/bin/python bench/train_throughput.py [--rows 64] [--epochs 2] [--data alpaca|demo]
 
 Setup (as the issue states it): the first `--rows` rows of ../shared/fixtures/real/alpaca_en_demo.json
 (or the demo's tickets), SmolLM2-135M-Instruct (the embedded model), LoRA r=16 alpha=32 on all
-linear layers, batch 8, max_length 512, `--steps` optimizer steps. Printed per trainer:
-- real tokens/s (non-padding tokens), end to end (from the first step's start: warm-up and any
-  compilation included) and in steady state (steps after `--warmup`);
-- the mean training loss over the run, on the answer tokens for all three (TRL gets the rows as
+linear layers, batch 8, max_length 512, `--epochs` passes over the rows (8 steps each for 64 rows).
+Each trainer sees the same rows in each pass (in its own order: tunesmith groups them by length),
+so both windows below hold the same tokens for every trainer. Printed per trainer:
+- real tokens/s (non-padding tokens) end to end over the first pass (from the first step's start:
+  warm-up and any compilation included), and in steady state over the last pass;
+- warm-up: the first pass's time beyond what its tokens take at the steady rate (compilation and
+  first-call kernel selection);
+- the mean training loss over all steps, on the answer tokens for all (TRL gets the rows as
   prompt / completion pairs, so it scores the completion only, as tunesmith scores the
-  assistant's turn); the rows' order may differ between trainers (tunesmith groups by length);
+  assistant's turn);
 - peak resident memory of the process;
 - achieved GFLOP/s (LoRA: ~4 x parameters per trained token: the forward pass and the backward
   pass through the activations) and that as a share of a 2048 x 2048 matmul's bf16 and fp32
@@ -30,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "fixtures" / "real" / "alpaca_en_demo.json"
 MODEL = "embedded:smollm2-135m-instruct"
-TRAINERS = ("trl-defaults", "trl-bf16", "tunesmith")
+TRAINERS = ("trl-defaults", "trl-bf16", "tunesmith-eager", "tunesmith")
+"""tunesmith-eager is tunesmith with train.compile=false; tunesmith compiles its layers."""
 
 
 def rows(source: str, count: int) -> list[dict]:
@@ -117,7 +122,7 @@ def run_trl(data: list[dict], steps: int, bf16: bool) -> dict:
     return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses}
 
 
-def run_tunesmith(data: list[dict], steps: int) -> dict:
+def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
     from tunesmith import pipeline
     from tunesmith.recipe import load_recipe
 
@@ -130,6 +135,7 @@ def run_tunesmith(data: list[dict], steps: int) -> dict:
                                 "train.batch_size=8", "train.max_length=512", f"train.max_steps={steps}",
                                 "train.logging_steps=1",
                                 "train.lora.r=16", "train.lora.alpha=32", "monitor.enabled=false",
+                                f"train.compile={str(compile_layers).lower()}",
                                 f"output.dir={work / 'runs'}", "name=bench"])
     started = time.perf_counter()
     pipeline.fine_tune(recipe)
@@ -149,8 +155,8 @@ def measure(trainer: str, source: str, count: int, steps: int) -> dict:
 
     torch.manual_seed(0)
     data = rows(source, count)
-    if trainer == "tunesmith":
-        result = run_tunesmith(data, steps)
+    if trainer.startswith("tunesmith"):
+        result = run_tunesmith(data, steps, compile_layers=trainer == "tunesmith")
     else:
         result = run_trl(data, steps, bf16=trainer == "trl-bf16")
     from tunesmith.models.device import peak_memory
@@ -160,12 +166,16 @@ def measure(trainer: str, source: str, count: int, steps: int) -> dict:
     return result
 
 
-def summarise(result: dict, warmup: int) -> dict:
+def summarise(result: dict, pass_steps: int) -> dict:
+    """End to end over the first pass (its first `pass_steps` steps), steady over the last pass."""
     steps = result["steps"]
-    (end, tokens) = steps[-1]
-    steady_start, steady_tokens = steps[warmup - 1] if len(steps) > warmup else (result["begin"], 0)
-    return {"end_to_end": tokens / (end - result["begin"]),
-            "steady": (tokens - steady_tokens) / (end - steady_start),
+    first_end, first_tokens = steps[pass_steps - 1]
+    last_start, last_start_tokens = steps[-pass_steps - 1]
+    end, tokens = steps[-1]
+    steady = (tokens - last_start_tokens) / (end - last_start)
+    first_seconds = first_end - result["begin"]
+    return {"end_to_end": first_tokens / first_seconds, "steady": steady,
+            "warmup_seconds": first_seconds - first_tokens / steady,
             "loss": sum(result["losses"]) / len(result["losses"]) if result["losses"] else float("nan"),
             "peak_gib": result["peak_rss"] / 2 ** 30, "tokens": tokens, "params": result["params"]}
 
@@ -173,14 +183,17 @@ def summarise(result: dict, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", choices=["alpaca", "demo"], default="alpaca")
     parser.add_argument("--one", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.data, args.rows, args.steps)))
         return
+    pass_steps = -(-args.rows // 8)
+    if args.epochs < 2:
+        raise SystemExit("--epochs must be at least 2: the last pass is the steady state")
     from rich.console import Console
     from rich.table import Table
 
@@ -188,23 +201,24 @@ def main() -> None:
     results = {}
     for trainer in TRAINERS:
         done = subprocess.run([sys.executable, __file__, "--one", trainer, "--data", args.data, "--rows",
-                               str(args.rows), "--steps", str(args.steps)], capture_output=True, text=True,
+                               str(args.rows), "--steps", str(pass_steps * args.epochs)], capture_output=True, text=True,
                               timeout=3600)
         if done.returncode != 0:
             raise SystemExit(f"{trainer} failed:\n{done.stderr[-3000:]}")
-        results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), args.warmup)
+        results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), pass_steps)
     base, bf16 = results["trl-defaults"], results["trl-bf16"]
-    table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.steps} steps; "
-                        f"steady = after step {args.warmup}); matmul peak bf16 {peaks['bf16']:.0f}, "
-                        f"fp32 {peaks['fp32']:.0f} GFLOP/s")
-    for column in ("trainer", "tok/s end to end", "tok/s steady", "vs TRL defaults (steady / e2e)",
-                   "vs TRL + bf16 (steady)", "mean loss", "peak RSS", "GFLOP/s", "MFU bf16 / fp32"):
+    table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.epochs} passes of "
+                        f"{pass_steps} steps; end to end = first pass, steady = last pass); matmul peak "
+                        f"bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
+    for column in ("trainer", "tok/s end to end", "tok/s steady", "warm-up s", "vs TRL defaults (steady / e2e)",
+                   "vs TRL + bf16 (steady / e2e)", "mean loss", "peak RSS", "GFLOP/s", "MFU bf16 / fp32"):
         table.add_column(column)
     for trainer, r in results.items():
         gflops = r["steady"] * 4 * r["params"] / 1e9
-        table.add_row(trainer, f"{r['end_to_end']:.1f}", f"{r['steady']:.1f}",
+        table.add_row(trainer, f"{r['end_to_end']:.1f}", f"{r['steady']:.1f}", f"{r['warmup_seconds']:.1f}",
                       f"{r['steady'] / base['steady']:.2f}x / {r['end_to_end'] / base['end_to_end']:.2f}x",
-                      f"{r['steady'] / bf16['steady']:.2f}x", f"{r['loss']:.4f}", f"{r['peak_gib']:.2f} GiB",
+                      f"{r['steady'] / bf16['steady']:.2f}x / {r['end_to_end'] / bf16['end_to_end']:.2f}x",
+                      f"{r['loss']:.4f}", f"{r['peak_gib']:.2f} GiB",
                       f"{gflops:.0f}",
                       f"{100 * gflops / peaks['bf16']:.1f}% / {100 * gflops / peaks['fp32']:.1f}%")
     Console(width=200).print(table)

@@ -241,6 +241,8 @@ class TrainSummary(TrainProgress):
     peak_memory_bytes: int | None = None
     """Peak memory of training: the GPU's allocated peak on CUDA, else the process's peak
     resident memory (which includes the data stage and the framework)."""
+    processes: int = 1
+    """Training processes (`tunesmith train --processes N`); the memory peak is the first one's."""
 
 
 class LogEntry(Schema):

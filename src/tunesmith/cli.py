@@ -4,7 +4,7 @@
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
-    tunesmith train RECIPE [key.sub=value ...] [--resume]
+    tunesmith train RECIPE [key.sub=value ...] [--resume] [--processes N [--accelerate-config FILE]]
     tunesmith eval RECIPE [key.sub=value ...]
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
     tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT
@@ -93,10 +93,16 @@ def data_prepare(recipe: str = RecipeArg, overrides: list[str] | None = Override
 
 
 @app.command("train")
-def train_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
-                  resume: bool = ResumeOpt) -> None:
+def train_command(
+    recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, resume: bool = ResumeOpt,
+    processes: int = typer.Option(1, "--processes", min=1,
+                                  help="Train in N processes (accelerate: DDP, gloo on CPUs, NCCL on GPUs)."),
+    accelerate_config: str | None = typer.Option(
+        None, "--accelerate-config", help="An accelerate config file (FSDP, DeepSpeed) for --processes."),
+) -> None:
     """Fine-tune (prepares the data first)."""
-    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume)
+    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume, processes=processes,
+                                   accelerate_config=accelerate_config)
     out.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
               f"model in {result.model_dir}")
 

@@ -42,13 +42,16 @@ def check_license(recipe: Recipe) -> None:
         warn(warning)
 
 
-def fine_tune(recipe: Recipe, resume: bool = False) -> train.TrainResult:
+def fine_tune(recipe: Recipe, resume: bool = False, processes: int = 1,
+              accelerate_config: str | None = None) -> train.TrainResult:
+    """`processes` > 1: the data stage here, training in that many workers (train/distributed.py)."""
     check_license(recipe)
     run_dir = open_run(recipe)
     train.check_resumable(recipe, run_dir, resume)
     with run_dir.transaction(recipe, ("data", "train")) as view:
         data.print_stats(data.run(recipe, view).report)
-        result = train.run(recipe, view, resume=resume)
+        result = train.run(recipe, view, resume=resume, processes=processes,
+                           accelerate_config=accelerate_config)
         if recipe.monitor.enabled and recipe.model.family == "causal_lm":  # what serving compares with
             drift_reference.save_for_run(recipe, view)
     shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume

@@ -291,6 +291,14 @@ class TrainConfig(_Section):
     """Batch examples of similar length together: less padding, faster steps (order stays seeded)."""
     gradient_checkpointing: bool = False
     """Recompute activations to save memory; off because it costs throughput when memory is ample."""
+    backend: Literal["tunesmith", "trl"] = "tunesmith"
+    """Decoder SFT engine: `tunesmith` (transformers' Trainer with bf16 frozen weights, logits at
+    answer positions only, no attention mask, compiled layers: bench/train_throughput.py) or `trl`
+    (TRL's SFTTrainer as-is). Preference methods always use TRL; encoders and encoder-decoders
+    transformers' Trainer."""
+    compile: bool | Literal["auto"] = "auto"
+    """`torch.compile` the decoder layers (tunesmith backend): true, false, or auto (when the run
+    trains enough tokens to earn back the compile time, and a C++ compiler is present)."""
     save_steps: int = Field(50, gt=0)
     """Write a resumable checkpoint every N optimizer steps."""
     save_total_limit: int = Field(2, gt=0)
@@ -311,6 +319,12 @@ class TrainConfig(_Section):
     """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
     seed: int = 42
     """Seed for weight init of the adapter and data order."""
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare `no` as false: `train.mixed_precision=no` means "no"."""
+        return "no" if value is False else value
 
     @property
     def adapter(self) -> Literal["lora", "full"]:

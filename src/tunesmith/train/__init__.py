@@ -9,18 +9,21 @@ run killed with `kill -9` finishes with the same total steps. Writes the adapter
 weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
 
     backend.py      the Backend protocol: a TrainJob in, a Fitted model out
-    trl_backend.py  the backend for generating families: TRL's SFTTrainer, used as-is
+    sft_backend.py  the decoder SFT backend: Trainer + the measured speed levers (the default)
+    trl_backend.py  TRL's SFTTrainer, used as-is (train.backend: trl)
     preference.py   DPO / KTO: TRL's preference trainers
     hf_backend.py   transformers' Trainer: encoders (class weights) and encoder-decoders
     classifier.py   an encoder's rows (text, label index) and class weights
     callbacks.py    the Trainer side: progress and log.jsonl, guards, the eval-loss hook
     guards.py       overfitting guards, independent of the backend (they see losses only)
     checkpoints.py  which checkpoint to resume from, and whether a resume is possible
+    distributed.py  train.run(processes=N): N worker processes (accelerate, DDP), rank 0 writes
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import time
 import warnings
@@ -43,7 +46,7 @@ from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
 from tunesmith.train.guards import OverfittingGuards
 
-__all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset"]
+__all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
 
 
 @dataclass
@@ -127,7 +130,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
-def _prepare_checkpoints(recipe: Recipe, run_dir: RunDir, resume: bool) -> Path | None:
+def prepare_checkpoints(recipe: Recipe, run_dir: RunDir, resume: bool) -> Path | None:
     """The checkpoint to resume from (None: start fresh, and clear what an old run left)."""
     # checkpoints and the log in progress live in the run's work area, which survives a failed
     # or interrupted command (for --resume); model/ and train/ are written to the staging view
@@ -141,7 +144,7 @@ def _prepare_checkpoints(recipe: Recipe, run_dir: RunDir, resume: bool) -> Path 
     return checkpoint
 
 
-def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume: bool,
+def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_from: Path | None,
          on_eval_loss: Callable[[int, int, float], bool] | None) -> TrainJob:
     import transformers
 
@@ -173,8 +176,7 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume:
     elif recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
-                    mixed_precision(recipe, device), run_dir.checkpoints,
-                    _prepare_checkpoints(recipe, run_dir, resume), run_dir.log_in_progress,
+                    mixed_precision(recipe, device), run_dir.checkpoints, resume_from, run_dir.log_in_progress,
                     OverfittingGuards(recipe.train), on_eval_loss,
                     class_weights(splits["train"], recipe, labels) if head else None)
 
@@ -194,41 +196,70 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         config = fitted.model.config
         save_labels(run_dir.model, [config.id2label[i] for i in range(config.num_labels)], job.class_weights)
     if job.recipe.train.merge and job.recipe.train.adapter == "lora":
-        fitted.model.merge_and_unload().save_pretrained(str(run_dir.merged_model), safe_serialization=True)
+        # merged into a fresh full-precision base: training may have stored the frozen base in bf16
+        from peft import PeftModel
+
+        base = load_model(job.recipe.model, model_location(job.recipe.model), job.device)
+        merged = PeftModel.from_pretrained(base, str(run_dir.model)).merge_and_unload()
+        merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
 
 
 def _backend(job: TrainJob) -> Backend:
     from tunesmith.train.hf_backend import TrainerBackend
     from tunesmith.train.preference import PreferenceBackend
+    from tunesmith.train.sft_backend import SFTBackend
     from tunesmith.train.trl_backend import TRLBackend
 
     if job.recipe.train.preference:
         return PreferenceBackend()
-    if job.family.name != "causal_lm":  # TRL's SFTTrainer is for decoders
+    if job.family.name != "causal_lm":  # TRL's SFTTrainer and the answer-only loss are for decoders
         return TrainerBackend()
-    return TRLBackend()
+    return TRLBackend() if job.recipe.train.backend == "trl" else SFTBackend()
+
+
+def is_main_process() -> bool:
+    """True unless this is a distributed worker of rank > 0 (torchrun / accelerate set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         on_eval_loss: Callable[[int, int, float], bool] | None = None,
-        splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
+        splits: dict[str, list[dict]] | None = None, backend: Backend | None = None,
+        processes: int = 1, accelerate_config: str | None = None) -> TrainResult:
     """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops) and
-    `splits` (e.g. a CV fold) let other stages reuse the same training path."""
+    `splits` (e.g. a CV fold) let other stages reuse the same training path. `processes` > 1
+    trains in that many worker processes (distributed.py) on the data this process prepared."""
+    checkpoint = prepare_checkpoints(recipe, run_dir, resume)
+    if processes > 1:
+        from tunesmith.train.distributed import launch
+
+        return launch(recipe, run_dir, checkpoint, processes, accelerate_config)
+    return train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+
+
+def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
+               on_eval_loss: Callable[[int, int, float], bool] | None = None,
+               splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
+    """Train in this process (one of several when launched distributed: then only rank 0 writes)."""
     _quiet()
-    job = _job(recipe, run_dir, splits if splits is not None else load_splits(run_dir), resume, on_eval_loss)
+    job = _job(recipe, run_dir, splits if splits is not None else load_splits(run_dir), checkpoint, on_eval_loss)
     started = time.time()
     fitted = (backend or _backend(job)).fit(job)
     runtime = time.time() - started
-    _save(job, fitted, run_dir)
     done = fitted.progress
+    if not is_main_process():
+        return TrainResult(run_dir.model, done.steps, done.train_loss, done.tokens_per_second, runtime,
+                           done.final_eval_loss, job.guards.events)
+    _save(job, fitted, run_dir)
     summary = TrainSummary(
         **done.model_dump(), runtime_seconds=runtime,
         resumed_from=job.resume_from.name if job.resume_from else None, device=job.device,
         mixed_precision=job.precision, method=recipe.train.method,
         trainable_parameters=sum(p.numel() for p in fitted.model.parameters() if p.requires_grad),
         train_examples=len(job.train_set), val_examples=len(job.val_set) if job.val_set is not None else 0,
-        guards=job.guards.events, peak_memory_bytes=peak_memory(job.device))
+        guards=job.guards.events, peak_memory_bytes=peak_memory(job.device),
+        processes=int(os.environ.get("WORLD_SIZE", "1")))
     save(summary, run_dir.train_summary)
     return TrainResult(run_dir.model, done.steps, done.train_loss, done.tokens_per_second, runtime,
                        done.final_eval_loss, job.guards.events)

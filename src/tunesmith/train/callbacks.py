@@ -27,13 +27,16 @@ from tunesmith.train.guards import OverfittingGuards
 
 
 class ProgressLog(TrainerCallback):
-    """Progress bar with loss, tokens/s and ETA; also appends every log to log.jsonl."""
+    """Progress bar with loss, tokens/s and ETA; also appends every log to log.jsonl. In a
+    distributed run only the first process shows and writes (Trainer gathers what it logs)."""
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.start_time, self.start_tokens = time.time(), 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         self.start_time = time.time()
         self.start_tokens = state.num_input_tokens_seen
         self.progress = Progress(
@@ -50,10 +53,14 @@ class ProgressLog(TrainerCallback):
         return (state.num_input_tokens_seen - self.start_tokens) / elapsed
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         self.progress.update(self.task, completed=state.global_step,
                              tps=f"{self.tokens_per_second(state):.0f}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         logs = dict(logs or {})
         if "loss" in logs:
             self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
@@ -69,7 +76,8 @@ class ProgressLog(TrainerCallback):
             handle.write(LogEntry.model_validate(entry).model_dump_json(exclude_none=True) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.progress.stop()
+        if state.is_world_process_zero:
+            self.progress.stop()
 
 
 class GuardsCallback(TrainerCallback):

@@ -1,0 +1,224 @@
+"""tunesmith's SFT backend for decoders: transformers' Trainer runs the loop (checkpoints and
+resume, evaluation, accelerate / DDP / FSDP / DeepSpeed, tunesmith's callbacks), and four
+levers measured by bench/train_throughput.py change what one step computes:
+
+1. Frozen base weights stored in bf16 when training in bf16. Autocast otherwise re-casts every
+   fp32 weight at every forward; the LoRA weights (the ones trained) stay fp32.
+2. Logits only where the loss is. The vocabulary head (49k x 576 on SmolLM2) sees the answer
+   positions only: a pre-hook on the output layer gathers them, so prompt and padding positions
+   never get logits. The loss is the same token-mean cross-entropy.
+3. No attention mask. Rows are right-padded, so under causal attention no real token attends to
+   a pad; without a mask SDPA takes its causal kernel (`is_causal`), skipping the masked half.
+   The pads' own outputs are never in the loss (tests/test_train_speed.py checks equal losses).
+4. The decoder layers compiled (`train.compile`): regional `torch.compile` with dynamic shapes,
+   so one compiled layer serves every layer and every sequence length.
+
+`train.backend: trl` selects TRL's SFTTrainer as-is instead (trl_backend.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from tunesmith.errors import ConfigError
+from tunesmith.train.backend import Fitted, TrainJob
+from tunesmith.train.guards import l1_penalty
+from tunesmith.train.trl_backend import callbacks, fitted, trainer_args
+
+IGNORE = -100
+"""The label of a position outside the loss (the convention of transformers' losses)."""
+
+
+@dataclass
+class AnswerCollator:
+    """Right-padded `input_ids` and `attention_mask` (which counts the real tokens), and `labels`:
+    the token where `assistant_masks` is 1, IGNORE elsewhere."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows)
+        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+        for i, row in enumerate(rows):
+            tokens = torch.tensor(row["input_ids"], dtype=torch.long)
+            ids[i, :len(tokens)], mask[i, :len(tokens)] = tokens, 1
+            keep = torch.tensor(row["assistant_masks"], dtype=torch.bool)
+            labels[i, :len(tokens)] = torch.where(keep, tokens, IGNORE)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@contextlib.contextmanager
+def answer_positions_only(model: Any, positions: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
+    """While inside, the model's output layer computes logits for `positions` (row, column
+    indices into the hidden states) only: [N, vocab] instead of [batch, length, vocab]."""
+    rows, columns = positions
+
+    def gather(_module: Any, args: tuple) -> tuple:
+        return (args[0][rows, columns], *args[1:])
+
+    head = _unwrap(model).get_output_embeddings()
+    if head is None:
+        raise ConfigError("this model has no output embeddings to restrict to the answer positions; "
+                          "set train.backend: trl.")
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside DDP / PEFT wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module  # DistributedDataParallel
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool) -> tuple[torch.Tensor, Any]:
+    """The summed cross-entropy of the answer tokens (each predicted from the position before it)
+    and the model's outputs; logits exist for those positions only."""
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    rows, columns = (targets != IGNORE).nonzero(as_tuple=True)
+    with answer_positions_only(model, (rows, columns)):
+        outputs = model(input_ids=batch["input_ids"], use_cache=False,
+                        attention_mask=batch["attention_mask"] if attention_mask else None)
+    logits = outputs.logits
+    if logits.dim() != 2 or logits.shape[0] != rows.numel():
+        raise ConfigError(f"{type(_unwrap(model)).__name__} reshapes its logits after the output layer; "
+                          "set train.backend: trl for it.")
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[rows, columns], reduction="sum")
+    return loss, outputs
+
+
+class AnswerTrainer(Trainer):
+    """Trainer whose loss is the token-mean cross-entropy of the answer tokens, computed on their
+    positions only (+ train.l1 x sum |w| while training). The mean is over the answer tokens of
+    the whole optimizer step, across gradient accumulation and processes (Trainer's
+    `num_items_in_batch`), as transformers' own causal-LM loss does."""
+
+    def __init__(self, *args: Any, l1: float = 0.0, attention_mask: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.l1, self.attention_mask = l1, attention_mask
+        self.model_accepts_loss_kwargs = True  # count answer tokens per step, scale for accumulation
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Length grouping over the global batch (all processes, all accumulation steps), so that
+        N processes train on the same rows per optimizer step as one process does; transformers
+        groups by the per-process batch, which reorders the data when the process count changes."""
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(  # its own seeded generator: dropout draws do not move the order
+            self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
+            dataset=dataset, lengths=[len(ids) for ids in dataset["input_ids"]],
+            generator=torch.Generator().manual_seed(self.args.data_seed or self.args.seed))
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        total, outputs = answer_loss(model, inputs, self.attention_mask)
+        if num_items_in_batch is None:  # evaluation: this batch's mean
+            loss = total / max(int((inputs["labels"][:, 1:] != IGNORE).sum()), 1)
+        else:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # DDP averages gradients over processes
+                loss = loss * self.accelerator.num_processes
+        if self.l1 > 0 and model.training:
+            loss = loss + self.l1 * l1_penalty(model)
+        return (loss, outputs) if return_outputs else loss
+
+
+def store_frozen_in_bf16(model: Any) -> int:
+    """Cast the frozen floating-point parameters to bf16 (the trained ones stay as they are);
+    the number of parameters cast."""
+    cast = 0
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.bfloat16:
+            parameter.data = parameter.data.to(torch.bfloat16)
+            cast += parameter.numel()
+    return cast
+
+
+def can_compile() -> bool:
+    """Inductor writes C++ on the CPU: it needs a compiler."""
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+def compile_layers(model: Any) -> int:
+    """Regional compilation: `torch.compile` each decoder layer, dynamic shapes. Every layer runs
+    the same code, so the compiled graph is made once (twice: the first layer's input needs no
+    gradient) and reused; the number of layers compiled."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def use_compile(job: TrainJob) -> bool:
+    """train.compile: true / false, or auto: when the run is long enough to earn back the compile
+    time (measured on this 2-core CPU: ~35 s cold, then ~25% faster steps) and a compiler is there."""
+    choice = job.recipe.train.compile
+    if choice is False:
+        return False
+    if not can_compile():
+        if choice is True:
+            raise ConfigError("train.compile: true needs a C++ compiler (g++) for torch.compile's CPU "
+                              "kernels; install one (apt install g++) or set train.compile: auto.")
+        return False
+    if choice is True:
+        return True
+    parameters = sum(p.numel() for p in job.model.parameters())
+    tokens = sum(len(ids) for ids in job.train_set["input_ids"]) * job.recipe.train.epochs
+    if job.recipe.train.max_steps:
+        per_step = tokens / max(job.recipe.train.epochs * len(job.train_set), 1) * job.recipe.train.batch_size
+        tokens = min(tokens, per_step * job.recipe.train.max_steps * job.recipe.train.grad_accum)
+    return parameters * tokens >= COMPILE_WORTH
+
+
+COMPILE_WORTH = 134e6 * 40_000
+"""auto compiles from ~40k trained tokens of a 135M model (parameters x tokens); below that the
+cold compile costs more than it saves (bench/train_throughput.py --data demo)."""
+
+
+@dataclass
+class SFTBackend:
+    name: str = "tunesmith"
+
+    def fit(self, job: TrainJob) -> Fitted:
+        from transformers import PrinterCallback, TrainingArguments
+
+        if job.precision == "bf16":
+            store_frozen_in_bf16(job.model)
+        if use_compile(job):
+            compile_layers(job.model)
+        hooks, progress = callbacks(job)
+        cfg = job.recipe.train
+        args = {k: v for k, v in trainer_args(job).items() if k != "max_length"}
+        arguments = TrainingArguments(
+            **args, include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
+            prediction_loss_only=True,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+        pad = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
+        trainer = AnswerTrainer(
+            model=job.model, args=arguments, train_dataset=job.train_set, eval_dataset=job.val_set,
+            processing_class=job.tokenizer, data_collator=AnswerCollator(pad), callbacks=hooks,
+            l1=cfg.l1)
+        trainer.remove_callback(PrinterCallback)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*recompil.*")
+            output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        return fitted(trainer, output, progress)
