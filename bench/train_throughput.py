@@ -201,16 +201,17 @@ def main() -> None:
     results = {}
     for trainer in TRAINERS:
         done = subprocess.run([sys.executable, __file__, "--one", trainer, "--data", args.data, "--rows",
-                               str(args.rows), "--steps", str(pass_steps * args.epochs)], capture_output=True, text=True,
-                              timeout=3600)
+                               str(args.rows), "--steps", str(pass_steps * args.epochs)],
+                              capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             raise SystemExit(f"{trainer} failed:\n{done.stderr[-3000:]}")
         results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), pass_steps)
     base, bf16 = results["trl-defaults"], results["trl-bf16"]
-    table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.epochs} passes of "
-                        f"{pass_steps} steps; end to end = first pass, steady = last pass); matmul peak "
+    table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.epochs} passes "
+                        f"of {pass_steps} steps; end to end = first pass, steady = last pass); matmul peak "
                         f"bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
-    for column in ("trainer", "tok/s end to end", "tok/s steady", "warm-up s", "vs TRL defaults (steady / e2e)",
+    for column in ("trainer", "tok/s end to end", "tok/s steady", "warm-up s",
+                   "vs TRL defaults (steady / e2e)",
                    "vs TRL + bf16 (steady / e2e)", "mean loss", "peak RSS", "GFLOP/s", "MFU bf16 / fp32"):
         table.add_column(column)
     for trainer, r in results.items():

@@ -8,9 +8,7 @@ import sys
 
 import pytest
 from safetensors.torch import load_file
-
 from tests.conftest import write_jsonl
-
 
 
 def tiny_recipe(tmp_path, tiny_model_dir) -> str:

@@ -45,7 +45,8 @@ def reference_loss(model, row: dict) -> tuple[float, int]:
     logits = model(input_ids=ids).logits[0, :-1]
     targets = torch.tensor(row["input_ids"][1:])
     keep = torch.tensor(row["assistant_masks"][1:], dtype=torch.bool)
-    return float(torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")), int(keep.sum())
+    loss = torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")
+    return float(loss), int(keep.sum())
 
 
 @pytest.mark.parametrize("attention_mask", [True, False])
@@ -91,13 +92,13 @@ def test_compiled_layers_train_as_eager_ones(tiny_model_dir):
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                               LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora)
         if compiled:
             assert compile_layers(model) == 2
         total, _ = answer_loss(model, batch, attention_mask=False)
         total.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-        results.append((float(total), grads))
+        results.append((total.item(), grads))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
     assert torch.allclose(results[1][1], results[0][1], rtol=1e-3, atol=1e-5)

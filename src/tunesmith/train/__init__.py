@@ -176,7 +176,8 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     elif recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
-                    mixed_precision(recipe, device), run_dir.checkpoints, resume_from, run_dir.log_in_progress,
+                    mixed_precision(recipe, device), run_dir.checkpoints, resume_from,
+                    run_dir.log_in_progress,
                     OverfittingGuards(recipe.train), on_eval_loss,
                     class_weights(splits["train"], recipe, labels) if head else None)
 
@@ -243,7 +244,8 @@ def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
                splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
     """Train in this process (one of several when launched distributed: then only rank 0 writes)."""
     _quiet()
-    job = _job(recipe, run_dir, splits if splits is not None else load_splits(run_dir), checkpoint, on_eval_loss)
+    splits = splits if splits is not None else load_splits(run_dir)
+    job = _job(recipe, run_dir, splits, checkpoint, on_eval_loss)
     started = time.time()
     fitted = (backend or _backend(job)).fit(job)
     runtime = time.time() - started

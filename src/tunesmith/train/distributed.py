@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tunesmith.artifacts import TrainSummary, load
 from tunesmith.errors import ConfigError, TunesmithError
@@ -35,7 +36,8 @@ def free_port() -> int:
 def launch_command(payload: Path, processes: int, accelerate_config: str | None) -> list[str]:
     """`accelerate launch` of this module's worker: N processes on this machine, on loopback."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+               "--num_machines", "1", "--main_process_ip", "127.0.0.1",
+               "--main_process_port", str(free_port())]
     if accelerate_config:  # FSDP / DeepSpeed / mixed precision as that file says
         if not Path(accelerate_config).is_file():
             raise ConfigError(f"--accelerate-config {accelerate_config}: no such file. Write one with "
@@ -47,7 +49,8 @@ def launch_command(payload: Path, processes: int, accelerate_config: str | None)
 
 
 def launch(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None, processes: int,
-           accelerate_config: str | None = None) -> "TrainResult":  # noqa: F821 (train imports this)
+           accelerate_config: str | None = None) -> Any:
+    """Train in `processes` workers; the TrainResult rank 0 recorded in the run's summary."""
     from tunesmith.train import TrainResult
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as tmp:

@@ -145,7 +145,8 @@ def store_frozen_in_bf16(model: Any) -> int:
     the number of parameters cast."""
     cast = 0
     for parameter in model.parameters():
-        if not parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.bfloat16:
+        frozen = not parameter.requires_grad and parameter.is_floating_point()
+        if frozen and parameter.dtype != torch.bfloat16:
             parameter.data = parameter.data.to(torch.bfloat16)
             cast += parameter.numel()
     return cast
@@ -212,7 +213,8 @@ class SFTBackend:
             **args, include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
             prediction_loss_only=True,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
-        pad = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
+        pad = job.tokenizer.pad_token_id
+        pad = job.tokenizer.eos_token_id if pad is None else pad
         trainer = AnswerTrainer(
             model=job.model, args=arguments, train_dataset=job.train_set, eval_dataset=job.val_set,
             processing_class=job.tokenizer, data_collator=AnswerCollator(pad), callbacks=hooks,
