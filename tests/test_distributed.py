@@ -63,3 +63,14 @@ def test_two_processes_train_as_one_at_the_same_global_batch(tmp_path, tiny_mode
     assert not (two_run / ".work").exists() and not any((two_run / ".staging").glob("*"))
     # the data stage ran once, in the launching process (its summary printed once)
     assert two.stdout.count("splits: train") == 1, two.stdout
+
+
+@pytest.mark.parametrize(("name", "kind"), [("fsdp", "FSDP"), ("deepspeed-zero3", "DEEPSPEED")])
+def test_the_gpu_configs_are_accepted_by_accelerate(name, kind):
+    """The README's FSDP / DeepSpeed configs (GPUs only, not run here) parse as accelerate configs."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16"

@@ -101,6 +101,27 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool
     return loss, outputs
 
 
+class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length grouping (shuffle, sort within mega-batches, longest batch first) with
+    mega-batches of 50 global batches, and its own seeded generator (dropout's draws from the
+    global generator do not move the order). transformers shrinks mega-batches to a quarter of a
+    small dataset: on 64 alpaca rows in batches of 8 that padded 14,072 real tokens to 20,992;
+    sorted in one mega-batch, to 15,784."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        self.batch_size, self.lengths = batch_size, lengths
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=50,
+                                               generator=self.generator))
+
+
 class AnswerTrainer(Trainer):
     """Trainer whose loss is the token-mean cross-entropy of the answer tokens, computed on their
     positions only (+ train.l1 x sum |w| while training). The mean is over the answer tokens of
@@ -116,15 +137,12 @@ class AnswerTrainer(Trainer):
         """Length grouping over the global batch (all processes, all accumulation steps), so that
         N processes train on the same rows per optimizer step as one process does; transformers
         groups by the per-process batch, which reorders the data when the process count changes."""
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return LengthGroupedSampler(  # its own seeded generator: dropout draws do not move the order
+        return GlobalLengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
-            dataset=dataset, lengths=[len(ids) for ids in dataset["input_ids"]],
-            generator=torch.Generator().manual_seed(self.args.data_seed or self.args.seed))
+            [len(ids) for ids in dataset["input_ids"]], self.args.data_seed or self.args.seed)
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
