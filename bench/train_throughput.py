@@ -12,9 +12,11 @@ so both windows below hold the same tokens for every trainer. Printed per traine
   warm-up and any compilation included), and in steady state over the last pass;
 - warm-up: the first pass's time beyond what its tokens take at the steady rate (compilation and
   first-call kernel selection);
-- the mean training loss over all steps, on the answer tokens for all (TRL gets the rows as
-  prompt / completion pairs, so it scores the completion only, as tunesmith scores the
-  assistant's turn);
+- the mean logged training loss over all steps, on the answer tokens for all (TRL gets the rows
+  as prompt / completion pairs, so it scores the completion only, as tunesmith scores the
+  assistant's turn); it depends on the order of the batches, which differs between trainers;
+- the loss after training on the same tokens, order-free: each trainer's saved adapter on a fresh
+  fp32 base, token-weighted answer loss over all the rows (the issue's equal-loss check);
 - peak resident memory of the process;
 - achieved GFLOP/s (LoRA: ~4 x parameters per trained token: the forward pass and the backward
   pass through the activations) and that as a share of a 2048 x 2048 matmul's bf16 and fp32
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -119,7 +122,9 @@ def run_trl(data: list[dict], steps: int, bf16: bool) -> dict:
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
     trainer.train()
-    return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses}
+    adapter = tempfile.mkdtemp()
+    trainer.model.save_pretrained(adapter)
+    return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses, "adapter": adapter}
 
 
 def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
@@ -147,7 +152,33 @@ def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
     first = logged[0]
     begin = first["time"] + offset - first["tokens_seen"] / max(first.get("tokens_per_second") or 0, 1e-9)
     return {"begin": max(begin, started), "steps": [(e["time"] + offset, e["tokens_seen"]) for e in logged],
-            "losses": [e["loss"] for e in logged]}
+            "losses": [e["loss"] for e in logged], "adapter": str(recipe.run_dir / "model")}
+
+
+def final_loss(adapter: str, data: list[dict]) -> float:
+    """The trained adapter's loss on the answer tokens of all the rows, token-weighted, measured
+    the same way for every trainer: a fresh fp32 base + the saved adapter, no dropout."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.chat import tokenize_record
+    from tunesmith.models.loading import model_location
+    from tunesmith.recipe import ModelConfig
+    from tunesmith.train.sft_backend import AnswerCollator, answer_loss
+
+    location = model_location(ModelConfig(name=MODEL))
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(location), adapter).eval()
+    rows = [tokenize_record(tokenizer, r, "assistant", 512, None) for r in data]
+    collate = AnswerCollator(tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 8):
+            batch = collate(rows[start:start + 8])
+            total += float(answer_loss(model, batch, attention_mask=True)[0])
+            count += int((batch["labels"][:, 1:] != -100).sum())
+    return total / count
 
 
 def measure(trainer: str, source: str, count: int, steps: int) -> dict:
@@ -161,7 +192,8 @@ def measure(trainer: str, source: str, count: int, steps: int) -> dict:
         result = run_trl(data, steps, bf16=trainer == "trl-bf16")
     from tunesmith.models.device import peak_memory
 
-    result["peak_rss"] = peak_memory("cpu")
+    result["peak_rss"] = peak_memory("cpu")  # before the final-loss pass below
+    result["final_loss"] = final_loss(result.pop("adapter"), data)
     result["params"] = 134.5e6
     return result
 
@@ -177,6 +209,7 @@ def summarise(result: dict, pass_steps: int) -> dict:
     return {"end_to_end": first_tokens / first_seconds, "steady": steady,
             "warmup_seconds": first_seconds - first_tokens / steady,
             "loss": sum(result["losses"]) / len(result["losses"]) if result["losses"] else float("nan"),
+            "final_loss": result["final_loss"],
             "peak_gib": result["peak_rss"] / 2 ** 30, "tokens": tokens, "params": result["params"]}
 
 
@@ -200,9 +233,11 @@ def main() -> None:
     peaks = {"bf16": matmul_gflops("bfloat16"), "fp32": matmul_gflops("float32")}
     results = {}
     for trainer in TRAINERS:
+        # a fresh inductor cache per run: compile time is measured cold, as on a first run
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-")}
         done = subprocess.run([sys.executable, __file__, "--one", trainer, "--data", args.data, "--rows",
                                str(args.rows), "--steps", str(pass_steps * args.epochs)],
-                              capture_output=True, text=True, timeout=3600)
+                              capture_output=True, text=True, timeout=3600, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{trainer} failed:\n{done.stderr[-3000:]}")
         results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), pass_steps)
@@ -212,14 +247,15 @@ def main() -> None:
                         f"bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
     for column in ("trainer", "tok/s end to end", "tok/s steady", "warm-up s",
                    "vs TRL defaults (steady / e2e)",
-                   "vs TRL + bf16 (steady / e2e)", "mean loss", "peak RSS", "GFLOP/s", "MFU bf16 / fp32"):
+                   "vs TRL + bf16 (steady / e2e)", "mean logged loss", "loss after training", "peak RSS",
+                   "GFLOP/s", "MFU bf16 / fp32"):
         table.add_column(column)
     for trainer, r in results.items():
         gflops = r["steady"] * 4 * r["params"] / 1e9
         table.add_row(trainer, f"{r['end_to_end']:.1f}", f"{r['steady']:.1f}", f"{r['warmup_seconds']:.1f}",
                       f"{r['steady'] / base['steady']:.2f}x / {r['end_to_end'] / base['end_to_end']:.2f}x",
                       f"{r['steady'] / bf16['steady']:.2f}x / {r['end_to_end'] / bf16['end_to_end']:.2f}x",
-                      f"{r['loss']:.4f}", f"{r['peak_gib']:.2f} GiB",
+                      f"{r['loss']:.4f}", f"{r['final_loss']:.4f}", f"{r['peak_gib']:.2f} GiB",
                       f"{gflops:.0f}",
                       f"{100 * gflops / peaks['bf16']:.1f}% / {100 * gflops / peaks['fp32']:.1f}%")
     Console(width=200).print(table)
