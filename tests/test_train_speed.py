@@ -102,3 +102,24 @@ def test_compiled_layers_train_as_eager_ones(tiny_model_dir):
         results.append((total.item(), grads))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
     assert torch.allclose(results[1][1], results[0][1], rtol=1e-3, atol=1e-5)
+
+
+def test_length_grouping_sorts_each_global_batch_and_ignores_the_global_generator():
+    """Mega-batches of 50 global batches: on 64 rows every batch of 8 holds neighbours in length,
+    the longest batch comes first, and the order is the seed's alone (not the global RNG's)."""
+    from tunesmith.train.sft_backend import GlobalLengthGroupedSampler
+
+    lengths = [(i * 37) % 64 + 1 for i in range(64)]  # 1..64 in a scrambled order
+    torch.manual_seed(1)
+    first = list(GlobalLengthGroupedSampler(8, lengths, seed=42))
+    torch.manual_seed(2)
+    again = list(GlobalLengthGroupedSampler(8, lengths, seed=42))
+    assert first == again and sorted(first) == list(range(64))
+    batches = [sorted(lengths[i] for i in first[k:k + 8]) for k in range(0, 64, 8)]
+    assert max(batches[0]) == 64
+    assert sorted(b[0] for b in batches) == list(range(1, 64, 8))  # each batch: 8 consecutive lengths
+    sampler = GlobalLengthGroupedSampler(8, lengths, seed=42)
+    epoch1, epoch2 = list(sampler), list(sampler)
+    assert epoch1 == first and epoch2 != first  # a new batch order every epoch ...
+    smallest = sorted(min(lengths[i] for i in epoch2[k:k + 8]) for k in range(0, 64, 8))
+    assert smallest == list(range(1, 64, 8))  # ... of the same batches

@@ -103,10 +103,11 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool
 
 class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
     """transformers' length grouping (shuffle, sort within mega-batches, longest batch first) with
-    mega-batches of 50 global batches, and its own seeded generator (dropout's draws from the
-    global generator do not move the order). transformers shrinks mega-batches to a quarter of a
-    small dataset: on 64 alpaca rows in batches of 8 that padded 14,072 real tokens to 20,992;
-    sorted in one mega-batch, to 15,784."""
+    mega-batches of 50 global batches, then the batches after the first shuffled (else a dataset of
+    one mega-batch meets its batches in the same order every epoch), all from its own seeded
+    generator (dropout's draws from the global generator do not move the order). transformers
+    shrinks mega-batches to a quarter of a small dataset: on 64 alpaca rows in batches of 8 that
+    padded 14,072 real tokens to 20,992; sorted in one mega-batch, to 15,784."""
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
         self.batch_size, self.lengths = batch_size, lengths
@@ -118,8 +119,11 @@ class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[int]:
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=50,
-                                               generator=self.generator))
+        order = get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=50,
+                                           generator=self.generator)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rest = [batches[i] for i in (torch.randperm(len(batches) - 1, generator=self.generator) + 1).tolist()]
+        return iter([i for batch in [batches[0], *rest] for i in batch])
 
 
 class AnswerTrainer(Trainer):
