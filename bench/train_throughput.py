@@ -26,6 +26,7 @@ so both windows below hold the same tokens for every trainer. Printed per traine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,8 +48,11 @@ def rows(source: str, count: int) -> list[dict]:
         from tunesmith.demo.tickets import write
 
         paths = write(tempfile.mkdtemp())
-        data = [json.loads(line) for line in Path(paths["train"]).read_text().splitlines()]
-        return [{"messages": r["messages"]} for r in data if "messages" in r][:count]
+        data = []
+        for line in Path(paths["train"]).read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # the demo plants broken rows
+                data.append(json.loads(line))
+        return [{"messages": r["messages"]} for r in data if isinstance(r, dict) and "messages" in r][:count]
     data = json.loads(ALPACA.read_text())[:count]
     def prompt(row: dict) -> str:
         return "\n\n".join(part for part in (row["instruction"], row["input"]) if part)
