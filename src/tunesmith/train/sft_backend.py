@@ -30,6 +30,7 @@ from transformers import Trainer
 
 from tunesmith.errors import ConfigError
 from tunesmith.train.backend import Fitted, TrainJob
+from tunesmith.train.fast_ops import linear_cross_entropy, register_attention
 from tunesmith.train.guards import l1_penalty
 from tunesmith.train.trl_backend import callbacks, fitted, trainer_args
 
@@ -58,23 +59,42 @@ class AnswerCollator:
 
 
 @contextlib.contextmanager
-def answer_positions_only(model: Any, positions: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
+def answer_positions_only(model: Any, positions: tuple[torch.Tensor, torch.Tensor],
+                          hidden: bool = False) -> Iterator[None]:
     """While inside, the model's output layer computes logits for `positions` (row, column
-    indices into the hidden states) only: [N, vocab] instead of [batch, length, vocab]."""
+    indices into the hidden states) only: [N, vocab] instead of [batch, length, vocab]; with
+    `hidden`, it returns the hidden states at those positions ([N, d]) and computes nothing."""
     rows, columns = positions
-
-    def gather(_module: Any, args: tuple) -> tuple:
-        return (args[0][rows, columns], *args[1:])
-
     head = _unwrap(model).get_output_embeddings()
     if head is None:
         raise ConfigError("this model has no output embeddings to restrict to the answer positions; "
                           "set train.backend: trl.")
-    handle = head.register_forward_pre_hook(gather)
+    if hidden:
+        head.forward = lambda states: states[rows, columns]  # an instance attribute, removed below
+        try:
+            yield
+        finally:
+            del head.forward
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][rows, columns], *args[1:]))
     try:
         yield
     finally:
         handle.remove()
+
+
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config fields of models that change the head's output before returning it (Gemma 2/3,
+Cohere, Granite, ...): they keep the plain head so that the change is applied."""
+
+
+def fused_head(model: Any) -> bool:
+    """Whether the head is a plain bias-free nn.Linear whose output the model returns as it is,
+    so that its cross-entropy can be fused (fast_ops.linear_cross_entropy)."""
+    inner = _unwrap(model)
+    head = inner.get_output_embeddings()
+    plain = type(head) is torch.nn.Linear and head.bias is None
+    return plain and all(getattr(inner.config, k, None) in (None, 1, 1.0) for k in LOGIT_POSTPROCESSING)
 
 
 def _unwrap(model: Any) -> Any:
@@ -84,19 +104,24 @@ def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool) -> tuple[torch.Tensor, Any]:
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool,
+                fused: bool = False) -> tuple[torch.Tensor, Any]:
     """The summed cross-entropy of the answer tokens (each predicted from the position before it)
-    and the model's outputs; logits exist for those positions only."""
+    and the model's outputs; logits exist for those positions only, and with `fused` only a chunk
+    at a time inside fast_ops.linear_cross_entropy."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     rows, columns = (targets != IGNORE).nonzero(as_tuple=True)
-    with answer_positions_only(model, (rows, columns)):
+    with answer_positions_only(model, (rows, columns), hidden=fused):
         outputs = model(input_ids=batch["input_ids"], use_cache=False,
                         attention_mask=batch["attention_mask"] if attention_mask else None)
     logits = outputs.logits
     if logits.dim() != 2 or logits.shape[0] != rows.numel():
         raise ConfigError(f"{type(_unwrap(model)).__name__} reshapes its logits after the output layer; "
                           "set train.backend: trl for it.")
+    if fused:
+        weight = _unwrap(model).get_output_embeddings().weight
+        return linear_cross_entropy(logits, weight, targets[rows, columns]), outputs
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[rows, columns], reduction="sum")
     return loss, outputs
 
@@ -132,9 +157,10 @@ class AnswerTrainer(Trainer):
     the whole optimizer step, across gradient accumulation and processes (Trainer's
     `num_items_in_batch`), as transformers' own causal-LM loss does."""
 
-    def __init__(self, *args: Any, l1: float = 0.0, attention_mask: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, l1: float = 0.0, attention_mask: bool = False, fused: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.l1, self.attention_mask = l1, attention_mask
+        self.l1, self.attention_mask, self.fused = l1, attention_mask, fused
         self.model_accepts_loss_kwargs = True  # count answer tokens per step, scale for accumulation
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -150,7 +176,7 @@ class AnswerTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        total, outputs = answer_loss(model, inputs, self.attention_mask)
+        total, outputs = answer_loss(model, inputs, self.attention_mask, self.fused)
         if num_items_in_batch is None:  # evaluation: this batch's mean
             loss = total / max(int((inputs["labels"][:, 1:] != IGNORE).sum()), 1)
         else:
@@ -172,6 +198,31 @@ def store_frozen_in_bf16(model: Any) -> int:
             parameter.data = parameter.data.to(torch.bfloat16)
             cast += parameter.numel()
     return cast
+
+
+def keep_adapter_inputs_in_bf16(model: Any) -> int:
+    """PEFT casts each LoRA layer's input to the adapter's dtype (fp32), which autocast casts back
+    to bf16 for the matmul: two copies of every activation, for the same bf16 product. Turn that
+    off (PEFT's own switch, `cast_input_dtype_enabled`); the number of layers changed."""
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
+@contextlib.contextmanager
+def short_attention(model: Any) -> Iterator[None]:
+    """While inside, a model on SDPA attention uses fast_ops.short_causal_attention (which hands
+    everything but short unmasked causal rows on a CPU back to SDPA); SDPA again afterwards."""
+    inner = _unwrap(model)
+    if getattr(inner.config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    inner.set_attn_implementation(register_attention())
+    try:
+        yield
+    finally:
+        inner.set_attn_implementation("sdpa")
 
 
 def can_compile() -> bool:
@@ -228,6 +279,7 @@ class SFTBackend:
 
         if job.precision == "bf16":
             store_frozen_in_bf16(job.model)
+            keep_adapter_inputs_in_bf16(job.model)
         if use_compile(job):
             compile_layers(job.model)
         hooks, progress = callbacks(job)
@@ -242,9 +294,9 @@ class SFTBackend:
         trainer = AnswerTrainer(
             model=job.model, args=arguments, train_dataset=job.train_set, eval_dataset=job.val_set,
             processing_class=job.tokenizer, data_collator=AnswerCollator(pad), callbacks=hooks,
-            l1=cfg.l1)
+            l1=cfg.l1, fused=fused_head(job.model))
         trainer.remove_callback(PrinterCallback)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), short_attention(job.model):
             warnings.filterwarnings("ignore", message=".*recompil.*")
             output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
         return fitted(trainer, output, progress)
