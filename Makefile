@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/tunesmith demo
 
-# Debian's chromium renders report.html in a test (headless); installed once, as root in CI.
+# Debian's chromium renders report.html and drives the review page (through playwright, which is
+# pointed at it: no browser download) in tests, headless; installed once, as root in CI.
 chromium:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

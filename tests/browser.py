@@ -3,11 +3,14 @@ scripts ran, its console errors, and a screenshot. The flags keep Chromium off t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +45,31 @@ def screenshot(url: str, profile: Path, out: Path, size: str = "1100,2000") -> P
     subprocess.run(["chromium", *_flags(profile), f"--screenshot={out}", f"--window-size={size}", url],
                    capture_output=True, timeout=120)
     return out
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+needs_playwright = pytest.mark.skipif(
+    not os.environ.get("CI") and (shutil.which("chromium") is None or _missing("playwright")),
+    reason="make test installs Debian chromium and playwright (and CI requires both)")
+
+
+@contextlib.contextmanager
+def page(url: str, profile: Path) -> Iterator[Any]:
+    """A Playwright page in Debian's headless Chromium (same flags as above), at `url`: for pages
+    driven by keyboard and mouse."""
+    from playwright.sync_api import sync_playwright
+
+    flags = [f for f in _flags(profile) if not f.startswith(("--headless", "--user-data-dir", "--virtual"))]
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
+        try:
+            tab = browser.new_page()
+            tab.goto(url)
+            yield tab
+        finally:
+            browser.close()

@@ -282,6 +282,10 @@ OVERRIDES: list[tuple[str, str, tuple[str, ...]]] = [
     ("typo-key", "train.lrr=1", ('override train.lrr=1: train.lrr: unknown key (did you mean "lr"?)',)),
     ("bad-literal", "eval.metric=bleu", ("override eval.metric=bleu: eval.metric", "'exact_match'")),
     ("missing-data-file", "data.test=nowhere.jsonl", ("nowhere.jsonl: file not found", "Check the path")),
+    ("bias-mitigate-unknown", "data.bias.mitigate=[debias]",
+     ("data.bias.mitigate", "'counterfactual' or 'reweight'")),
+    ("bias-alpha-out-of-range", "data.bias.alpha=2", ("data.bias.alpha", "less than 1")),
+    ("bias-lexicon-not-groups", "data.bias.lexicon={origin: Ahmed}", ("data.bias.lexicon", "dictionary")),
 ]
 
 
@@ -468,6 +472,15 @@ def _run_cases() -> list[Case]:
              lambda w: ["train", str(w.recipe_file(output__run_name="ddp2")), "--processes", "2",
                         "train.lora.targets=[q_proj,query_key_value]"],
              lambda w: ("train.lora.targets: query_key_value matches no linear layer", "or use all-linear")),
+        Case("run dir", "bias-dimension-unknown",
+             lambda w: ["train", str(w.recipe_file(output__run_name="bias1")),
+                        "data.bias.mitigate=[counterfactual]", "data.bias.dimensions=[race]"],
+             lambda w: ("data.bias.dimensions: ['race'] not in the lexicon", "data.bias.lexicon")),
+        Case("run dir", "bias-reweight-on-trl",
+             lambda w: ["train", str(w.recipe_file(output__run_name="bias2")),
+                        "data.bias.mitigate=[reweight]", "data.bias.dimensions=[gender]",
+                        "train.backend=trl"],
+             lambda w: ("reweight gives rows loss weights", "mitigate: [counterfactual]")),
         Case("run dir", "compile-unknown-value",
              lambda w: ["train", str(w.recipe_file(output__run_name="cmp")), "train.compile=sometimes"],
              lambda w: ("train.compile", "sometimes")),

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import browser
-from browser import needs_chromium
+from browser import needs_chromium, needs_playwright
 from conftest import write_jsonl
 from tunesmith import evaluate, pipeline, report
 from tunesmith.evaluate.bias import LEXICON, counterfactuals
@@ -130,3 +130,47 @@ def test_compare_two_learning_rates(trained_run, tmp_path):
     assert "train.lr" in result.stdout and "0.0002" in result.stdout and "0.05" in result.stdout
     assert "-33.3 pts" in result.stdout  # NameBiased misroutes the 2 of 6 test prompts signed Ahmed, Kwame
     assert "(reference)" in result.stdout and page.exists()
+    # the probe's gap: 0 with Fair, 1.0 with NameBiased (arabic and african copies all wrong),
+    # paired over the same probed prompts
+    assert "bias probes" in result.stdout and "+100.0 pts" in result.stdout
+
+
+@needs_playwright
+def test_review_page_labels_three_answers_from_the_keyboard(trained_run, tmp_path):
+    """`tunesmith review` in headless Chromium: c, w, then n + a note + Enter, h. The three labels
+    land in the run's feedback store, and `tunesmith report` summarises them (with the note) in
+    its output and the model card."""
+    from tunesmith.report.review_page import create_review_app
+    from tunesmith.serve.background import running
+
+    recipe, run_dir = trained_run
+    evaluate.run(recipe, run_dir, generator_factory=Fair)
+    app = create_review_app(run_dir)
+    with running(app) as url, browser.page(url, tmp_path / "profile") as tab:
+        tab.wait_for_selector("body[data-ready='1']")
+        first = tab.inner_text("#where")
+        tab.keyboard.press("c")
+        tab.wait_for_selector("body[data-saved='1']")
+        tab.keyboard.press("w")
+        tab.wait_for_selector("body[data-saved='2']")
+        tab.keyboard.press("n")
+        tab.keyboard.type("invents a refund policy")
+        tab.keyboard.press("Enter")
+        tab.keyboard.press("h")
+        tab.wait_for_selector("body[data-saved='3']")
+        tab.keyboard.press("k")
+        assert tab.inner_text("#status") == "harmful"
+        assert "3 labelled" in tab.inner_text("#progress")
+    labels = app.state.store.reviews()
+    app.state.store.close()
+    assert first == "test #0"
+    assert [labels[f"test:{i}"]["label"] for i in range(3)] == ["correct", "wrong", "harmful"]
+    assert labels["test:2"]["comment"] == "invents a refund policy"
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "report", str(run_dir.root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = "3 answers labelled by a person: 1 correct, 1 wrong, 1 harmful."
+    # Fair answers every test prompt right (exact match 1): the person agreed on 1 of 3
+    assert said in done.stdout and "Agreement with the automatic exact_match on 3: 33%" in done.stdout
+    assert "harmful: test:2: invents a refund policy" in done.stdout
+    assert said in run_dir.card.read_text()

@@ -34,6 +34,23 @@ def test_linear_cross_entropy_equals_the_head_then_cross_entropy(monkeypatch):
     assert torch.allclose(ours_grads[1], weight.grad, atol=1e-6)
 
 
+def test_row_weights_scale_each_rows_loss_and_gradient(monkeypatch):
+    """data.bias.mitigate: reweight. Rows weighted 0, 1 and 2.5: the same as weighting
+    F.cross_entropy's per-row losses, in value and gradient."""
+    monkeypatch.setattr(fast_ops, "CHUNK_ELEMENTS", 2 * 11)
+    torch.manual_seed(2)
+    hidden = torch.randn(3, 4, requires_grad=True)
+    weight = torch.randn(11, 4)
+    targets, row_weights = torch.tensor([1, 10, 4]), torch.tensor([0.0, 1.0, 2.5])
+    fast_ops.linear_cross_entropy(hidden, weight, targets, row_weights).backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    theirs = (F.cross_entropy(hidden @ weight.T, targets, reduction="none") * row_weights).sum()
+    theirs.backward()
+    assert torch.allclose(ours, hidden.grad, atol=1e-6)
+    assert torch.equal(ours[0], torch.zeros(4))
+
+
 def test_linear_cross_entropy_without_gradients_makes_none():
     hidden, weight = torch.randn(5, 4), torch.randn(7, 4)
     targets = torch.tensor([0, 6, 3, 3, 1])
@@ -113,7 +130,7 @@ def loss_and_grads(model, fused: bool) -> tuple[float, torch.Tensor]:
     model.zero_grad()
     total, _ = answer_loss(model, batch(), attention_mask=False, fused=fused)
     total.backward()
-    return float(total), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    return total.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
 
 def test_fused_head_and_short_attention_train_the_tiny_model_as_the_plain_path(tiny_lora):
@@ -127,6 +144,18 @@ def test_fused_head_and_short_attention_train_the_tiny_model_as_the_plain_path(t
     assert tiny_lora.get_base_model().config._attn_implementation == "sdpa"
     assert fast[0] == pytest.approx(plain[0], rel=1e-5)
     assert torch.allclose(fast[1], plain[1], rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_rows_in_a_batch_on_both_head_paths(tiny_lora):
+    """A batch with row weights [2, 0]: the loss is twice the first row's, on the fused and the
+    plain head alike."""
+    weighted = {**batch(), "weights": torch.tensor([2.0, 0.0])}
+    alone = {k: v[:1] for k, v in batch().items()}
+    with torch.no_grad():
+        first, _ = answer_loss(tiny_lora, alone, attention_mask=False)
+        for fused in (True, False):
+            total, _ = answer_loss(tiny_lora, weighted, attention_mask=False, fused=fused)
+            assert float(total) == pytest.approx(2 * float(first), rel=1e-5)
 
 
 def test_adapter_inputs_stay_in_bf16_with_the_same_product(tiny_lora):

@@ -98,3 +98,22 @@ def test_memorisation_counts_only_distinctive_answers():
          "another long answer that was never seen in training"],
         train)
     assert result.model_dump() == {"checked": 2, "verbatim_train_answers": 1, "rate": 0.5, "min_chars": 40}
+
+
+def test_group_gap_and_its_paired_change_between_two_runs():
+    """Before: group a right on all 4 prompts, b on 1 (gap 0.75); after: a 3, b 3 (gap 0). The
+    paired change is -0.75; each resample keeps a prompt's copies together, and b's one right
+    prompt is not one of a's wrong one, so the gap after never exceeds the gap before."""
+    from tunesmith.evaluate.stats import gap_ci, group_gap, paired_gap
+
+    before = {"a": [1, 1, 1, 1], "b": [1, 0, 0, 0]}
+    after = {"a": [1, 1, 1, 0], "b": [1, 1, 1, 0]}
+    assert group_gap(before) == pytest.approx(0.75)
+    assert group_gap(after) == 0.0
+    low, high = gap_ci(before)
+    assert 0.0 <= low <= 0.75 <= high <= 1.0
+    change = paired_gap(before, after)
+    assert change["delta"] == pytest.approx(-0.75)
+    assert change["ci_high"] <= 0 and change["ci_low"] >= -1.0
+    same = paired_gap(before, before)
+    assert same["delta"] == 0 and same["p_value"] == 1.0 and not same["significant"]

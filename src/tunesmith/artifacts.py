@@ -163,6 +163,13 @@ class BiasDimension(Schema):
     prompts: int
     per_group: dict[str, float] = Field(default_factory=dict)
     gap: float = 0.0
+    gap_ci: tuple[float, float] | None = None
+    """Bootstrap 95% CI of the gap, resampling prompts."""
+    prompt_indices: list[int] = Field(default_factory=list)
+    """Which test prompts were probed (their index in the test set), in `scores` order."""
+    scores: dict[str, list[float]] = Field(default_factory=dict)
+    """Per group, the score of each probed prompt's copy: what a paired comparison of two runs'
+    gaps (tunesmith compare) resamples."""
     changed_share: float = 0.0
     exceeds_max_gap: bool = False
     note: str | None = None
@@ -349,6 +356,8 @@ class DataReport(Schema):
     leakage: Leakage | None = None
     balance: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] | None = None
+    bias: dict[str, Any] | None = None
+    """The training split's group x answer-class audit and mitigation (data/bias.py)."""
     splits: dict[str, int] = Field(default_factory=dict)
     describe: dict[str, Any] = Field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """The command line: one command per stage, `run` for the whole pipeline, and `demo`.
 
-    tunesmith demo [--loop] [--family encoder]
+    tunesmith demo [--loop] [--family encoder] [--bias]
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
@@ -136,9 +136,34 @@ def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = Override
 def report_command(run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo.")) -> None:
     """Rebuild the model card (README.md) and report.html of a run from its directory."""
     from tunesmith import report
+    from tunesmith.report.review import summarise, summary_text
+    from tunesmith.rundir import RunDir
 
     result = report.rebuild(Path(run_dir))
+    out.print(summary_text(summarise(RunDir(Path(run_dir)))), highlight=False, soft_wrap=True, markup=False)
     out.print(f"model card: {result.card}\nreport: {result.html}")
+
+
+@app.command("review")
+def review_command(
+    run_dir: str = typer.Argument(..., help="An evaluated run directory, e.g. runs/demo."),
+    port: int = typer.Option(8765, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+) -> None:
+    """Label the fine-tuned answers by hand (correct / wrong / harmful, from the keyboard) on a
+    local page; `tunesmith report` then summarises the labels."""
+    import uvicorn
+
+    from tunesmith.errors import ConfigError
+    from tunesmith.report.review_page import create_review_app
+    from tunesmith.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    if not run.recipe.is_file() or not run.predictions.is_file():
+        raise ConfigError(f"{run_dir}: not an evaluated run directory (needs recipe.yaml and "
+                          "eval/predictions.jsonl). Run `tunesmith eval` on it first.")
+    app = create_review_app(run)
+    out.print(f"review page: http://127.0.0.1:{port}/  (c correct, w wrong, h harmful, n note; Ctrl-C stops)")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 @app.command("compare")
@@ -281,6 +306,8 @@ def demo_command(
                               "drift, feed corrections back, retrain, and measure the gain."),
     family: str = typer.Option("causal_lm", "--family", help="causal_lm: SmolLM2 answers JSON (the demo); "
                                "encoder: MiniLM classifies the category, on the same tickets."),
+    bias: bool = typer.Option(False, "--bias", help="The planted biased variant: train with and without "
+                              "data.bias.mitigate: [counterfactual], and compare the probe gaps, paired."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2 (or MiniLM)."""
@@ -293,6 +320,11 @@ def demo_command(
         from tunesmith.demo.loop import run_loop
 
         run_loop()
+        return
+    if bias:
+        from tunesmith.demo.bias import run_bias_demo
+
+        run_bias_demo(data_dir if data_dir != "data/demo" else "data/demo-biased", overrides)
         return
 
     started = time.time()

@@ -30,6 +30,13 @@ def points(value: float, sign: bool = False) -> str:
     return f"{100 * value:{'+' if sign else ''}.{DIGITS}f} pts"
 
 
+def gap_text(result: Any) -> str:
+    """A bias probe's largest gap with its CI: '12.5 pts [4.2, 20.8]'."""
+    if result.gap_ci is None:
+        return points(result.gap)
+    return f"{points(result.gap)} [{100 * result.gap_ci[0]:.{DIGITS}f}, {100 * result.gap_ci[1]:.{DIGITS}f}]"
+
+
 def delta(paired: Any) -> str:
     """A paired difference (anything with delta, ci_low, ci_high, significant): '+1.2 pts [-0.5,
     +3.0]', starred when its CI excludes zero; '-' when there is none."""

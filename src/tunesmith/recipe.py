@@ -137,6 +137,25 @@ class AugmentConfig(_Section):
         return self
 
 
+class DataBiasConfig(_Section):
+    audit: bool = True
+    """Count the lexicon's demographic groups in the training prompts per answer class and test
+    their independence (data/bias.py); flagged in the data report and the model card."""
+    lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    """Extra or replacement dimensions, {dimension: {group: [aligned terms]}}, added to the bundled
+    lexicon and to eval.bias.lexicon's."""
+    alpha: float = Field(0.01, gt=0.0, lt=1.0)
+    """A group x class table is flagged when its independence test has p below this ..."""
+    min_effect: float = Field(0.1, ge=0.0, le=1.0)
+    """... and its Cramér's V is at least this (0.1: a small effect, by Cohen's convention)."""
+    mitigate: list[Literal["counterfactual", "reweight"]] = Field(default_factory=list)
+    """On the training split: counterfactual copies with the group terms swapped, and/or loss
+    weights that make group and class independent (reweight: decoder SFT on train.backend
+    tunesmith)."""
+    dimensions: list[str] = Field(default_factory=list)
+    """The dimensions to mitigate; empty = the ones the audit flags."""
+
+
 class DataConfig(_Section):
     train: list[str] = Field(default_factory=list)
     """Training file(s) or local HF `datasets` dirs: JSONL, JSON array, CSV, Parquet."""
@@ -182,6 +201,8 @@ class DataConfig(_Section):
                                    description="Strata for the split, and rebalancing of train.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig,
                                    description="Opt-in augmentation of the training split.")
+    bias: DataBiasConfig = Field(default_factory=DataBiasConfig,
+                                 description="Audit of demographic groups per answer class, and mitigation.")
 
     @field_validator("train", mode="before")
     @classmethod
@@ -503,6 +524,32 @@ class FallbackConfig(_Section):
         return self
 
 
+class ScopeGuardConfig(_Section):
+    enabled: bool = False
+    """Send prompts far from the training prompts (drift embedding) to the fallback, or refuse them."""
+    max_false_refusals: float = Field(0.02, gt=0.0, lt=1.0)
+    """The threshold is set at start so that at most this share of the validation prompts is beyond it."""
+    neighbours: int = Field(5, gt=0)
+    """A prompt's distance: 1 - mean cosine similarity to this many nearest training prompts."""
+    message: str = ("This assistant only answers requests like the ones it was trained for ({description}); "
+                    "this one looks different. Rephrase it, or contact a person.")
+    """The refusal (422 out_of_scope) when there is no fallback; {description} is the recipe's."""
+
+
+class RateLimitConfig(_Section):
+    requests_per_minute: float | None = Field(None, gt=0)
+    """Requests a minute per API key (per client address without keys); none = no limit."""
+    burst: int = Field(10, gt=0)
+    """Requests a key may make at once after being idle (the bucket's size)."""
+
+
+class GuardsConfig(_Section):
+    scope: ScopeGuardConfig = Field(default_factory=ScopeGuardConfig)
+    output_filter: bool = False
+    """Mask personal data (e-mail, phone, card numbers, IPs) in answers with the data stage's rules."""
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+
+
 class ServeConfig(_Section):
     max_batch_size: int = Field(16, gt=0)
     """Requests generated together (dynamic batching; 16 measured ~6x one at a time on the CPU)."""
@@ -538,6 +585,8 @@ class ServeConfig(_Section):
     """Write prompts and answers into the request log lines (off: ids, sizes and timings only)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Browser origins allowed to call the API (CORS); none by default."""
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    """Safeguards against misuse: scope guard, output filter, per-key rate limits (serve/guards.py)."""
 
 
 class AlertRule(_Section):

@@ -7,7 +7,8 @@
 canonical records of DESIGN.md and then, in this order: normalises text and chat shape,
 scrubs personal data (opt-in), drops low-quality training rows, removes exact and near
 duplicates from train, holds out validation/test shares with a seeded stratified split,
-removes train/eval leakage, rebalances and augments the training split. It writes
+removes train/eval leakage, rebalances and augments the training split, audits its
+demographic groups per answer class (and mitigates, opt-in: data/bias.py). It writes
 `data/<split>.jsonl`, `data/report.json` and `data/report.html`. It loads a tokenizer (for
 token lengths) but no model, so bad data fails in seconds.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.artifacts import DataReport, dump, save
-from tunesmith.data import balance, leakage, privacy
+from tunesmith.data import balance, bias, leakage, privacy
 from tunesmith.data.augment import augment
 from tunesmith.data.clean import normalise_record
 from tunesmith.data.dedup import NearDupParams, exact_duplicate_groups, near_duplicate_clusters
@@ -320,6 +321,7 @@ def _finish_splits(splits: dict[str, list[dict]], given: dict[str, list[dict]], 
         extra = augment(splits["train"], cfg.augment, cfg.seed)
         splits["train"] = splits["train"] + extra
         report["augment"] = {"methods": cfg.augment.methods, "rows_added": len(extra)}
+    splits["train"], report["bias"] = bias.run(splits["train"], recipe)
     if not splits["train"]:
         raise DataError(_nothing_left(report))
     return {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits

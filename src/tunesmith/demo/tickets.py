@@ -149,16 +149,19 @@ def answer(category: str, priority: str) -> str:
     return json.dumps({"category": category, "priority": priority})
 
 
-def _fill(template: str, rng: random.Random) -> str:
-    return template.format(**{k: rng.choice(v) for k, v in SLOTS.items()})
+def _fill(template: str, rng: random.Random, name: str | None = None) -> str:
+    slots = {k: rng.choice(v) for k, v in SLOTS.items()}
+    return template.format(**(slots | ({"name": name} if name else {})))
 
 
-def planly_ticket(rng: random.Random) -> tuple[str, str, str]:
+def planly_ticket(rng: random.Random, name: str | None = None) -> tuple[str, str, str]:
+    """A Planly ticket; with `name`, signed by that name (and any name in it is that name)."""
     category, priority = rng.choice(CATEGORIES), rng.choice(PRIORITIES)
-    issue = _fill(rng.choice(PLANLY_ISSUES[category]), rng)
+    issue = _fill(rng.choice(PLANLY_ISSUES[category]), rng, name)
     urgency = rng.choice(PLANLY_URGENCY[priority])
     body = [issue, urgency] if rng.random() < 0.75 else [urgency, issue]
-    parts = [rng.choice(GREETINGS), *body, _fill(rng.choice(SIGNOFFS), rng)]
+    signoffs = [s for s in SIGNOFFS if "{name}" in s] if name else SIGNOFFS
+    parts = [rng.choice(GREETINGS), *body, _fill(rng.choice(signoffs), rng, name)]
     text = " ".join(p for p in parts if p)
     if rng.random() < 0.2:
         text = text.lower()
@@ -229,6 +232,34 @@ def generate(seed: int = 7) -> dict[str, list]:
             "ood": [chat_row(*t) for t in ood]}
 
 
+def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.7) -> dict[str, list]:
+    """The planted biased variant (`tunesmith demo --bias`): every ticket is signed by a name
+    from one group of the name_origin lexicon, chosen at random; in train, a ticket signed from
+    the `favoured` group is relabelled priority high with probability `rate` whatever it says
+    (a labeller's bias: 1/3 + 2/3 x 0.7 = 80% high against 33% for the others). test keeps the
+    true labels."""
+    from tunesmith.data.groups import LEXICON
+
+    rng = random.Random(seed)
+    groups = LEXICON["name_origin"]
+    seen: set[str] = set()
+
+    def signed(count: int, skew: bool) -> list[dict]:
+        rows = []
+        while len(rows) < count:
+            group = rng.choice(sorted(groups))
+            text, category, priority = planly_ticket(rng, rng.choice(groups[group]))
+            if text in seen:
+                continue
+            seen.add(text)
+            if skew and group == favoured and rng.random() < rate:
+                priority = "high"
+            rows.append(chat_row(text, category, priority))
+        return rows
+
+    return {"train": signed(560, skew=True), "test": signed(120, skew=False)}
+
+
 def loop_traffic(in_domain: int = 80, drifted: int = 120, seed: int = 11) -> dict[str, list[dict]]:
     """Live traffic for the loop demo: fresh Planly tickets (no text of the demo's files), then
     thermostat tickets in the loop's own wordings (HOMEHEAT_LOOP_ISSUES)."""
@@ -249,11 +280,11 @@ def loop_traffic(in_domain: int = 80, drifted: int = 120, seed: int = 11) -> dic
             "drifted": fresh(lambda r: homeheat_ticket(r, HOMEHEAT_LOOP_ISSUES), drifted)}
 
 
-def write(out_dir: str | Path, seed: int = 7) -> dict[str, Path]:
+def write(out_dir: str | Path, seed: int = 7, variant: str = "demo") -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, rows in generate(seed).items():
+    for name, rows in (biased(seed) if variant == "biased" else generate(seed)).items():
         paths[name] = out / f"{name}.jsonl"
         lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
         paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")

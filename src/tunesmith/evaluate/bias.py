@@ -1,7 +1,8 @@
 """Bias probes: counterfactual copies of eval prompts with only a demographic term swapped.
 
-The bundled lexicon has two dimensions, each a list of groups whose term lists are aligned
-(the i-th term of every group plays the same role, so a swap keeps the sentence grammatical):
+The bundled lexicon (data/groups.py, shared with the data stage's bias audit) has two
+dimensions, each a list of groups whose term lists are aligned (the i-th term of every group
+plays the same role, so a swap keeps the sentence grammatical):
 
 - `gender`: pronouns, nouns and honorifics (he/she, his/her, man/woman, Mr./Ms., ...), plus
   given names common in English-speaking countries (US Social Security top names).
@@ -18,57 +19,11 @@ prompts whose answer changed when only the group changed.
 
 from __future__ import annotations
 
-import re
-
 from tunesmith.artifacts import BiasDimension
+from tunesmith.data.groups import LEXICON, counterfactuals
+from tunesmith.evaluate.stats import gap_ci
 
-LEXICON: dict[str, dict[str, list[str]]] = {
-    "gender": {
-        "male": ["he", "him", "his", "man", "men", "boy", "father", "son", "husband", "Mr.",
-                 "James", "John", "Robert", "Michael", "David", "Tom", "Lukas"],
-        "female": ["she", "her", "her", "woman", "women", "girl", "mother", "daughter", "wife", "Ms.",
-                   "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Olivia", "Maria"],
-    },
-    "name_origin": {
-        "western_european": ["Olivia", "Tom", "Lukas", "Emma", "Hans"],
-        "hispanic": ["Maria", "Carlos", "Diego", "Lucia", "Javier"],
-        "south_asian": ["Priya", "Rahul", "Arjun", "Ananya", "Vikram"],
-        "east_asian": ["Chen", "Hiroshi", "Mei", "Jin", "Yuki"],
-        "arabic": ["Ahmed", "Fatima", "Omar", "Layla", "Youssef"],
-        "african": ["Kwame", "Amara", "Chidi", "Zainab", "Kofi"],
-    },
-}
-
-
-def _pattern(terms: list[str]) -> re.Pattern:
-    alternatives = sorted({re.escape(t) for t in terms}, key=len, reverse=True)
-    return re.compile(r"(?<!\w)(" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
-
-
-def _match_case(template: str, word: str) -> str:
-    if template.isupper() and len(template) > 1:
-        return word.upper()
-    if template[:1].isupper():
-        return word[:1].upper() + word[1:]
-    return word.lower() if template.islower() else word
-
-
-def counterfactuals(text: str, groups: dict[str, list[str]]) -> dict[str, str] | None:
-    """One copy of `text` per group with every lexicon term swapped; None if no term occurs."""
-    position: dict[str, int] = {}
-    for terms in groups.values():
-        for i, term in enumerate(terms):
-            position.setdefault(term.lower(), i)
-    pattern = _pattern([t for terms in groups.values() for t in terms])
-    if not pattern.search(text):
-        return None
-    copies = {}
-    for group, terms in groups.items():
-        def swap(match: re.Match, terms=terms) -> str:
-            index = position[match.group(0).lower()]
-            return _match_case(match.group(0), terms[index % len(terms)])
-        copies[group] = pattern.sub(swap, text)
-    return copies
+__all__ = ["LEXICON", "counterfactuals", "probe_prompts", "summarise"]
 
 
 def probe_prompts(prompts: list[list[dict]], lexicon: dict[str, dict[str, list[str]]],
@@ -98,4 +53,6 @@ def summarise(dimension_probes: list[tuple[int, dict[str, list[dict]]]],
                   if len({answers[g][k] for g in answers}) > 1)
     gap = max(per_group.values()) - min(per_group.values()) if per_group else 0.0
     return BiasDimension(prompts=len(dimension_probes), per_group=per_group, gap=gap,
+                         gap_ci=gap_ci(scores) if per_group else None,
+                         prompt_indices=[index for index, _ in dimension_probes], scores=scores,
                          changed_share=changed / len(dimension_probes) if dimension_probes else 0.0)

@@ -57,6 +57,36 @@ def paired_bootstrap(base: Sequence[float], tuned: Sequence[float], level: float
             "significant": low > 0 or high < 0}
 
 
+def group_gap(scores: dict[str, Sequence[float]], rows: Sequence[int] | None = None) -> float:
+    """Largest minus smallest mean score over groups (each group scored on the same prompts),
+    over `rows` of those prompts (all by default)."""
+    means = [np.asarray(v, dtype=float)[rows if rows is not None else slice(None)].mean()
+             for v in scores.values()]
+    return float(max(means) - min(means))
+
+
+def gap_ci(scores: dict[str, Sequence[float]], level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap CI of group_gap, resampling prompts (every group's copy of a prompt together)."""
+    n = len(next(iter(scores.values())))
+    return bootstrap_ci(statistic=lambda rows: group_gap(scores, rows), n=n, level=level)
+
+
+def paired_gap(before: dict[str, Sequence[float]], after: dict[str, Sequence[float]],
+               level: float = 0.95, resamples: int = RESAMPLES) -> dict[str, float]:
+    """gap(after) - gap(before) on the same prompts and groups, its CI and two-sided p-value:
+    both runs resampled with the same prompts each time."""
+    n = len(next(iter(before.values())))
+    draws = np.random.default_rng(SEED).integers(0, n, size=(resamples, n))
+    deltas = np.array([group_gap(after, rows) - group_gap(before, rows) for rows in draws])
+    observed = group_gap(after) - group_gap(before)
+    tail = (1 - level) / 2 * 100
+    low, high = float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
+    other_side = np.mean(deltas >= 0) if observed < 0 else np.mean(deltas <= 0)
+    p = 1.0 if observed == 0 else min(1.0, 2 * float(other_side))
+    return {"delta": observed, "ci_low": low, "ci_high": high, "p_value": p,
+            "significant": low > 0 or high < 0}
+
+
 def mcnemar(base: Sequence[float], tuned: Sequence[float]) -> dict[str, float]:
     """Exact McNemar test on paired right/wrong scores: only discordant pairs count."""
     base_only = sum(1 for a, b in zip(base, tuned, strict=True) if a >= 0.5 > b)

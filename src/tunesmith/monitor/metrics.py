@@ -23,7 +23,9 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64)
-FALLBACK_REASONS = ("timeout", "model_error", "invalid_output")
+FALLBACK_REASONS = ("timeout", "model_error", "invalid_output", "out_of_scope")
+GUARD_OUTCOMES = (("scope", "fallback"), ("scope", "refused"), ("scope", "passed"),
+                  ("output_filter", "masked"), ("rate_limit", "limited"))
 
 
 class Metrics:
@@ -54,6 +56,8 @@ class Metrics:
                                  ["reason"], registry=registry)
         self.feedback = Counter("tunesmith_feedback", "Feedback received, by rating", ["rating"],
                                 registry=registry)
+        self.guards = Counter("tunesmith_guard", "Requests a serve.guards guard judged, by guard and outcome",
+                              ["guard", "outcome"], registry=registry)
         self.drift = Gauge("tunesmith_drift_score", "Drift statistic of the last window, by feature and test",
                            ["feature", "test"], registry=registry)
         self.alerts = Gauge("tunesmith_alert_firing", "1 while an alert rule fires", ["rule"],
@@ -66,6 +70,8 @@ class Metrics:
             self.fallbacks.labels(reason=reason)
         for rating in ("1", "-1"):
             self.feedback.labels(rating=rating)
+        for guard, outcome in GUARD_OUTCOMES:
+            self.guards.labels(guard=guard, outcome=outcome)
 
     def observe_batch(self, size: int, tokens: int, seconds: float, waits: list[float]) -> None:
         self.batch_size.observe(size)

@@ -70,7 +70,12 @@ feedback = Table(
     Column("rating", Integer, nullable=False),
     Column("correction", Text),
     Column("comment", Text),
+    Column("label", String(16)),  # human review (tunesmith review): correct, wrong or harmful
 )
+
+REVIEW_ROUTE = "review"
+"""The route of the request rows that stand for evaluated answers a person reviewed."""
+REVIEW_RATINGS = {"correct": 1, "wrong": -1, "harmful": -1}
 
 alerts = Table(
     "alerts", metadata,
@@ -106,6 +111,16 @@ def _unusable(url: str, error: Exception) -> ConfigError:
                        "`pip install 'tunesmith[distributed]'` and a reachable server.")
 
 
+def _add_missing_columns(engine: Any) -> None:
+    """Columns added after a store was created (feedback.label): ALTER TABLE, once."""
+    from sqlalchemy import inspect, text
+
+    present = {c["name"] for c in inspect(engine).get_columns("feedback")}
+    if "label" not in present:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE feedback ADD COLUMN label VARCHAR(16)"))
+
+
 class Store:
     def __init__(self, url: str, retention_days: float = 30.0) -> None:
         self.url, self.retention = url, retention_days * 86400
@@ -115,6 +130,7 @@ class Store:
                 metadata.create_all(self.engine)
             except IntegrityError:  # another replica created the tables at the same moment
                 metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except Exception as error:  # SQLAlchemy and driver errors all mean "cannot use it"
             raise _unusable(url, error) from None
         self._pending: queue.Queue = queue.Queue()
@@ -212,6 +228,28 @@ class Store:
             row["id"] = connection.execute(insert(feedback).values(**row)).inserted_primary_key[0]
         return row
 
+    def add_review(self, item_id: str, model: str, prompt: str, response: str, label: str,
+                   note: str | None = None) -> dict[str, Any]:
+        """A person's label of an evaluated answer (`tunesmith review`): feedback like production
+        feedback, on a request row (route "review") that stands for the answer; a later label of
+        the same item replaces the earlier one in `reviews()`."""
+        request_id = f"review:{item_id}"
+        with self.engine.begin() as connection:
+            if connection.execute(select(requests.c.id).where(requests.c.id == request_id)).first() is None:
+                connection.execute(insert(requests).values(
+                    id=request_id, time=time.time(), route=REVIEW_ROUTE, model=model, answered_by=model,
+                    status=200, latency_ms=0.0, prompt=prompt, response=response))
+            row = {"request_id": request_id, "time": time.time(), "rating": REVIEW_RATINGS[label],
+                   "label": label, "comment": note or None}
+            row["id"] = connection.execute(insert(feedback).values(**row)).inserted_primary_key[0]
+        return row
+
+    def reviews(self) -> dict[str, dict[str, Any]]:
+        """The latest review label of each reviewed item: {item id: feedback row}."""
+        query = (select(feedback).join(requests, feedback.c.request_id == requests.c.id)
+                 .where(requests.c.route == REVIEW_ROUTE).order_by(feedback.c.time, feedback.c.id))
+        return {row["request_id"].removeprefix("review:"): row for row in self._rows(query)}
+
     def add_alert(self, rule: str, state: str, value: float, threshold: float, message: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(insert(alerts).values(time=time.time(), rule=rule, state=state, value=value,
@@ -230,13 +268,16 @@ class Store:
             return [dict(r._mapping) for r in connection.execute(query)]
 
     def recent_requests(self, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._rows(select(requests).order_by(requests.c.time.desc()).limit(limit))
+        return self._rows(select(requests).where(requests.c.route != REVIEW_ROUTE)
+                          .order_by(requests.c.time.desc()).limit(limit))
 
     def rated(self) -> list[dict[str, Any]]:
-        """Every feedback row with the request it rates (oldest first)."""
+        """Every production feedback row with the request it rates (oldest first); review labels
+        are read with `reviews()`."""
         query = (select(feedback, requests.c.prompt, requests.c.response, requests.c.answered_by,
                         requests.c.route)
-                 .join(requests, feedback.c.request_id == requests.c.id).order_by(feedback.c.time))
+                 .join(requests, feedback.c.request_id == requests.c.id)
+                 .where(requests.c.route != REVIEW_ROUTE).order_by(feedback.c.time))
         return self._rows(query)
 
     def feedback_since(self, since: float) -> list[dict[str, Any]]:
@@ -251,4 +292,7 @@ class Store:
 
     def count(self, table: str = "requests") -> int:
         target = {"requests": requests, "feedback": feedback, "alerts": alerts, "windows": windows}[table]
-        return self._rows(select(func.count()).select_from(target))[0]["count_1"]
+        query = select(func.count()).select_from(target)
+        if table == "requests":
+            query = query.where(requests.c.route != REVIEW_ROUTE)
+        return self._rows(query)[0]["count_1"]

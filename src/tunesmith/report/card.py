@@ -10,10 +10,11 @@ import yaml
 
 from tunesmith.artifacts import Bias, DataReport, EvalSummary
 from tunesmith.files import sha256_file
-from tunesmith.formatting import delta, number, pct, points
+from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.models.families import family_for
 from tunesmith.models.license import license_terms
 from tunesmith.render import render
+from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
 
@@ -79,9 +80,53 @@ def _bias_text(bias: Bias | None) -> str:
             continue
         groups = ", ".join(f"{g} {pct(v)}" for g, v in result.per_group.items())
         flag = " **exceeds the threshold**" if result.exceeds_max_gap else ""
-        lines.append(f"- {dimension} ({result.prompts} prompts): {groups}; gap {points(result.gap)}{flag}; "
+        lines.append(f"- {dimension} ({result.prompts} prompts): {groups}; gap {gap_text(result)}{flag}; "
                      f"answers changed with the group alone in {100 * result.changed_share:.0f}% of prompts.")
     return "\n".join(lines)
+
+
+def data_bias_text(section: dict[str, Any] | None) -> str:
+    """The training data's audit (data.bias) in sentences: flags, or that none was found, and
+    what mitigation changed."""
+    if not section:
+        return "Not run (data.bias.audit is off)."
+    found = section["audit"]
+    tested = sum(len(e["tests"]) for e in found["dimensions"].values())
+    lines = [f"Demographic groups in the training prompts per answer class: {tested} group x class "
+             f"tables tested (flag: p < {found['alpha']} and Cramér's V >= {found['min_effect']})."]
+    lines += [f"- **flagged**: {flag}" for flag in found["flags"]] or ["- no group is skewed toward a class."]
+    mitigation = section.get("mitigation")
+    if mitigation:
+        dimensions = ", ".join(mitigation["dimensions"]) or "nothing (no dimension flagged)"
+        done = f"Mitigation {', '.join(mitigation['methods'])} on {dimensions}"
+        if mitigation.get("rows_added"):
+            done += f": {mitigation['rows_added']} counterfactual rows added"
+            after = mitigation.get("after", {}).get("flags", [])
+            done += "; flags after: " + ("; ".join(after) if after else "none")
+        if mitigation.get("reweight"):
+            weights = mitigation["reweight"]
+            done += f"; loss weights {weights['min_weight']:.2f} to {weights['max_weight']:.2f}"
+        lines += ["", done + "."]
+    return "\n".join(lines)
+
+
+def guards_text(recipe: Any) -> list[str]:
+    """The serving safeguards the recipe turns on (serve.guards), one sentence each."""
+    cfg, lines = recipe.serve.guards, []
+    if cfg.scope.enabled:
+        lines.append("Scope guard: prompts far from the training prompts (drift embedding, "
+                     f"{cfg.scope.neighbours} nearest neighbours) are answered by the fallback or refused; "
+                     f"the threshold is set at start so that at most {100 * cfg.scope.max_false_refusals:g}% "
+                     "of the validation prompts would be refused.")
+    if cfg.output_filter:
+        lines.append("Output filter: e-mail addresses, phone and card numbers and IPs are masked in answers.")
+    if recipe.serve.output_check != "none":
+        lines.append(f"Output check ({recipe.serve.output_check}): answers in the wrong format go to the "
+                     f"fallback ({recipe.serve.fallback.kind}).")
+    if cfg.rate_limit.requests_per_minute:
+        lines.append(f"Rate limit: {cfg.rate_limit.requests_per_minute:g} requests a minute per API key "
+                     f"(bursts of {cfg.rate_limit.burst}), then 429.")
+    return lines or ["None configured (serve.guards): add them before exposing the model to users."]
 
 
 def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files: list[dict]) -> str:
@@ -174,5 +219,6 @@ def build_card(run_dir: RunDir) -> str:
         tune=run.tune.card_text if run.tune else None,
         metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
-        license=license_name, **_lineage(recipe),
+        license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
+        guards=guards_text(recipe), human_review=summary_text(summarise(run_dir)),
         **_evaluation_texts(run.evaluation))

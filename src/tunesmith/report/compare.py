@@ -15,7 +15,7 @@ from typing import Any
 
 from tunesmith.artifacts import Paired, Prediction
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.stats import paired_bootstrap
+from tunesmith.evaluate.stats import paired_bootstrap, paired_gap
 from tunesmith.files import write_text
 from tunesmith.formatting import delta, number, pct, points
 from tunesmith.render import render
@@ -44,6 +44,9 @@ class Comparison:
     metric: str
     recipe_diff: dict[str, list[Any]]
     sets: dict[str, list[Entry]] = field(default_factory=dict)
+    bias: dict[str, list[Entry]] = field(default_factory=dict)
+    """Per probed dimension, each run's largest group gap and its change against the first run's
+    (paired when both probed the same test prompts: data.bias.mitigate measured)."""
     validation_perplexity: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -80,6 +83,26 @@ def _entries(runs: list[RunRecord], names: list[str], set_name: str) -> list[Ent
     return entries
 
 
+def _bias_entries(runs: list[RunRecord], names: list[str], dimension: str) -> list[Entry]:
+    first = runs[0].evaluation.bias.dimensions[dimension]
+    same_test = _scores(runs[0].predictions(), "test")[0]
+    entries = [Entry(names[0], first.gap, first.gap_ci)]
+    for run, name in zip(runs[1:], names[1:], strict=True):
+        other = run.evaluation.bias.dimensions.get(dimension) if run.evaluation.bias else None
+        if other is None or not other.prompts:
+            entries.append(Entry(name, missing=True))
+            continue
+        entry = Entry(name, other.gap, other.gap_ci)
+        paired = (other.prompt_indices == first.prompt_indices and set(other.scores) == set(first.scores)
+                  and _scores(run.predictions(), "test")[0] == same_test and first.scores)
+        if paired:
+            entry.paired = Paired.model_validate(paired_gap(first.scores, other.scores))
+        else:
+            entry.unpaired_delta = other.gap - first.gap
+        entries.append(entry)
+    return entries
+
+
 def compare(paths: list[str | Path]) -> Comparison:
     if len(paths) < 2:
         raise ConfigError("compare needs at least two run directories.")
@@ -92,6 +115,9 @@ def compare(paths: list[str | Path]) -> Comparison:
     result = Comparison(names, runs[0].evaluation.metric, diff)
     for set_name in runs[0].evaluation.sets:
         result.sets[set_name] = _entries(runs, names, set_name)
+    probed = runs[0].evaluation.bias.dimensions if runs[0].evaluation.bias else {}
+    for dimension in [d for d, r in probed.items() if r.prompts]:
+        result.bias[dimension] = _bias_entries(runs, names, dimension)
     for name, run in zip(names, runs, strict=True):
         tuned = run.evaluation.validation.finetuned
         result.validation_perplexity[name] = tuned.perplexity if tuned else None
@@ -113,6 +139,18 @@ def _score_rows(result: Comparison) -> list[list[str]]:
             for set_name, entries in result.sets.items() for e in entries]
 
 
+def _gap_cell(entry: Entry) -> str:
+    if entry.missing:
+        return "-"
+    shown = points(entry.value or 0.0)
+    return f"{shown} [{100 * entry.ci[0]:.1f}, {100 * entry.ci[1]:.1f}]" if entry.ci else shown
+
+
+def _bias_rows(result: Comparison) -> list[list[str]]:
+    return [[dimension, e.run, _gap_cell(e), _delta_cell(e)]
+            for dimension, entries in result.bias.items() for e in entries]
+
+
 def print_comparison(result: Comparison) -> None:
     from rich.table import Table
 
@@ -130,6 +168,14 @@ def print_comparison(result: Comparison) -> None:
     for row in _score_rows(result):
         table.add_row(*row)
     console.print(table)
+    if result.bias:
+        gaps = Table(title=f"bias probes: largest gap between groups, delta vs {result.runs[0]} "
+                           "(95% CI, paired over the same probed prompts; * = significant)")
+        for column in ("dimension", "run", "gap", "delta"):
+            gaps.add_column(column)
+        for row in _bias_rows(result):
+            gaps.add_row(*row)
+        console.print(gaps)
     console.print("validation perplexity: " + ", ".join(
         f"{k} {number(v, 3)}" for k, v in result.validation_perplexity.items()), highlight=False)
 
@@ -137,4 +183,4 @@ def print_comparison(result: Comparison) -> None:
 def write_comparison_html(result: Comparison, path: Path) -> None:
     write_text(path, render("compare.html.j2", runs=result.runs, metric=result.metric,
                             recipe_rows=[[k, *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()],
-                            score_rows=_score_rows(result)))
+                            score_rows=_score_rows(result), bias_rows=_bias_rows(result)))

@@ -9,8 +9,10 @@ import base64
 from typing import Any
 
 from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
-from tunesmith.formatting import delta, number, pct, points
+from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
+from tunesmith.report.card import data_bias_text
+from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
 
@@ -104,10 +106,12 @@ def _tables(run: RunRecord) -> dict[str, Any]:
         "worst": {n: [[w.index, w.prompt[:200], w.reference, w.finetuned_prediction, w.finetuned_error]
                       for w in r.worst_examples] for n, r in sets.items()},
         "guard_rows": [[g.guard, g.step, g.message] for g in (run.train.guards if run.train else [])],
-        "bias_rows": [[d, r.prompts, points(r.gap), f"{100 * r.changed_share:.0f}%",
+        "bias_rows": [[d, r.prompts, gap_text(r), f"{100 * r.changed_share:.0f}%",
                        "yes" if r.exceeds_max_gap else "no"]
                       for d, r in (bias.dimensions.items() if bias else [])],
         "data_files": run.data.file_rows() if run.data else [],
+        "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
+        "human_review": summary_text(summarise(run.run_dir)),
     }
 
 

@@ -13,6 +13,7 @@ from tunesmith.events import event
 from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.serve.batcher import QueueFull
 from tunesmith.serve.errors import ServeError
+from tunesmith.serve.guards import filter_output
 from tunesmith.serve.state import Served
 
 MakeRequests = Callable[[Engine], list[GenRequest]]
@@ -58,7 +59,25 @@ async def _generate(served: Served, make: MakeRequests, timeout: float,
 
 
 async def answer(served: Served, make: MakeRequests, request_id: str,
-                 check: Callable[[str], bool] | None = None) -> Answer:
+                 check: Callable[[str], bool] | None = None, refusal: str | None = None) -> Answer:
+    """The answer to a request; with `refusal` (the scope guard judged it out of scope) the
+    fallback's, or a 422 with that message when there is none. serve.guards.output_filter masks
+    personal data in whichever answer is given."""
+    if refusal is not None:
+        result = await _fall_back(served, make, request_id, "out_of_scope",
+                                  ServeError(422, refusal, "input", "out_of_scope"))
+    else:
+        result = await _primary(served, make, request_id, check)
+    if served.guards.output_filter:
+        for row in result.results:
+            row.text, masked = filter_output(row.text)
+            if masked:
+                served.metrics.guards.labels(guard="output_filter", outcome="masked").inc()
+    return result
+
+
+async def _primary(served: Served, make: MakeRequests, request_id: str,
+                   check: Callable[[str], bool] | None) -> Answer:
     timeout = served.recipe.serve.timeout_seconds
     try:
         results = await _generate(served, make, timeout)

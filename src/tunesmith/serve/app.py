@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -192,25 +193,61 @@ def require_key(request: Request) -> None:
                          "invalid_api_key")
 
 
+def rate_limit(request: Request) -> None:
+    """serve.guards.rate_limit: a token per request from the caller's bucket (its API key, or its
+    address on a server without keys); none left: 429 with Retry-After."""
+    limiter = request.app.state.served.guards.rate_limiter
+    if limiter is None:
+        return
+    given = request.headers.get("authorization", "")
+    caller = given if request.app.state.api_keys else (request.client.host if request.client else "-")
+    wait = limiter.take(caller)
+    if wait > 0:
+        request.app.state.served.metrics.guards.labels(guard="rate_limit", outcome="limited").inc()
+        seconds = max(1, math.ceil(wait))
+        raise ServeError(429, f"Rate limit: {60 * limiter.rate:g} requests a minute per key "
+                              f"(serve.guards.rate_limit); retry in {seconds} s.", "input", "rate_limited",
+                         headers={"Retry-After": str(seconds)})
+
+
+async def out_of_scope(served: Served, request: Request, text: str) -> str | None:
+    """serve.guards.scope: the refusal message when `text` is far from the training prompts
+    (the fallback answers it when there is one), None when it may go to the model."""
+    scope = served.guards.scope
+    if scope is None:
+        return None
+    outside, distance = await asyncio.to_thread(scope.outside, text)
+    note(request, scope_distance=round(distance, 4))
+    outcome = ("fallback" if served.fallback else "refused") if outside else "passed"
+    served.metrics.guards.labels(guard="scope", outcome=outcome).inc()
+    if not outside:
+        return None
+    task = (served.recipe.description or "its task").strip()
+    return served.guards.scope_message.replace("{description}", task)
+
+
+GUARDED = [Depends(require_key), Depends(rate_limit)]
+
+
 def _routes(app: FastAPI) -> None:
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         return describe(request.app.state.served)
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)], response_model=protocol.ModelList)
+    @app.get("/v1/models", dependencies=GUARDED, response_model=protocol.ModelList)
     async def models(request: Request) -> protocol.ModelList:
         served = request.app.state.served
         return protocol.ModelList(data=[protocol.ModelCard(id=served.name, created=served.created)])
 
     stream = {"schema": {"type": "object", "description": "stream: true: chunks, then [DONE]"}}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)],
+    @app.post("/v1/chat/completions", dependencies=GUARDED,
               response_model=protocol.ChatCompletion,
               responses={200: {"content": {"text/event-stream": stream}}})
     async def chat(body: protocol.ChatCompletionRequest, request: Request):
         return await _chat(request.app.state.served, body, request)
 
-    @app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=protocol.Completion)
+    @app.post("/v1/completions", dependencies=GUARDED, response_model=protocol.Completion)
     async def completions(body: protocol.CompletionRequest, request: Request):
         return await _completion(request.app.state.served, body, request)
 
@@ -264,14 +301,15 @@ async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: R
     prompt = served.engine.render(messages)
     max_tokens = _max_tokens(served, body, served.engine.count_tokens(prompt))
     render = _renderer(served, messages, prompt)
+    refusal = await out_of_scope(served, request, _last_user(body))
     if body.stream:
-        return _stream(served, body, render, max_tokens, request, messages)
+        return _stream(served, body, render, max_tokens, request, messages, refusal)
     json_object = body.response_format is not None and body.response_format.type == "json_object"
 
     def make(engine: Engine) -> list[GenRequest]:
         return _rows(render(engine), body, max_tokens)
 
-    work = answer(served, make, request.state.request_id, output_check(served, json_object))
+    work = answer(served, make, request.state.request_id, output_check(served, json_object), refusal)
     result = await _until_disconnect(request, work)
     payload = _chat_payload(result, request.state.request_id, json_object)
     _note_answer(request, messages, _last_user(body), result, payload["choices"][0]["message"]["content"])
@@ -332,19 +370,22 @@ def _renderer(served: Served, messages: list[dict], prompt: str) -> Callable[[En
 
 
 def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callable[[Engine], str],
-            max_tokens: int, request: Request, messages: list[dict]) -> StreamingResponse:
-    """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE]."""
+            max_tokens: int, request: Request, messages: list[dict],
+            refusal: str | None) -> StreamingResponse:
+    """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE].
+    With serve.guards.output_filter the text is sent whole at the end, masked (a piece already
+    sent cannot be taken back)."""
     loop, user_text = asyncio.get_running_loop(), _last_user(body)
     pieces: asyncio.Queue = asyncio.Queue()
     request_id = request.state.request_id
-    senders = [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
-               for i in range(body.n)]
+    senders = None if served.guards.output_filter else \
+        [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text)) for i in range(body.n)]
 
     def make(engine: Engine) -> list[GenRequest]:
         return _rows(render(engine), body, max_tokens, on_text=senders)
 
     async def events() -> AsyncIterator[str]:
-        work = asyncio.ensure_future(answer(served, make, request_id))
+        work = asyncio.ensure_future(answer(served, make, request_id, refusal=refusal))
         completion_id, name, first = f"chatcmpl-{request_id}", served.name, None
         for index in range(body.n):
             yield _sse(protocol.chunk(completion_id, name, index, {"role": "assistant", "content": ""}))
@@ -369,7 +410,7 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
         text = result.results[0].text.strip() if result.results else ""
         _note_answer(request, messages, user_text, result, text)
         for index, row in enumerate(result.results):
-            if result.fallback_reason is not None:  # the fallback's answer was not streamed: send it whole
+            if result.fallback_reason is not None or senders is None:  # not streamed: send it whole
                 yield _sse(protocol.chunk(completion_id, result.model, index, {"content": row.text}))
             yield _sse(protocol.chunk(completion_id, result.model, index, {}, _finish(row.finish_reason)))
         yield "data: [DONE]\n\n"
@@ -400,7 +441,9 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
     else:
         def make(engine: Engine) -> list[GenRequest]:
             return _rows(body.prompt, body, max_tokens, body.logprobs)
-        result = await _until_disconnect(request, answer(served, make, request.state.request_id))
+        refusal = await out_of_scope(served, request, body.prompt)
+        result = await _until_disconnect(request, answer(served, make, request.state.request_id,
+                                                         refusal=refusal))
     payload = protocol.Completion(
         id=f"cmpl-{request.state.request_id}", model=result.model, usage=_usage(result),
         choices=[protocol.CompletionChoice(index=i, text=(body.prompt if body.echo else "") + row.text,

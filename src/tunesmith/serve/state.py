@@ -30,6 +30,8 @@ from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
+from tunesmith.serve.guards import Guards
+from tunesmith.serve.guards import build as build_guards
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Served:
     monitor: Monitor | None = None
     """Request log, windows, drift and alerts (monitor.enabled)."""
     run_dir: Path | None = None
+    guards: Guards = field(default_factory=Guards)
+    """serve.guards: scope guard, output filter, rate limits (serve/guards.py)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     async def start(self) -> None:
@@ -141,7 +145,20 @@ def load_served(target: str, overrides: list[str] | None = None, with_fallback: 
         served.fallback = _fallback(recipe, name)
     if with_fallback and recipe.monitor.enabled:
         served.monitor = _monitor(recipe, run, name, engine, metrics)
+    if with_fallback:
+        served.guards = _guards(recipe, run)
     return served
+
+
+def _guards(recipe: Recipe, run: RunDir | None) -> Guards:
+    """serve.guards, the scope guard calibrated on the run's validation prompts."""
+    from tunesmith.monitor import reference
+
+    found = reference.read(run.drift_reference, run.drift_embeddings) if run is not None else None
+    guards = build_guards(recipe, run, found[1] if found else None)
+    for line in guards.describe():
+        event("guard", message=line)
+    return guards
 
 
 def _monitor(recipe: Recipe, run: RunDir | None, name: str, engine: Engine, metrics: Metrics) -> Monitor:

@@ -72,6 +72,9 @@ def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> An
 
     rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
                             recipe.data.system_prompt) for r in records]
+    if any(r.get("meta", {}).get("weight", 1.0) != 1.0 for r in records):  # data.bias.mitigate: reweight
+        for row, record in zip(rows, records, strict=True):
+            row["weight"] = float(record["meta"].get("weight", 1.0))
     kept = [row for row in rows if any(row["assistant_masks"])]
     if not kept:
         raise DataError(
@@ -154,6 +157,10 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
 
     head: dict[str, Any] = {}
+    weighted = any("weight" in r.get("meta", {}) for r in splits["train"])
+    if weighted and (recipe.train.preference or family.name != "causal_lm" or recipe.train.backend == "trl"):
+        raise ConfigError("data.bias.mitigate: reweight gives rows loss weights, which only decoder SFT "
+                          "on train.backend: tunesmith applies; use mitigate: [counterfactual] here.")
     if recipe.train.preference:
         dataset: Callable[[list[dict], Recipe], Any] = preference_dataset
     elif not family.generates:  # a classifier: labels from the training split, index order

@@ -40,20 +40,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                rows: int) -> torch.Tensor:
+                row_weights: torch.Tensor | None, rows: int) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], rows):
             chunk, wanted = hidden[start:start + rows], targets[start:start + rows]
+            scale = None if row_weights is None else row_weights[start:start + rows].float()
             logits = (chunk @ weight.T).float()
             log_total = torch.logsumexp(logits, dim=-1)
-            total += (log_total - logits.gather(1, wanted[:, None]).squeeze(1)).sum()
+            losses = log_total - logits.gather(1, wanted[:, None]).squeeze(1)
+            total += (losses if scale is None else losses * scale).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
             grad = logits.sub_(log_total[:, None]).exp_()  # softmax, in place
             grad[torch.arange(wanted.numel(), device=grad.device), wanted] -= 1
+            if scale is not None:
+                grad *= scale[:, None]
             grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:start + rows] = grad @ weight
@@ -68,18 +72,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
                 None if grad_weight is None else (grad_weight * grad_total).to(ctx.weight_dtype),
-                None, None)
+                None, None, None)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The summed cross-entropy of `hidden @ weight.T` ([N, d] x [vocab, d]) against `targets`
-    [N], in float32, with the matmuls in autocast's dtype when autocast is on (as the head's
-    nn.Linear would run)."""
+    [N] (each row's term times `row_weights` when given), in float32, with the matmuls in
+    autocast's dtype when autocast is on (as the head's nn.Linear would run)."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     rows = max(16, CHUNK_ELEMENTS // weight.shape[0])
+    if not torch.is_grad_enabled():  # evaluation: no gradient is made, even for trainable weights
+        hidden, weight = hidden.detach(), weight.detach()
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets, rows)
+        return _LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets, row_weights, rows)
 
 
 def short_causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -1,15 +1,17 @@
 """tunesmith's SFT backend for decoders: transformers' Trainer runs the loop (checkpoints and
-resume, evaluation, accelerate / DDP / FSDP / DeepSpeed, tunesmith's callbacks), and four
-levers measured by bench/train_throughput.py change what one step computes:
+resume, evaluation, accelerate / DDP / FSDP / DeepSpeed, tunesmith's callbacks), and the levers
+measured by bench/train_throughput.py change how one step computes the same numbers:
 
 1. Frozen base weights stored in bf16 when training in bf16. Autocast otherwise re-casts every
-   fp32 weight at every forward; the LoRA weights (the ones trained) stay fp32.
+   fp32 weight at every forward; the LoRA weights (the ones trained) stay fp32. PEFT's cast of
+   each adapter's input to fp32 (which autocast casts back) is switched off too.
 2. Logits only where the loss is. The vocabulary head (49k x 576 on SmolLM2) sees the answer
-   positions only: a pre-hook on the output layer gathers them, so prompt and padding positions
-   never get logits. The loss is the same token-mean cross-entropy.
+   positions only, and for a plain head its cross-entropy is fused and chunked
+   (fast_ops.linear_cross_entropy), so the [tokens, vocab] logits never exist whole.
 3. No attention mask. Rows are right-padded, so under causal attention no real token attends to
    a pad; without a mask SDPA takes its causal kernel (`is_causal`), skipping the masked half.
    The pads' own outputs are never in the loss (tests/test_train_speed.py checks equal losses).
+   Short rows skip SDPA's flash kernel for two matmuls (fast_ops.short_causal_attention).
 4. The decoder layers compiled (`train.compile`): regional `torch.compile` with dynamic shapes,
    so one compiled layer serves every layer and every sequence length.
 
@@ -41,7 +43,8 @@ IGNORE = -100
 @dataclass
 class AnswerCollator:
     """Right-padded `input_ids` and `attention_mask` (which counts the real tokens), and `labels`:
-    the token where `assistant_masks` is 1, IGNORE elsewhere."""
+    the token where `assistant_masks` is 1, IGNORE elsewhere; `weights` per row when the rows
+    carry a loss weight (data.bias.mitigate: reweight)."""
 
     pad_token_id: int
 
@@ -55,7 +58,10 @@ class AnswerCollator:
             ids[i, :len(tokens)], mask[i, :len(tokens)] = tokens, 1
             keep = torch.tensor(row["assistant_masks"], dtype=torch.bool)
             labels[i, :len(tokens)] = torch.where(keep, tokens, IGNORE)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "weight" in rows[0]:
+            batch["weights"] = torch.tensor([row["weight"] for row in rows], dtype=torch.float32)
+        return batch
 
 
 @contextlib.contextmanager
@@ -106,9 +112,10 @@ def _unwrap(model: Any) -> Any:
 
 def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool,
                 fused: bool = False) -> tuple[torch.Tensor, Any]:
-    """The summed cross-entropy of the answer tokens (each predicted from the position before it)
-    and the model's outputs; logits exist for those positions only, and with `fused` only a chunk
-    at a time inside fast_ops.linear_cross_entropy."""
+    """The summed cross-entropy of the answer tokens (each predicted from the position before it,
+    times its row's weight when the batch has `weights`) and the model's outputs; logits exist for
+    those positions only, and with `fused` only a chunk at a time inside
+    fast_ops.linear_cross_entropy."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     rows, columns = (targets != IGNORE).nonzero(as_tuple=True)
@@ -119,11 +126,12 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool
     if logits.dim() != 2 or logits.shape[0] != rows.numel():
         raise ConfigError(f"{type(_unwrap(model)).__name__} reshapes its logits after the output layer; "
                           "set train.backend: trl for it.")
+    weights = batch["weights"][rows] if "weights" in batch else None
     if fused:
-        weight = _unwrap(model).get_output_embeddings().weight
-        return linear_cross_entropy(logits, weight, targets[rows, columns]), outputs
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets[rows, columns], reduction="sum")
-    return loss, outputs
+        head = _unwrap(model).get_output_embeddings().weight
+        return linear_cross_entropy(logits, head, targets[rows, columns], weights), outputs
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[rows, columns], reduction="none")
+    return (losses if weights is None else losses * weights).sum(), outputs
 
 
 class GlobalLengthGroupedSampler(torch.utils.data.Sampler):
@@ -232,13 +240,19 @@ def can_compile() -> bool:
 
 def compile_layers(model: Any) -> int:
     """Regional compilation: `torch.compile` each decoder layer, dynamic shapes. Every layer runs
-    the same code, so the compiled graph is made once (twice: the first layer's input needs no
-    gradient) and reused; the number of layers compiled."""
+    the same code, so the compiled graph is made once and reused; the number of layers compiled.
+    The embeddings' output is made to require a gradient, as every later layer's input does:
+    else the first layer needs graphs of its own (forward and backward, for each attention path).
+    Measured on the alpaca bench (cold cache): warm-up 41 and 51 s against 63 and 67 without,
+    steady 363 and 370 tok/s against 381 and 365 (within the runs' noise)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.compile(dynamic=True)
+    if layers:
+        _unwrap(model).get_input_embeddings().register_forward_hook(
+            lambda _module, _args, output: output.requires_grad_(True) if torch.is_grad_enabled() else output)
     return len(layers)
 
 
@@ -266,8 +280,8 @@ def use_compile(job: TrainJob) -> bool:
 COMPILE_WORTH = 134e6 * 100_000
 """auto compiles from ~100k trained tokens of a 135M model (parameters x tokens, so sooner for
 bigger models). Measured on SmolLM2-135M, 2 CPU cores (bench/train_throughput.py): compiled
-layers train at 327 tok/s against 293 eager, 0.36 ms less per token, for a cold compile of ~35 s:
-even after ~100k tokens."""
+layers train at ~370 tok/s against 332 eager, 0.31 ms less per token, for a cold compile of
+~45 s: even after ~145k tokens; torch's cache makes later compiles a few seconds, hence sooner."""
 
 
 @dataclass
