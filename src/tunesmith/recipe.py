@@ -544,10 +544,12 @@ class RateLimitConfig(_Section):
 
 
 class GuardsConfig(_Section):
-    scope: ScopeGuardConfig = Field(default_factory=ScopeGuardConfig)
+    scope: ScopeGuardConfig = Field(default_factory=ScopeGuardConfig,
+                                    description="Prompts far from the training prompts: fallback or refusal.")
     output_filter: bool = False
     """Mask personal data (e-mail, phone, card numbers, IPs) in answers with the data stage's rules."""
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig,
+                                        description="Requests a minute per API key (429 beyond).")
 
 
 class ServeConfig(_Section):
