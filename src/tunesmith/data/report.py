@@ -147,6 +147,14 @@ def _summary_lines(report: DataReport) -> list[str]:
         lines.append("privacy: " + _counts(report.privacy.model_dump(exclude_none=True)))
     if report.augment:
         lines.append(f"augmented: +{report.augment['rows_added']} train rows")
+    if report.bias:
+        flags = report.bias["audit"]["flags"]
+        lines += [f"bias audit flag: {flag}" for flag in flags] or ["bias audit: no group skewed to a class"]
+        mitigation = report.bias.get("mitigation")
+        if mitigation:
+            where = ", ".join(mitigation["dimensions"]) or "nothing"
+            lines.append(f"bias mitigation {', '.join(mitigation['methods'])} on {where}: "
+                         f"+{mitigation['rows_added']} train rows")
     lines.append("splits: " + _counts(report.splits))
     return lines
 

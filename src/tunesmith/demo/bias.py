@@ -2,7 +2,7 @@
 
 1. Writes the planted biased variant of the demo's tickets (tickets.biased: every ticket signed
    by a name of one name_origin group; in train, tickets signed with an Arabic name labelled
-   priority high 80% of the time against 33%).
+   priority high with probability 0.7: expected 80% against 33%).
 2. Runs the bias recipe (demo/bias.yaml) as it is: runs/demo-biased. Its data report flags
    name_origin x priority; its bias probe answers each of the 120 test tickets once per group.
 3. Runs it again with `data.bias.mitigate: [counterfactual]`: runs/demo-mitigated.
