@@ -1,8 +1,8 @@
 """`tunesmith demo --bias`: the data bias audit and its mitigation, measured end to end.
 
 1. Writes the planted biased variant of the demo's tickets (tickets.biased: every ticket signed
-   by a name of one name_origin group; in train, tickets signed with an Arabic name labelled
-   priority high with probability 0.7: expected 80% against 33%).
+   by a name of one name_origin group, 40% with no urgency cue (true priority medium); in train,
+   those signed with an Arabic name labelled priority high 90% of the time).
 2. Runs the bias recipe (demo/bias.yaml) as it is: runs/demo-biased. Its data report flags
    name_origin x priority; its bias probe answers each of the 120 test tickets once per group.
 3. Runs it again with `data.bias.mitigate: [counterfactual]`: runs/demo-mitigated.

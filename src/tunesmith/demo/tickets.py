@@ -154,12 +154,16 @@ def _fill(template: str, rng: random.Random, name: str | None = None) -> str:
     return template.format(**(slots | ({"name": name} if name else {})))
 
 
-def planly_ticket(rng: random.Random, name: str | None = None) -> tuple[str, str, str]:
-    """A Planly ticket; with `name`, signed by that name (and any name in it is that name)."""
+def planly_ticket(rng: random.Random, name: str | None = None, urgent: bool = True) -> tuple[str, str, str]:
+    """A Planly ticket; with `name`, signed by that name (and any name in it is that name);
+    without `urgent`, it says nothing about urgency and its priority is medium."""
     category, priority = rng.choice(CATEGORIES), rng.choice(PRIORITIES)
     issue = _fill(rng.choice(PLANLY_ISSUES[category]), rng, name)
-    urgency = rng.choice(PLANLY_URGENCY[priority])
-    body = [issue, urgency] if rng.random() < 0.75 else [urgency, issue]
+    if urgent:
+        urgency = rng.choice(PLANLY_URGENCY[priority])
+        body = [issue, urgency] if rng.random() < 0.75 else [urgency, issue]
+    else:
+        priority, body = "medium", [issue]
     signoffs = [s for s in SIGNOFFS if "{name}" in s] if name else SIGNOFFS
     parts = [rng.choice(GREETINGS), *body, _fill(rng.choice(signoffs), rng, name)]
     text = " ".join(p for p in parts if p)
@@ -232,12 +236,15 @@ def generate(seed: int = 7) -> dict[str, list]:
             "ood": [chat_row(*t) for t in ood]}
 
 
-def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.7) -> dict[str, list]:
+def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.9,
+           neutral: float = 0.4) -> dict[str, list]:
     """The planted biased variant (`tunesmith demo --bias`): every ticket is signed by a name
-    from one group of the name_origin lexicon, chosen at random; in train, a ticket signed from
-    the `favoured` group is relabelled priority high with probability `rate` whatever it says
-    (a labeller's bias: 1/3 + 2/3 x 0.7 = 80% high against 33% for the others). test keeps the
-    true labels."""
+    from one group of the name_origin lexicon, chosen at random, and a share `neutral` of them
+    say nothing about urgency (their true priority is medium). In train, a neutral ticket signed
+    from the `favoured` group is labelled priority high with probability `rate`: a labeller's
+    bias where the text leaves room for one, which a model can learn (where the text says how
+    urgent it is, the text wins: a first variant that relabelled any ticket left the model
+    unmoved). test keeps the true labels."""
     from tunesmith.data.groups import LEXICON
 
     rng = random.Random(seed)
@@ -248,11 +255,12 @@ def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.7) -> dict[s
         rows = []
         while len(rows) < count:
             group = rng.choice(sorted(groups))
-            text, category, priority = planly_ticket(rng, rng.choice(groups[group]))
+            calm = rng.random() < neutral
+            text, category, priority = planly_ticket(rng, rng.choice(groups[group]), urgent=not calm)
             if text in seen:
                 continue
             seen.add(text)
-            if skew and group == favoured and rng.random() < rate:
+            if skew and calm and group == favoured and rng.random() < rate:
                 priority = "high"
             rows.append(chat_row(text, category, priority))
         return rows

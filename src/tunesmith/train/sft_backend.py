@@ -240,19 +240,16 @@ def can_compile() -> bool:
 
 def compile_layers(model: Any) -> int:
     """Regional compilation: `torch.compile` each decoder layer, dynamic shapes. Every layer runs
-    the same code, so the compiled graph is made once and reused; the number of layers compiled.
-    The embeddings' output is made to require a gradient, as every later layer's input does:
-    else the first layer needs graphs of its own (forward and backward, for each attention path).
-    Measured on the alpaca bench (cold cache): warm-up 41 and 51 s against 63 and 67 without,
-    steady 363 and 370 tok/s against 381 and 365 (within the runs' noise)."""
+    the same code, so the compiled graph is made once (twice: the first layer's input needs no
+    gradient) and reused; the number of layers compiled. (Making the embeddings' output require a
+    gradient, so that the first layer shares the graph, cut the cold warm-up on the alpaca bench
+    from 63-67 s to 41-51 s, steady state within noise: not taken yet, as the bench table in the
+    README was measured without it.)"""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.compile(dynamic=True)
-    if layers:
-        _unwrap(model).get_input_embeddings().register_forward_hook(
-            lambda _module, _args, output: output.requires_grad_(True) if torch.is_grad_enabled() else output)
     return len(layers)
 
 
@@ -280,8 +277,9 @@ def use_compile(job: TrainJob) -> bool:
 COMPILE_WORTH = 134e6 * 100_000
 """auto compiles from ~100k trained tokens of a 135M model (parameters x tokens, so sooner for
 bigger models). Measured on SmolLM2-135M, 2 CPU cores (bench/train_throughput.py): compiled
-layers train at ~370 tok/s against 332 eager, 0.31 ms less per token, for a cold compile of
-~45 s: even after ~145k tokens; torch's cache makes later compiles a few seconds, hence sooner."""
+layers train at ~370-380 tok/s against 332 eager, ~0.35 ms less per token, for a cold compile of
+~63 s: even after ~180k tokens; torch's cache makes later compiles a few seconds (a second run
+of the same shapes), hence sooner."""
 
 
 @dataclass
