@@ -286,6 +286,10 @@ OVERRIDES: list[tuple[str, str, tuple[str, ...]]] = [
      ("data.bias.mitigate", "'counterfactual' or 'reweight'")),
     ("bias-alpha-out-of-range", "data.bias.alpha=2", ("data.bias.alpha", "less than 1")),
     ("bias-lexicon-not-groups", "data.bias.lexicon={origin: Ahmed}", ("data.bias.lexicon", "dictionary")),
+    ("bias-lexicon-empty-group", "data.bias.lexicon={origin: {a: [Ahmed], b: []}}",
+     ("data.bias.lexicon", "origin.b: give each group one or more non-empty terms")),
+    ("probe-lexicon-empty-group", "eval.bias.lexicon={origin: {a: [Ahmed], b: ['']}}",
+     ("eval.bias.lexicon", "origin.b: give each group one or more non-empty terms")),
 ]
 
 

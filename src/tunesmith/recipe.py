@@ -137,6 +137,15 @@ class AugmentConfig(_Section):
         return self
 
 
+def _terms_given(lexicon: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+    """A group with no (or an empty) term would match every text: refuse it."""
+    for dimension, groups in lexicon.items():
+        for group, terms in groups.items():
+            if not terms or any(not str(t).strip() for t in terms):
+                raise ValueError(f"{dimension}.{group}: give each group one or more non-empty terms")
+    return lexicon
+
+
 class DataBiasConfig(_Section):
     audit: bool = True
     """Count the lexicon's demographic groups in the training prompts per answer class and test
@@ -144,6 +153,11 @@ class DataBiasConfig(_Section):
     lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     """Extra or replacement dimensions, {dimension: {group: [aligned terms]}}, added to the bundled
     lexicon and to eval.bias.lexicon's."""
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon_terms(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        return _terms_given(value)
     alpha: float = Field(0.01, gt=0.0, lt=1.0)
     """A group x class table is flagged when its independence test has p below this ..."""
     min_effect: float = Field(0.1, ge=0.0, le=1.0)
@@ -370,6 +384,11 @@ class BiasConfig(_Section):
     """When a gap exceeds max_gap: warn in the report, or fail the run (exit code 1)."""
     lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     """Extra or replacement dimensions: {dimension: {group: [aligned terms]}}."""
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon_terms(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        return _terms_given(value)
 
 
 class EvalConfig(_Section):
