@@ -137,10 +137,12 @@ def report_command(run_dir: str = typer.Argument(..., help="A run directory, e.g
     """Rebuild the model card (README.md) and report.html of a run from its directory."""
     from tunesmith import report
     from tunesmith.report.review import summarise, summary_text
+    from tunesmith.report.sources import read_run
     from tunesmith.rundir import RunDir
 
     result = report.rebuild(Path(run_dir))
-    out.print(summary_text(summarise(RunDir(Path(run_dir)))), highlight=False, soft_wrap=True, markup=False)
+    reviewed = summary_text(summarise(read_run(RunDir(Path(run_dir)))))
+    out.print(reviewed, highlight=False, soft_wrap=True, markup=False)
     out.print(f"model card: {result.card}\nreport: {result.html}")
 
 

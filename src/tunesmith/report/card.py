@@ -220,5 +220,5 @@ def build_card(run_dir: RunDir) -> str:
         metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
         license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
-        guards=guards_text(recipe), human_review=summary_text(summarise(run_dir)),
+        guards=guards_text(recipe), human_review=summary_text(summarise(run)),
         **_evaluation_texts(run.evaluation))

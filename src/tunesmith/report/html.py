@@ -111,7 +111,7 @@ def _tables(run: RunRecord) -> dict[str, Any]:
                       for d, r in (bias.dimensions.items() if bias else [])],
         "data_files": run.data.file_rows() if run.data else [],
         "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
-        "human_review": summary_text(summarise(run.run_dir)),
+        "human_review": summary_text(summarise(run)),
     }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.artifacts import Prediction
-from tunesmith.report.sources import RunRecord, read_run
+from tunesmith.report.sources import RunRecord
 from tunesmith.rundir import RunDir
 
 LABELS = ("correct", "wrong", "harmful")
@@ -61,15 +61,14 @@ def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
     return None if chance == 1 else (observed - chance) / (1 - chance)
 
 
-def summarise(run_dir: RunDir) -> dict[str, Any] | None:
+def summarise(run: RunRecord) -> dict[str, Any] | None:
     """The review labels of a run against its automatic metric; None when nobody reviewed it."""
-    store = open_store(run_dir, create=False)
+    store = open_store(run.run_dir, create=False)
     reviews = store.reviews() if store is not None else {}
     if store is not None:
         store.close()
     if not reviews:
         return None
-    run = read_run(run_dir)
     by_id = {item_id(p): p for p in run.predictions()}
     counts = {label: sum(r["label"] == label for r in reviews.values()) for label in LABELS}
     pairs = [(r["label"] == "correct", (by_id[i].finetuned_score or 0.0) >= 0.5)

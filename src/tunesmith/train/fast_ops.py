@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import transformers.integrations.sdpa_attention as sdpa  # looked up per call: tests put a spy there
 
 CHUNK_ELEMENTS = 256 * 49152
 """Logits per chunk (rows x vocabulary): 256 rows of SmolLM2's 49k vocabulary, 50 MB in fp32.
@@ -95,17 +96,15 @@ def short_causal_attention(module: Any, query: torch.Tensor, key: torch.Tensor, 
                            **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature ([batch, heads, length, head_dim] in,
     [batch, length, heads, head_dim] out)."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     batch, heads, length, head_dim = query.shape
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     special = any(kwargs.get(k) is not None for k in ("softcap", "sliding_window", "position_bias"))
     if (query.device.type != "cpu" or attention_mask is not None or dropout or not causal or special
             or length == 1 or key.shape[2] != length or batch * heads * length * length > SHORT_SCORES):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+        return sdpa.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     repeats = heads // key.shape[1]
-    key, value = repeat_kv(key, repeats), repeat_kv(value, repeats)
+    key, value = sdpa.repeat_kv(key, repeats), sdpa.repeat_kv(value, repeats)
     scale = scaling if scaling is not None else head_dim ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
     future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
