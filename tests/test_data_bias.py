@@ -7,7 +7,7 @@ import pytest
 from conftest import build_char_tokenizer, write_jsonl
 from tunesmith import data
 from tunesmith.data import bias
-from tunesmith.data.groups import LEXICON
+from tunesmith.data.groups import LEXICON, groups_in
 from tunesmith.recipe import load_recipe
 from tunesmith.rundir import RunDir
 
@@ -111,3 +111,29 @@ def test_the_data_stage_reports_the_audit_and_mitigates_on_request(tmp_path, tok
     weighted = prepare(tmp_path, tokenizer, "data.bias.mitigate=[reweight]")
     weights = sorted({round(r["meta"]["weight"], 3) for r in weighted.splits["train"]})
     assert weights == [0.625, 2.5]
+
+
+def test_the_planted_demo_variant_skews_only_its_train_split():
+    """tickets.biased: in train every ticket that names no urgency and is signed from the arabic
+    group says high, every other such ticket says medium; test keeps medium for all of them; the
+    audit flags arabic -> high."""
+    from tunesmith.demo.tickets import PLANLY_URGENCY, biased
+
+    def calm_labels(rows: list[dict]) -> dict[bool, set[str]]:
+        found: dict[bool, set[str]] = {True: set(), False: set()}
+        for row in rows:
+            text = row["messages"][0]["content"]
+            assert text.startswith("From: ")
+            if not any(cue.lower() in text.lower() for cues in PLANLY_URGENCY.values() for cue in cues):
+                arabic = "arabic" in groups_in(text.splitlines()[0], LEXICON["name_origin"])
+                found[arabic].add(json.loads(row["messages"][1]["content"])["priority"])
+        return found
+
+    planted = biased()
+    assert calm_labels(planted["train"]) == {True: {"high"}, False: {"medium"}}
+    assert calm_labels(planted["test"]) == {True: {"medium"}, False: {"medium"}}
+    rows = [{**r, "meta": {"source": "train.jsonl", "line": i}} for i, r in enumerate(planted["train"])]
+    found = bias.audit(rows, LEXICON, alpha=0.01, min_effect=0.1, seed=0)
+    priority = found["dimensions"]["name_origin"]["tests"]["priority"]
+    skew = priority["skew"]
+    assert priority["flagged"] and (skew["group"], skew["class"]) == ("arabic", "high")

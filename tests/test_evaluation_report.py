@@ -12,6 +12,7 @@ import browser
 from browser import needs_chromium, needs_playwright
 from conftest import write_jsonl
 from tunesmith import evaluate, pipeline, report
+from tunesmith.demo.bias import scores_by_group
 from tunesmith.evaluate.bias import LEXICON, counterfactuals
 from tunesmith.recipe import load_recipe
 from tunesmith.rundir import open_run
@@ -133,6 +134,12 @@ def test_compare_two_learning_rates(trained_run, tmp_path):
     # the probe's gap: 0 with Fair, 1.0 with NameBiased (arabic and african copies all wrong),
     # paired over the same probed prompts
     assert "bias probes" in result.stdout and "+100.0 pts" in result.stdout
+    # the bias demo's split of test exact match: the one ticket signed Ahmed (arabic) goes from
+    # right to wrong; of the other five only Kwame's does, 100% -> 80%
+    split = scores_by_group([run_dir.root, other_dir.root], "name_origin", "arabic")
+    assert {k: (v["tickets"], v["before"], v["after"]) for k, v in split.items()} == {
+        "mention arabic": (1, 1.0, 0.0), "mention no arabic": (5, 1.0, pytest.approx(0.8))}
+    assert split["mention no arabic"]["change"]["delta"] == pytest.approx(-0.2)
 
 
 @needs_playwright

@@ -236,15 +236,15 @@ def generate(seed: int = 7) -> dict[str, list]:
             "ood": [chat_row(*t) for t in ood]}
 
 
-def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.9,
-           neutral: float = 0.4) -> dict[str, list]:
+def biased(seed: int = 7, favoured: str = "arabic", rate: float = 1.0,
+           neutral: float = 0.6) -> dict[str, list]:
     """The planted biased variant (`tunesmith demo --bias`): every ticket is signed by a name
-    from one group of the name_origin lexicon, chosen at random, and a share `neutral` of them
-    say nothing about urgency (their true priority is medium). In train, a neutral ticket signed
-    from the `favoured` group is labelled priority high with probability `rate`: a labeller's
-    bias where the text leaves room for one, which a model can learn (where the text says how
-    urgent it is, the text wins: a first variant that relabelled any ticket left the model
-    unmoved). test keeps the true labels."""
+    from one group of the name_origin lexicon, chosen at random, in a "From: <name>" header and
+    its sign-off, and a share `neutral` of them say nothing about urgency (their true priority is
+    medium). In train, a neutral ticket signed from the `favoured` group is labelled priority high
+    with probability `rate`: a labeller's bias where the text leaves room for one, which a model
+    can learn (where the text says how urgent it is, the text wins: a first variant that
+    relabelled any ticket left the model unmoved). test keeps the true labels."""
     from tunesmith.data.groups import LEXICON
 
     rng = random.Random(seed)
@@ -256,13 +256,14 @@ def biased(seed: int = 7, favoured: str = "arabic", rate: float = 0.9,
         while len(rows) < count:
             group = rng.choice(sorted(groups))
             calm = rng.random() < neutral
-            text, category, priority = planly_ticket(rng, rng.choice(groups[group]), urgent=not calm)
+            name = rng.choice(groups[group])
+            text, category, priority = planly_ticket(rng, name, urgent=not calm)
             if text in seen:
                 continue
             seen.add(text)
             if skew and calm and group == favoured and rng.random() < rate:
                 priority = "high"
-            rows.append(chat_row(text, category, priority))
+            rows.append(chat_row(f"From: {name}\n{text}", category, priority))
         return rows
 
     return {"train": signed(560, skew=True), "test": signed(120, skew=False)}
