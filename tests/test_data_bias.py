@@ -6,8 +6,10 @@ import pytest
 
 from conftest import build_char_tokenizer, write_jsonl
 from tunesmith import data
+from tunesmith.artifacts import DataReport, load
 from tunesmith.data import bias
 from tunesmith.data.groups import LEXICON, groups_in
+from tunesmith.data.report import summary_lines
 from tunesmith.recipe import load_recipe
 from tunesmith.rundir import RunDir
 
@@ -111,6 +113,8 @@ def test_the_data_stage_reports_the_audit_and_mitigates_on_request(tmp_path, tok
     weighted = prepare(tmp_path, tokenizer, "data.bias.mitigate=[reweight]")
     weights = sorted({round(r["meta"]["weight"], 3) for r in weighted.splits["train"]})
     assert weights == [0.625, 2.5]
+    written = load(DataReport, RunDir(tmp_path / "run").data_report)
+    assert "bias mitigation reweight on name_origin: loss weights 0.62 to 2.50" in summary_lines(written)
 
 
 def test_the_planted_demo_variant_skews_only_its_train_split():

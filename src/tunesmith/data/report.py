@@ -117,7 +117,7 @@ def print_report_summary(report: DataReport) -> None:
     for path, info in report.files.items():
         table.add_row(path, info.format, str(info.valid_rows), str(info.invalid_rows))
     console.print(table)
-    for line in _summary_lines(report):
+    for line in summary_lines(report):
         console.print(line, highlight=False)
 
 
@@ -125,7 +125,7 @@ def _counts(counts: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def _summary_lines(report: DataReport) -> list[str]:
+def summary_lines(report: DataReport) -> list[str]:
     lines = [f"loaded train rows {report.loaded_train_rows}"]
     if report.clean:
         lines.append("cleaned: " + _counts(report.clean))
@@ -153,8 +153,12 @@ def _summary_lines(report: DataReport) -> list[str]:
         mitigation = report.bias.get("mitigation")
         if mitigation:
             where = ", ".join(mitigation["dimensions"]) or "nothing"
+            done = [f"+{mitigation['rows_added']} train rows"] if mitigation["rows_added"] else []
+            if mitigation.get("reweight"):
+                weights = mitigation["reweight"]
+                done.append(f"loss weights {weights['min_weight']:.2f} to {weights['max_weight']:.2f}")
             lines.append(f"bias mitigation {', '.join(mitigation['methods'])} on {where}: "
-                         f"+{mitigation['rows_added']} train rows")
+                         + (", ".join(done) or "nothing to change"))
     lines.append("splits: " + _counts(report.splits))
     return lines
 
