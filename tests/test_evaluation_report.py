@@ -140,6 +140,18 @@ def test_compare_two_learning_rates(trained_run, tmp_path):
     assert {k: (v["tickets"], v["before"], v["after"]) for k, v in split.items()} == {
         "mention arabic": (1, 1.0, 0.0), "mention no arabic": (5, 1.0, pytest.approx(0.8))}
     assert split["mention no arabic"]["change"]["delta"] == pytest.approx(-0.2)
+    # the second run's own card and report, rebuilt against the first, show the same deltas; a
+    # later rebuild without --against keeps them
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "report", str(other_dir.root), "--against",
+                             str(run_dir.root)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report.rebuild(other_dir.root)
+    card = other_dir.card.read_text()
+    section = card.split("### Against another run")[1].split("### Bias probes")[0]
+    assert f"Against `{run_dir.root.name}`" in section and "| `train.lr` |" in section
+    assert "-33.3 pts" in section and "+100.0 pts" in section
+    html = other_dir.report_html.read_text()
+    assert f"Against {run_dir.root.name}" in html and "-33.3 pts" in html
 
 
 @needs_playwright

@@ -10,7 +10,7 @@
     tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT
     tunesmith monitor RUN_DIR                 tunesmith feedback export RUN_DIR --out DIR
     tunesmith models list                     tunesmith models recommend --task T --memory 16GB
-    tunesmith report RUN_DIR
+    tunesmith report RUN_DIR [--against OTHER_RUN]
     tunesmith compare RUN_A RUN_B [...] [--html PAGE]
     tunesmith --debug COMMAND ...        (tracebacks of internal errors)
 
@@ -133,14 +133,18 @@ def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = Override
 
 
 @app.command("report")
-def report_command(run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo.")) -> None:
+def report_command(
+    run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo."),
+    against: str | None = typer.Option(None, "--against", help="Another evaluated run: the card and "
+                                       "report show this run's paired deltas against it."),
+) -> None:
     """Rebuild the model card (README.md) and report.html of a run from its directory."""
     from tunesmith import report
     from tunesmith.report.review import summarise, summary_text
     from tunesmith.report.sources import read_run
     from tunesmith.rundir import RunDir
 
-    result = report.rebuild(Path(run_dir))
+    result = report.rebuild(Path(run_dir), Path(against) if against else None)
     reviewed = summary_text(summarise(read_run(RunDir(Path(run_dir)))))
     out.print(reviewed, highlight=False, soft_wrap=True, markup=False)
     out.print(f"model card: {result.card}\nreport: {result.html}")

@@ -9,6 +9,7 @@ Layout of `runs/<run>/`:
     eval/                 summary.json, predictions.jsonl
     tune/                 study, trials.csv, best.yaml, summary.json, figures
     README.md, report.html  model card and run report
+    comparison.json       with `tunesmith report RUN --against OTHER`: paired deltas against OTHER
     .staging/, .work/     work in progress (never part of the run; see below)
 
 Every command is a transaction (`RunDir.transaction`): its stages write into a staging view
@@ -51,7 +52,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": ("model", "train"),
     "eval": ("eval",),
     "tune": ("tune",),
-    "report": ("README.md", "report.html"),
+    "report": ("README.md", "report.html", "comparison.json"),
 }
 """What each stage owns in the run directory (top-level names)."""
 
@@ -214,6 +215,11 @@ class RunDir:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def comparison(self) -> Path:
+        """`tunesmith report RUN --against OTHER`: this run's deltas against OTHER (report stage)."""
+        return self.root / "comparison.json"
 
     def has_model(self) -> bool:
         return (self.model / "adapter_config.json").exists() or (self.model / "config.json").exists()

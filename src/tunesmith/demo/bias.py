@@ -9,7 +9,9 @@
 4. Compares the two (`tunesmith compare runs/demo-biased runs/demo-mitigated`): the change of
    the probe's largest group gap, paired over the same prompts, and of the test exact match,
    paired over the same tickets (and split: tickets that name the skewed group, and the rest),
-   each with its 95% CI; writes runs/demo-bias.json and the comparison page runs/demo-bias.html.
+   each with its 95% CI; writes runs/demo-bias.json and the comparison page runs/demo-bias.html,
+   and rebuilds the mitigated run's card and report with its deltas against the biased run
+   (`tunesmith report runs/demo-mitigated --against runs/demo-biased`).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def summary(comparison: Any, runs: list[Path], dimension: str = "name_origin") -
 
 
 def run_bias_demo(data_dir: str = "data/demo-biased", overrides: list[str] | None = None) -> dict[str, Any]:
-    from tunesmith import pipeline
+    from tunesmith import pipeline, report
     from tunesmith.report.compare import compare, print_comparison, write_comparison_html
 
     biased, mitigated = recipes(data_dir, list(overrides or []))
@@ -99,6 +101,7 @@ def run_bias_demo(data_dir: str = "data/demo-biased", overrides: list[str] | Non
         out.print(f"test exact match, tickets that {part} ({row['tickets']}): {row['before']:.1%} -> "
                   f"{row['after']:.1%} ({change['delta'] * 100:+.1f} pts "
                   f"[{change['ci_low'] * 100:+.1f}, {change['ci_high'] * 100:+.1f}])")
+    report.rebuild(runs[1], against=runs[0])  # the mitigated run's card and report show the deltas
     write_json(runs[0].parent / "demo-bias.json", result)
     write_comparison_html(comparison, runs[0].parent / "demo-bias.html")
     out.print(f"written: {runs[0].parent / 'demo-bias.json'}, {runs[0].parent / 'demo-bias.html'}")

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tunesmith.artifacts import Bias, DataReport, EvalSummary
-from tunesmith.files import sha256_file
+from tunesmith.files import read_json, sha256_file
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.models.families import family_for
 from tunesmith.models.license import license_terms
@@ -200,6 +200,12 @@ def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
     }
 
 
+def comparison_text(run_dir: RunDir) -> str:
+    """The run's deltas against another run (`tunesmith report RUN --against OTHER`), or ""."""
+    from tunesmith.report.compare import from_json, markdown
+    return markdown(from_json(read_json(run_dir.comparison))) if run_dir.comparison.is_file() else ""
+
+
 def build_card(run_dir: RunDir) -> str:
     run = read_run(run_dir)
     recipe, data = run.recipe, run.data
@@ -221,4 +227,4 @@ def build_card(run_dir: RunDir) -> str:
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
         license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
         guards=guards_text(recipe), human_review=summary_text(summarise(run)),
-        **_evaluation_texts(run.evaluation))
+        comparison=comparison_text(run_dir), **_evaluation_texts(run.evaluation))

@@ -124,6 +124,43 @@ def compare(paths: list[str | Path]) -> Comparison:
     return result
 
 
+def to_json(result: Comparison) -> dict[str, Any]:
+    """The comparison as the JSON a run keeps (comparison.json) and from_json reads back."""
+    def entry(e: Entry) -> dict[str, Any]:
+        return {"run": e.run, "value": e.value, "ci": list(e.ci) if e.ci else None, "missing": e.missing,
+                "paired": e.paired.model_dump() if e.paired else None, "unpaired_delta": e.unpaired_delta}
+    return {"runs": result.runs, "metric": result.metric, "recipe_diff": result.recipe_diff,
+            "sets": {k: [entry(e) for e in v] for k, v in result.sets.items()},
+            "bias": {k: [entry(e) for e in v] for k, v in result.bias.items()},
+            "validation_perplexity": result.validation_perplexity}
+
+
+def from_json(data: dict[str, Any]) -> Comparison:
+    def entry(e: dict[str, Any]) -> Entry:
+        paired = Paired.model_validate(e["paired"]) if e.get("paired") else None
+        ci = tuple(e["ci"]) if e.get("ci") else None
+        return Entry(e["run"], e.get("value"), ci, e.get("missing", False), paired, e.get("unpaired_delta"))
+    return Comparison(data["runs"], data["metric"], data["recipe_diff"],
+                      {k: [entry(e) for e in v] for k, v in data["sets"].items()},
+                      {k: [entry(e) for e in v] for k, v in data.get("bias", {}).items()},
+                      data.get("validation_perplexity", {}))
+
+
+def markdown(result: Comparison) -> str:
+    """The comparison as the model card shows it: recipe differences, scores, probe gaps."""
+    def rows(header: list[str], body: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+            "| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    lines = [f"Against `{result.runs[0]}`, paired over the same examples (95% CI; * = significant)."]
+    if result.recipe_diff:
+        lines += ["", *rows(["recipe key", *result.runs],
+                            [[f"`{k}`", *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()])]
+    lines += ["", *rows(["set", "run", f"fine-tuned {result.metric}", "delta"], score_rows(result))]
+    if result.bias:
+        lines += ["", *rows(["bias probe", "run", "largest gap between groups", "delta"], bias_rows(result))]
+    return "\n".join(lines)
+
+
 def _delta_cell(entry: Entry) -> str:
     if entry.missing:
         return "-"
@@ -134,7 +171,7 @@ def _delta_cell(entry: Entry) -> str:
     return "(reference)"
 
 
-def _score_rows(result: Comparison) -> list[list[str]]:
+def score_rows(result: Comparison) -> list[list[str]]:
     return [[set_name, e.run, pct(e.value, e.ci), _delta_cell(e)]
             for set_name, entries in result.sets.items() for e in entries]
 
@@ -146,7 +183,7 @@ def _gap_cell(entry: Entry) -> str:
     return f"{shown} [{100 * entry.ci[0]:.1f}, {100 * entry.ci[1]:.1f}]" if entry.ci else shown
 
 
-def _bias_rows(result: Comparison) -> list[list[str]]:
+def bias_rows(result: Comparison) -> list[list[str]]:
     return [[dimension, e.run, _gap_cell(e), _delta_cell(e)]
             for dimension, entries in result.bias.items() for e in entries]
 
@@ -165,7 +202,7 @@ def print_comparison(result: Comparison) -> None:
     table = Table(title=f"fine-tuned {result.metric}: delta vs {result.runs[0]} (95% CI; * = significant)")
     for column in ("set", "run", "score", "delta"):
         table.add_column(column)
-    for row in _score_rows(result):
+    for row in score_rows(result):
         table.add_row(*row)
     console.print(table)
     if result.bias:
@@ -173,7 +210,7 @@ def print_comparison(result: Comparison) -> None:
                            "(95% CI, paired over the same probed prompts; * = significant)")
         for column in ("dimension", "run", "gap", "delta"):
             gaps.add_column(column)
-        for row in _bias_rows(result):
+        for row in bias_rows(result):
             gaps.add_row(*row)
         console.print(gaps)
     console.print("validation perplexity: " + ", ".join(
@@ -183,4 +220,4 @@ def print_comparison(result: Comparison) -> None:
 def write_comparison_html(result: Comparison, path: Path) -> None:
     write_text(path, render("compare.html.j2", runs=result.runs, metric=result.metric,
                             recipe_rows=[[k, *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()],
-                            score_rows=_score_rows(result), bias_rows=_bias_rows(result)))
+                            score_rows=score_rows(result), bias_rows=bias_rows(result)))

@@ -9,6 +9,7 @@ import base64
 from typing import Any
 
 from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
+from tunesmith.files import read_json
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
 from tunesmith.report.card import data_bias_text
@@ -112,7 +113,20 @@ def _tables(run: RunRecord) -> dict[str, Any]:
         "data_files": run.data.file_rows() if run.data else [],
         "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
         "human_review": summary_text(summarise(run)),
+        "comparison": _comparison(run.run_dir),
     }
+
+
+def _comparison(run_dir: Any) -> dict[str, Any] | None:
+    """The tables of `tunesmith report RUN --against OTHER` (comparison.json), if the run has one."""
+    from tunesmith.report import compare
+    if not run_dir.comparison.is_file():
+        return None
+    result = compare.from_json(read_json(run_dir.comparison))
+    return {"against": result.runs[0], "metric": result.metric, "score_rows": compare.score_rows(result),
+            "bias_rows": compare.bias_rows(result),
+            "recipe_rows": [[k, *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()],
+            "runs": result.runs}
 
 
 def build_report(run_dir: RunDir) -> str:
