@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tunesmith.artifacts import Bias, DataReport, EvalSummary
-from tunesmith.files import read_json, sha256_file
+from tunesmith.files import sha256_file
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.models.families import family_for
 from tunesmith.models.license import license_terms
@@ -202,8 +202,9 @@ def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
 
 def comparison_text(run_dir: RunDir) -> str:
     """The run's deltas against another run (`tunesmith report RUN --against OTHER`), or ""."""
-    from tunesmith.report.compare import from_json, markdown
-    return markdown(from_json(read_json(run_dir.comparison))) if run_dir.comparison.is_file() else ""
+    from tunesmith.report.compare import load_comparison, markdown
+    result = load_comparison(run_dir.comparison)
+    return markdown(result) if result else ""
 
 
 def build_card(run_dir: RunDir) -> str:

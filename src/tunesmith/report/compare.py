@@ -16,7 +16,7 @@ from typing import Any
 from tunesmith.artifacts import Paired, Prediction
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.stats import paired_bootstrap, paired_gap
-from tunesmith.files import write_text
+from tunesmith.files import read_json, write_text
 from tunesmith.formatting import delta, number, pct, points
 from tunesmith.render import render
 from tunesmith.report.sources import RunRecord, read_run
@@ -144,6 +144,17 @@ def from_json(data: dict[str, Any]) -> Comparison:
                       {k: [entry(e) for e in v] for k, v in data["sets"].items()},
                       {k: [entry(e) for e in v] for k, v in data.get("bias", {}).items()},
                       data.get("validation_perplexity", {}))
+
+
+def load_comparison(path: Path) -> Comparison | None:
+    """A run's comparison.json (`tunesmith report RUN --against OTHER`), or None without one."""
+    if not path.is_file():
+        return None
+    try:
+        return from_json(read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a valid comparison ({type(error).__name__}: {error}). Make it "
+                          "again with `tunesmith report RUN --against OTHER`.") from None
 
 
 def markdown(result: Comparison) -> str:

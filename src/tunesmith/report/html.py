@@ -9,7 +9,6 @@ import base64
 from typing import Any
 
 from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
-from tunesmith.files import read_json
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
 from tunesmith.report.card import data_bias_text
@@ -120,9 +119,9 @@ def _tables(run: RunRecord) -> dict[str, Any]:
 def _comparison(run_dir: Any) -> dict[str, Any] | None:
     """The tables of `tunesmith report RUN --against OTHER` (comparison.json), if the run has one."""
     from tunesmith.report import compare
-    if not run_dir.comparison.is_file():
+    result = compare.load_comparison(run_dir.comparison)
+    if result is None:
         return None
-    result = compare.from_json(read_json(run_dir.comparison))
     return {"against": result.runs[0], "metric": result.metric, "score_rows": compare.score_rows(result),
             "bias_rows": compare.bias_rows(result),
             "recipe_rows": [[k, *[str(v) for v in vs]] for k, vs in result.recipe_diff.items()],
