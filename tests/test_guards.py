@@ -35,6 +35,20 @@ def test_a_token_bucket_per_key():
     assert limiter.take("b") == 0
 
 
+def test_full_buckets_are_forgotten_past_the_key_limit():
+    """max_keys 2: keys a and b fill the table; 2 s later a is full again (dropped when c comes)
+    while b, which spent both tokens and has one back, is kept with it."""
+    clock = Clock()
+    limiter = RateLimiter(per_minute=30, burst=2, clock=clock)
+    limiter.max_keys = 2
+    limiter.take("a")
+    limiter.take("b"), limiter.take("b")
+    clock.now += 2.0
+    limiter.take("c"), limiter.take("d")
+    assert sorted(limiter.buckets) == ["b", "c", "d"]
+    assert limiter.take("b") == 0 and limiter.take("b") == pytest.approx(2.0)  # b had 1 token left
+
+
 def test_the_output_filter_masks_personal_data():
     text, masked = filter_output('{"note": "mail jo.smith@example.com from 192.168.10.20"}')
     assert text == '{"note": "mail <EMAIL> from <IP>"}' and masked == 2

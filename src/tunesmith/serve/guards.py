@@ -61,7 +61,11 @@ class ScopeGuard:
 
 
 class RateLimiter:
-    """Token buckets per key: `per_minute` tokens a minute, at most `burst` saved up."""
+    """Token buckets per key: `per_minute` tokens a minute, at most `burst` saved up. A bucket
+    that has refilled is the same as none, so past `max_keys` buckets the full ones are dropped
+    (many client addresses cannot grow the table without bound)."""
+
+    max_keys = 10_000
 
     def __init__(self, per_minute: float, burst: int, clock: Any = time.monotonic) -> None:
         self.rate, self.burst, self.clock = per_minute / 60.0, burst, clock
@@ -74,11 +78,17 @@ class RateLimiter:
             now = self.clock()
             tokens, then = self.buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            if len(self.buckets) > self.max_keys:
+                self._forget_full(now)
             if tokens >= 1.0:
                 self.buckets[key] = (tokens - 1.0, now)
                 return 0.0
             self.buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def _forget_full(self, now: float) -> None:
+        self.buckets = {k: (tokens, then) for k, (tokens, then) in self.buckets.items()
+                        if tokens + (now - then) * self.rate < self.burst}
 
 
 def filter_output(text: str) -> tuple[str, int]:
