@@ -19,7 +19,6 @@ from typing import Any
 
 from tunesmith.artifacts import Prediction
 from tunesmith.report.sources import RunRecord
-from tunesmith.rundir import RunDir
 
 LABELS = ("correct", "wrong", "harmful")
 
@@ -36,18 +35,17 @@ def items(run: RunRecord) -> list[dict[str, Any]]:
             for p in rows]
 
 
-def open_store(run: RunDir, create: bool) -> Any:
-    """The run's feedback store (monitor.store, or runs/<run>/monitor/requests.db); None when
-    there is none yet and `create` is false."""
+def open_store(run: RunRecord, create: bool) -> Any:
+    """The run's feedback store (its recipe's monitor.store, or runs/<run>/monitor/requests.db);
+    None when there is none yet and `create` is false."""
     from tunesmith.monitor.store import Store
-    from tunesmith.recipe import load_recipe
 
-    configured = load_recipe(run.recipe).monitor.store
+    configured = run.recipe.monitor.store
     if configured:
         return Store.open(configured)
-    if not create and not run.monitor_db.is_file():
+    if not create and not run.run_dir.monitor_db.is_file():
         return None
-    return Store.open(run.monitor_db)
+    return Store.open(run.run_dir.monitor_db)
 
 
 def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
@@ -63,7 +61,7 @@ def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
 
 def summarise(run: RunRecord) -> dict[str, Any] | None:
     """The review labels of a run against its automatic metric; None when nobody reviewed it."""
-    store = open_store(run.run_dir, create=False)
+    store = open_store(run, create=False)
     reviews = store.reviews() if store is not None else {}
     if store is not None:
         store.close()

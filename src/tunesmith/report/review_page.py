@@ -28,7 +28,7 @@ def create_review_app(run_dir: RunDir) -> Any:
     run = read_run(run_dir)
     shown = items(run)
     by_id = {item["id"]: item for item in shown}
-    store = open_store(run_dir, create=True)
+    store = open_store(run, create=True)
     name = run.recipe.name
     app = FastAPI(title="tunesmith review", docs_url=None, redoc_url=None, openapi_url=None)
 

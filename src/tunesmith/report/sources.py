@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunesmith.artifacts import (
     DataReport,
@@ -25,6 +25,7 @@ class RunRecord:
     train: TrainSummary | None
     evaluation: EvalSummary | None
     tune: TuneSummary | None
+    _predictions: list[Prediction] | None = field(default=None, repr=False)
 
     @property
     def shown_dir(self) -> str:
@@ -32,8 +33,11 @@ class RunRecord:
         return str(self.run_dir.home or self.run_dir.root)
 
     def predictions(self) -> list[Prediction]:
-        path = self.run_dir.predictions
-        return load_rows(Prediction, path) if path.exists() else []
+        """eval/predictions.jsonl, read on first use (compare, review and the card share it)."""
+        if self._predictions is None:
+            path = self.run_dir.predictions
+            self._predictions = load_rows(Prediction, path) if path.exists() else []
+        return self._predictions
 
 
 def read_run(run_dir: RunDir) -> RunRecord:
