@@ -696,6 +696,14 @@ class Recipe(_Section):
                              "full")
         return self
 
+    @model_validator(mode="after")
+    def _reweight_applies(self) -> Recipe:
+        if "reweight" in self.data.bias.mitigate and (
+                self.train.preference or self.model.family != "causal_lm" or self.train.backend == "trl"):
+            raise ValueError("data.bias.mitigate: reweight gives rows loss weights, which only decoder SFT "
+                             "on train.backend: tunesmith applies; use mitigate: [counterfactual] here.")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.run_name or self.name)
@@ -777,7 +785,8 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
             lines.append(f"{origin}: {key}: unknown key{hint}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{origin}: {key}: {msg} (got {item.get('input')!r})")
+            given = item.get("input")  # a whole section (a cross-key check) would bury the message
+            lines.append(f"{origin}: {key}: {msg}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
     return "\n".join(lines)
 
 

@@ -157,10 +157,6 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
 
     head: dict[str, Any] = {}
-    weighted = "reweight" in recipe.data.bias.mitigate
-    if weighted and (recipe.train.preference or family.name != "causal_lm" or recipe.train.backend == "trl"):
-        raise ConfigError("data.bias.mitigate: reweight gives rows loss weights, which only decoder SFT "
-                          "on train.backend: tunesmith applies; use mitigate: [counterfactual] here.")
     if recipe.train.preference:
         dataset: Callable[[list[dict], Recipe], Any] = preference_dataset
     elif not family.generates:  # a classifier: labels from the training split, index order
