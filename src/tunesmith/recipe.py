@@ -153,11 +153,6 @@ class DataBiasConfig(_Section):
     lexicon: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     """Extra or replacement dimensions, {dimension: {group: [aligned terms]}}, added to the bundled
     lexicon and to eval.bias.lexicon's."""
-
-    @field_validator("lexicon")
-    @classmethod
-    def _lexicon_terms(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
-        return _terms_given(value)
     alpha: float = Field(0.01, gt=0.0, lt=1.0)
     """A group x class table is flagged when its independence test has p below this ..."""
     min_effect: float = Field(0.1, ge=0.0, le=1.0)
@@ -168,6 +163,11 @@ class DataBiasConfig(_Section):
     tunesmith)."""
     dimensions: list[str] = Field(default_factory=list)
     """The dimensions to mitigate; empty = the ones the audit flags."""
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon_terms(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        return _terms_given(value)
 
 
 class DataConfig(_Section):
