@@ -366,6 +366,32 @@ class DataReport(Schema):
         return [[path, f.format, f.valid_rows, f.invalid_rows] for path, f in self.files.items()]
 
 
+class InspectReport(Schema):
+    """`tunesmith data inspect FILE`: one file described, from one pass of the data stage."""
+    path: str
+    format: str
+    kind: str
+    rows: int
+    valid_rows: int
+    invalid_rows: int
+    invalid: list[dict[str, Any]] = Field(default_factory=list)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    non_text_parts_dropped: dict[str, int] = Field(default_factory=dict)
+    tool_calling_rows: int = 0
+    reasoning_rows: int = 0
+    """Rows with an assistant turn that carries reasoning (reasoning parts, reasoning_content, <think>)."""
+    turns: dict[str, Any] | None = None
+    labels: dict[str, int] | None = None
+    preference: dict[str, int] | None = None
+    """pairs (DPO) or desirable / undesirable answers (KTO)."""
+    tokenizer: str = ""
+    tokens: dict[str, float] = Field(default_factory=dict)
+    """p50, p90, p99 and max tokens per valid row, over every valid row."""
+    tokens_measure: str = ""
+    """What one row's tokens count (a chat's rendering, a document, a prompt with its chosen answer)."""
+    data_report: DataReport
+
+
 # --- monitoring ------------------------------------------------------------------------------
 
 class DriftReference(Schema):

@@ -201,6 +201,9 @@ class DataConfig(_Section):
     gigabytes in cleaning and tokenizing."""
     max_depth: int = Field(50, gt=1)
     """A row nested deeper than this (lists in objects in lists ...) is invalid."""
+    text_separator: str | None = None
+    """Raw text files (.txt, .md): None reads each file as one document; a separator splits it into
+    documents (`"\\n"`: one a line, as LLaMA-Factory's wiki_demo.txt; `"\\n\\n"`: paragraphs)."""
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Text and chat-shape normalisation.")
@@ -318,6 +321,13 @@ class TrainConfig(_Section):
     """Truncate tokenized examples to this many tokens."""
     loss_on: Literal["assistant", "all"] = "assistant"
     """Compute the loss on assistant turns only (default) or on every token."""
+    reasoning: Literal["train", "mask", "drop"] = "train"
+    """What the model learns of assistant turns' reasoning (reasoning parts, reasoning_content,
+    <think> blocks): `train` puts it in the loss, so the model learns to think before it answers (why
+    data carries traces: distilling a reasoning model); `mask` keeps it in the context but out of the
+    loss (the answers learnt given the thinking); `drop` removes it (a model that answers directly).
+    Templates that know reasoning (Qwen3's `reasoning_content`) render it; others get
+    `<think>...</think>` before the answer."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     """LoRA settings (used when method is `lora`)."""
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"

@@ -1,20 +1,38 @@
 """Canonical records (DESIGN.md): the one shape every input format becomes, and what every
 stage reads. Below the stages: data, models, evaluate and serve all import from here.
 
-    chat            {"messages": [{role, content, tool_calls?, weight?}], "tools"?, "meta"}
+    chat            {"messages": [{role, content, reasoning?, tool_calls?, weight?}], "tools"?, "meta"}
     classification  {"text", "label", "meta"}
     text            {"text", "meta"}
     preference      {"prompt": [messages], "chosen", "rejected"} (DPO) or
                     {"prompt": [messages], "completion", "label": bool} (KTO)
 
 `check_record` judges a record as it will be trained; `as_chat` is the conversation a record
-trains and evaluates as; `turn_text` is a turn as text for comparisons.
+trains and evaluates as; `turn_text` is a turn as text for comparisons; `split_reasoning` takes
+a `<think>` block off an answer (data, evaluation and serving read reasoning the same way).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>\s*", re.DOTALL)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text whose reasoning opens it as `<think>...</think>` (or ends at a
+    `</think>` whose `<think>` the template wrote, as DeepSeek-R1's does); (None, text) otherwise.
+    An unclosed `<think>` (generation cut off while thinking) is all reasoning and no answer."""
+    match = _THINK.match(text)
+    if match is None:
+        stripped = text.lstrip()
+        if stripped.startswith(THINK_OPEN):
+            return stripped[len(THINK_OPEN):].strip(), ""
+        return None, text
+    return match.group(1).strip(), text[match.end():]
 
 
 class RowError(ValueError):
@@ -48,17 +66,18 @@ def check_chat(messages: list[dict[str, Any]], key: str) -> None:
         if message["role"] == "user" and not message["content"].strip():
             raise RowError(f"{key}[{i}] is an empty user turn")
     if not any(m["role"] == "assistant" and m.get("weight", 1)
-               and (m["content"].strip() or m.get("tool_calls")) for _, m in turns):
+               and (m["content"].strip() or m.get("tool_calls") or m.get("reasoning", "").strip())
+               for _, m in turns):
         raise RowError(f'"{key}" has no non-empty assistant turn to learn from')
 
 
 def turn_text(message: dict[str, Any]) -> str:
-    """A turn as text for comparisons (dedup, leakage, filters): content, then any tool calls."""
-    calls = message.get("tool_calls")
-    if not calls:
+    """A turn as text for comparisons (dedup, leakage, filters): reasoning, content, tool calls."""
+    calls, reasoning = message.get("tool_calls"), message.get("reasoning")
+    if not calls and not reasoning:
         return message["content"]
-    rendered = json.dumps([c["function"] for c in calls], ensure_ascii=False, sort_keys=True)
-    return f"{message['content']}\n{rendered}".strip()
+    rendered = json.dumps([c["function"] for c in calls], ensure_ascii=False, sort_keys=True) if calls else ""
+    return "\n".join(t for t in (reasoning or "", message["content"], rendered) if t).strip()
 
 
 def preference_texts(record: dict[str, Any], with_system: bool = True) -> list[str]:

@@ -43,9 +43,13 @@ class DataResult:
     splits: dict[str, list[dict[str, Any]]]
     """train, val, optionally test, and each named eval set."""
     kind: str
-    """Record kind of the training data: chat, classification or text."""
+    """Record kind of the training data: chat, classification, text or preference."""
     report: DataReport
     """What data/report.json holds."""
+    files: dict[str, LoadedFile]
+    """Every input file as loaded (format, records, invalid rows), by path."""
+    length: LengthCounter
+    """Token lengths with the recipe's tokenizer (remembered: ask again at no cost)."""
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -73,7 +77,7 @@ def near_params(recipe: Recipe) -> NearDupParams:
 
 def read_options(recipe: Recipe) -> ReadOptions:
     cfg = recipe.data
-    return ReadOptions(cfg.encoding, cfg.max_row_chars, cfg.max_depth)
+    return ReadOptions(cfg.encoding, cfg.max_row_chars, cfg.max_depth, cfg.text_separator)
 
 
 def load(recipe: Recipe, path: str, fmt: str | None = None, on_invalid: str | None = None) -> LoadedFile:
@@ -244,7 +248,7 @@ class _Inputs:
     kind: str
 
 
-def _load_inputs(recipe: Recipe) -> _Inputs:
+def _load_inputs(recipe: Recipe, objective: bool = True) -> _Inputs:
     """Every input file, loaded and validated row by row; one record kind throughout."""
     cfg = recipe.data
     if not cfg.train:
@@ -258,7 +262,8 @@ def _load_inputs(recipe: Recipe) -> _Inputs:
     if len(kinds) > 1:
         raise DataError(f"data.train mixes record kinds {sorted(kinds)}; train on one kind at a time.")
     kind = kinds.pop()
-    _check_objective(kind, recipe, cfg.train[0], next(iter(files.values())).format)
+    if objective:
+        _check_objective(kind, recipe, cfg.train[0], next(iter(files.values())).format)
     given: dict[str, list[dict]] = {}
     for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
         if not path:
@@ -329,8 +334,20 @@ def _finish_splits(splits: dict[str, list[dict]], given: dict[str, list[dict]], 
 
 def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     """The data stage. `tokenizer=None` loads the recipe model's tokenizer (for token lengths)."""
+    result = analyse(recipe, tokenizer)
+    run_dir.data.mkdir(parents=True, exist_ok=True)
+    for name, rows in result.splits.items():
+        write_jsonl(run_dir.split(name), rows)
+    save(result.report, run_dir.data_report)
+    write_html(result.report, run_dir.data_report_html)
+    return result
+
+
+def analyse(recipe: Recipe, tokenizer: Any = None, objective: bool = True) -> DataResult:
+    """Every step of the data stage, in memory: nothing is written. `objective=False` takes any
+    record kind whatever train.method is (`data inspect` describes a file, it does not train)."""
     cfg = recipe.data
-    inputs = _load_inputs(recipe)
+    inputs = _load_inputs(recipe, objective)
     report = _first_report(inputs, recipe)
     train, given = inputs.train, inputs.given
     if cfg.privacy.mode != "off":
@@ -350,13 +367,7 @@ def run(recipe: Recipe, run_dir: RunDir, tokenizer: Any = None) -> DataResult:
     ordered = _finish_splits(_split(train, recipe, strata, report), given, recipe, strata, report)
     report["splits"] = {name: len(rows) for name, rows in ordered.items()}
     report["describe"] = {name: describe(rows, length) for name, rows in ordered.items() if rows}
-    run_dir.data.mkdir(parents=True, exist_ok=True)
-    for name, rows in ordered.items():
-        write_jsonl(run_dir.split(name), rows)
-    typed = DataReport.model_validate(report)
-    save(typed, run_dir.data_report)
-    write_html(typed, run_dir.data_report_html)
-    return DataResult(ordered, inputs.kind, typed)
+    return DataResult(ordered, inputs.kind, DataReport.model_validate(report), inputs.files, length)
 
 
 def _nothing_left(report: dict[str, Any]) -> str:

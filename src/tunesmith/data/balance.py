@@ -80,6 +80,14 @@ def stratified_split(records: list[dict], fraction: float, by: str, seed: int,
                 break
             held.update(members[group])
             taken += len(members[group])
+    if not held and round(len(records) * fraction) >= 1 and len(members) > 1:
+        # every stratum too small to give a row (e.g. unique answers): hold out across strata
+        pool = sorted(members)
+        rng.shuffle(pool)
+        for group in pool[:-1]:
+            if len(held) >= round(len(records) * fraction):
+                break
+            held.update(members[group])
     kept = [i for i in range(len(records)) if i not in held]
     return kept, sorted(held)
 

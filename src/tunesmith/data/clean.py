@@ -47,7 +47,7 @@ def normalise_messages(messages: list[dict[str, Any]], counts: Counter) -> list[
     for message in messages:
         if message["role"] == "system":
             continue
-        if not message["content"] and not message.get("tool_calls"):
+        if not message["content"] and not message.get("tool_calls") and not message.get("reasoning"):
             counts["empty_turns_dropped"] += 1
             continue
         previous = turns[-1] if turns else None
@@ -67,6 +67,9 @@ def normalise_messages(messages: list[dict[str, Any]], counts: Counter) -> list[
 def _merged(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     """Two consecutive turns of one role as one (an answer followed by its tool call, say)."""
     merged = {**first, "content": "\n\n".join(t for t in (first["content"], second["content"]) if t)}
+    reasoning = "\n\n".join(t for t in (first.get("reasoning"), second.get("reasoning")) if t)
+    if reasoning:
+        merged["reasoning"] = reasoning
     calls = (first.get("tool_calls") or []) + (second.get("tool_calls") or [])
     if calls:
         merged["tool_calls"] = calls
@@ -77,7 +80,9 @@ def normalise_record(record: dict[str, Any], counts: Counter) -> dict[str, Any]:
     """A cleaned copy of a canonical record (chat, classification or text)."""
     out = dict(record)
     if "messages" in record:
-        messages = [{**m, "content": normalise_text(m["content"], counts)} for m in record["messages"]]
+        messages = [{**m, "content": normalise_text(m["content"], counts)}
+                    | ({"reasoning": normalise_text(m["reasoning"], counts)} if m.get("reasoning") else {})
+                    for m in record["messages"]]
         out["messages"] = normalise_messages(messages, counts)
     else:
         out["text"] = normalise_text(record["text"], counts)

@@ -78,8 +78,8 @@ def drop_reason(record: dict[str, Any], tokens: int, cfg: Any, label_counts: Cou
     """Why `record` fails the quality filters of `cfg` (a FilterConfig), or None."""
     if tokens < cfg.min_tokens:
         return "too_short"
-    if cfg.max_tokens is not None and tokens > cfg.max_tokens:
-        return "too_long"
+    if cfg.max_tokens is not None and tokens > cfg.max_tokens and as_chat(record) is not None:
+        return "too_long"  # documents for continued pre-training are packed into blocks, not cut
     text = record_text(record)
     if (repeated_line_fraction(text) > cfg.max_repeated_lines
             or repeated_ngram_fraction(text) > cfg.max_repeated_ngrams

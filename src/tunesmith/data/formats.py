@@ -9,11 +9,18 @@ Formats and what they become:
     classification     {text, label}                                                    -> classification
     text               {text}                                                           -> text
     dpo                {conversations | messages | prompt | instruction, chosen, rejected} -> preference
+    dpo_messages       {chosen_messages, rejected_messages} (LLaMA-Factory v1)          -> preference
     kto                {messages | conversations | prompt + completion, label: bool}      -> preference
 
+Each format is one row of `FORMATS`: its name, the record kind it becomes, the keys it needs,
+the test that detects it and the function that converts it; a new format is one new row.
+
 Message content may be a string or a list of typed parts (OpenAI `{"type": "text", "text"}`,
-LLaMA-Factory `{"type": "text", "value"}`); text parts are joined, other parts (images, audio)
-are counted in `meta.non_text_parts`, and a turn with no text at all is an invalid row.
+LLaMA-Factory `{"type": "text", "value"}`); text parts are joined, `reasoning` parts become the
+turn's `reasoning`, `tool_call` parts its `tool_calls`, other parts (images, audio) are counted
+in `meta.non_text_parts`, and a turn with nothing to train on is an invalid row. An assistant
+turn's reasoning is also read from a `reasoning_content` (or `reasoning`) field, as
+OpenAI-compatible servers return it, and from a `<think>...</think>` block that opens its text.
 A turn's `weight` (OpenAI) or `loss_weight` (LLaMA-Factory) of 0 keeps it out of the loss.
 Tool calls: assistant turns carry `tool_calls: [{type: function, function: {name, arguments}}]`,
 results are `tool` turns, and the record's `tools` holds the function schemas.
@@ -30,10 +37,11 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.errors import DataError
-from tunesmith.records import RowError
+from tunesmith.records import RowError, split_reasoning
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "model": "assistant", "system": "system",
@@ -41,8 +49,26 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "function": "tool"}
 OPENAI_ROLES = ("system", "user", "assistant", "tool")
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
+REASONING_PART_TYPES = ("reasoning", "thinking")
+TOOL_CALL_PART_TYPES = ("tool_call", "function_call")
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Fields of an assistant message that hold its reasoning (OpenAI-compatible servers return
+`reasoning_content`; some return `reasoning`)."""
 META_KEYS = ("id", "group", "domain")
 DETECT_SAMPLE = 200
+
+
+@dataclass(frozen=True)
+class Format:
+    """One input format: what it becomes, the keys it needs, how it is detected and converted."""
+
+    name: str
+    kind: str
+    """Canonical record kind: chat, classification, text or preference."""
+    required: tuple[str, ...]
+    """Keys every row needs (after data.columns); named in detection and row errors."""
+    detect: Callable[[dict], bool]
+    convert: Callable[[dict, Counter], dict]
 
 
 def _has(*keys: str) -> Callable[[dict], bool]:
@@ -54,26 +80,6 @@ def _is_kto(row: dict) -> bool:
         k in row for k in ("messages", "conversations", "completion"))
 
 
-# Detection priority: the first format whose test a row passes gets its vote.
-DETECTORS: dict[str, Callable[[dict], bool]] = {
-    "dpo": _has("chosen", "rejected"),
-    "kto": _is_kto,
-    "openai": _has("messages"),
-    "sharegpt": _has("conversations"),
-    "alpaca": _has("instruction", "output"),
-    "prompt_completion": _has("prompt", "completion"),
-    "classification": _has("text", "label"),
-    "text": _has("text"),
-}
-REQUIRED = {"dpo": ("chosen", "rejected"), "kto": (), "openai": ("messages",),
-            "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
-            "prompt_completion": ("prompt", "completion"), "classification": ("text", "label"),
-            "text": ("text",)}
-RECORD_KIND = {"openai": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat",
-               "classification": "classification", "text": "text", "dpo": "preference",
-               "kto": "preference"}
-
-
 def detect_format(rows: list[Any], source: str) -> str:
     """Pick the format most rows fit (rows are dicts after column mapping)."""
     votes: Counter[str] = Counter()
@@ -82,16 +88,16 @@ def detect_format(rows: list[Any], source: str) -> str:
         if not isinstance(row, dict):
             continue
         keys_seen.update(row.keys())
-        for name, test in DETECTORS.items():
-            if test(row):
-                votes[name] += 1
+        for fmt in FORMATS:  # in priority order: the first format a row passes gets its vote
+            if fmt.detect(row):
+                votes[fmt.name] += 1
                 break
     if votes:
         return votes.most_common(1)[0][0]
     seen = sorted(keys_seen)
-    candidates = [n for n in REQUIRED if REQUIRED[n]]
-    closest = max(candidates, key=lambda n: sum(k in keys_seen for k in REQUIRED[n]) / len(REQUIRED[n]))
-    missing = [k for k in REQUIRED[closest] if k not in keys_seen]
+    candidates = [f for f in FORMATS if f.required]
+    best = max(candidates, key=lambda f: sum(k in keys_seen for k in f.required) / len(f.required))
+    closest, missing = best.name, [k for k in best.required if k not in keys_seen]
     raise DataError(
         f"{source}: cannot detect the data format from columns {seen}; closest is {closest} "
         f"(missing {', '.join(repr(m) for m in missing)}). Rename columns with data.columns "
@@ -114,11 +120,12 @@ def convert_row(row: Any, fmt: str) -> dict[str, Any]:
     """Convert one row of format `fmt` to its canonical record (without location meta)."""
     if not isinstance(row, dict):
         raise RowError(f"expected an object with keys, got {type(row).__name__} ({fmt} format)")
-    for key in REQUIRED[fmt]:
+    spec = FORMAT[fmt]
+    for key in spec.required:
         if key not in row or row[key] is None:
             raise RowError(f'missing "{key}" ({fmt} format)')
     parts: Counter = Counter()
-    record = _CONVERTERS[fmt](row, parts)
+    record = spec.convert(row, parts)
     meta = {k: row[k] for k in META_KEYS if row.get(k) not in (None, "")}
     if isinstance(row.get("meta"), dict):
         meta.update(row["meta"])
@@ -139,16 +146,26 @@ def _text_field(row: dict, key: str, fmt: str, allow_empty: bool = False) -> str
     return value
 
 
-def content_text(value: Any, where: str, fmt: str, parts: Counter) -> str:
-    """Text of a message content: a string, or a list of typed parts whose text is joined."""
+@dataclass
+class Content:
+    """A message content read apart: its text, its reasoning, and tool calls given as parts."""
+
+    text: str
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+def read_content(value: Any, where: str, fmt: str, parts: Counter) -> Content:
+    """A message content: a string, or a list of typed parts (text joined; `reasoning` parts are
+    the reasoning, `tool_call` parts tool calls; images, audio ... counted in `parts`)."""
     if value is None:
-        return ""
+        return Content("")
     if isinstance(value, str):
-        return value
+        return Content(value)
     if not isinstance(value, list):
         raise RowError(f"{where} must be text or a list of content parts, got {type(value).__name__} "
                        f"({fmt} format)")
-    texts, other = [], Counter()
+    texts, thoughts, calls, other = [], [], [], Counter()
     for number, part in enumerate(value):
         if isinstance(part, str):
             texts.append(part)
@@ -156,19 +173,31 @@ def content_text(value: Any, where: str, fmt: str, parts: Counter) -> str:
         if not isinstance(part, dict):
             raise RowError(f"{where}[{number}] must be a content part object ({fmt} format)")
         kind = str(part.get("type", "text"))
-        if kind in TEXT_PART_TYPES:
-            text = part.get("text", part.get("value"))
+        if kind in TEXT_PART_TYPES or kind in REASONING_PART_TYPES:
+            text = part.get("text", part.get("value", part.get(kind)))
             if not isinstance(text, str):
-                raise RowError(f'{where}[{number}] is a text part without a "text" (or "value") string '
+                raise RowError(f'{where}[{number}] is a {kind} part without a "text" (or "value") string '
                                f"({fmt} format)")
-            texts.append(text)
+            (texts if kind in TEXT_PART_TYPES else thoughts).append(text)
+        elif kind in TOOL_CALL_PART_TYPES:
+            call = part.get("value", part.get("function", part.get(kind)))
+            calls += parse_tool_calls(call, f"{where}[{number}]", fmt)
         else:
             other[kind] += 1
-    if other and not "".join(texts).strip():
+    content = Content("".join(texts), "\n\n".join(t for t in thoughts if t.strip()), calls or None)
+    if other and not (content.text.strip() or content.tool_calls or content.reasoning.strip()):
         raise RowError(f"{where} holds only {', '.join(sorted(other))} parts and no text; tunesmith "
                        "fine-tunes on text. Add a text part, or drop the row")
     parts.update(other)
-    return "".join(texts)
+    return content
+
+
+def content_text(value: Any, where: str, fmt: str, parts: Counter) -> str:
+    """Text of a message content (an answer or a prompt); reasoning kept out of it."""
+    content = read_content(value, where, fmt, parts)
+    if content.tool_calls:
+        raise RowError(f"{where} holds tool calls where an answer's text is expected ({fmt} format)")
+    return content.text
 
 
 def _turn_weight(message: dict, role: str, where: str, fmt: str) -> int | None:
@@ -226,9 +255,23 @@ def parse_tools(value: Any, fmt: str) -> list[dict[str, Any]]:
 
 
 def _message(raw: dict, role: str, content: Any, where: str, fmt: str, parts: Counter) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": role, "content": content_text(content, f"{where}.content"
-                                                                     if fmt == "openai" else where,
-                                                                     fmt, parts)}
+    read = read_content(content, f"{where}.content" if fmt == "openai" else where, fmt, parts)
+    message: dict[str, Any] = {"role": role, "content": read.text}
+    if role == "assistant":
+        reasoning = [read.reasoning]
+        for key in REASONING_FIELDS:
+            if isinstance(raw.get(key), str):
+                reasoning.append(raw[key])
+        thought, message["content"] = split_reasoning(read.text)
+        reasoning.append(thought or "")
+        joined = "\n\n".join(r for r in reasoning if r.strip())
+        if joined:
+            message["reasoning"] = joined
+        if read.tool_calls:
+            message["tool_calls"] = read.tool_calls
+    elif read.reasoning or read.tool_calls:
+        raise RowError(f"{where} is a {role} turn with reasoning or tool_call parts; only assistant turns "
+                       f"reason and call tools ({fmt} format)")
     weight = _turn_weight(raw, role, where, fmt)
     if weight is not None:
         message["weight"] = weight
@@ -253,9 +296,14 @@ def _alpaca(row: dict, parts: Counter) -> dict:
     instruction = _text_field(row, "instruction", "alpaca")
     extra = _text_field(row, "input", "alpaca", allow_empty=True)
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages += [{"role": "user", "content": user},
-                 {"role": "assistant", "content": _text_field(row, "output", "alpaca")}]
+    messages += [{"role": "user", "content": user}, _answer_turn(_text_field(row, "output", "alpaca"))]
     return {"messages": messages}
+
+
+def _answer_turn(text: str) -> dict[str, Any]:
+    """An assistant turn from a plain answer field, its `<think>` block read as its reasoning."""
+    reasoning, answer = split_reasoning(text)
+    return {"role": "assistant", "content": answer} | ({"reasoning": reasoning} if reasoning else {})
 
 
 def _turns(raw: Any, key: str, fields: tuple[str, ...], needed: tuple[str, ...],
@@ -314,7 +362,8 @@ def _openai_messages(raw: Any, key: str, parts: Counter) -> list[dict[str, Any]]
         if calls:
             if role != "assistant":
                 raise RowError(f"{where}.tool_calls is only allowed on assistant turns (openai format)")
-            message["tool_calls"] = parse_tool_calls(calls, f"{where}.tool_calls", "openai")
+            message["tool_calls"] = (message.get("tool_calls") or []) + parse_tool_calls(
+                calls, f"{where}.tool_calls", "openai")
         messages.append(message)
     return messages
 
@@ -333,7 +382,7 @@ def _with_tools(record: dict, row: dict, fmt: str) -> dict:
 def _prompt_completion(row: dict, parts: Counter) -> dict:
     return {"messages": [
         {"role": "user", "content": _text_field(row, "prompt", "prompt_completion")},
-        {"role": "assistant", "content": _text_field(row, "completion", "prompt_completion")},
+        _answer_turn(_text_field(row, "completion", "prompt_completion")),
     ]}
 
 
@@ -401,6 +450,38 @@ def _kto(row: dict, parts: Counter) -> dict:
     return {"prompt": messages[:-1], "completion": completion, "label": label}
 
 
-_CONVERTERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai,
-               "prompt_completion": _prompt_completion, "classification": _classification,
-               "text": _text, "dpo": _dpo, "kto": _kto}
+def _v1_preference(row: dict, parts: Counter) -> dict:
+    """LLaMA-Factory v1: two whole conversations that share a prompt and differ in the last answer."""
+    fmt = "dpo_messages"
+    chosen = _openai_messages(row["chosen_messages"], "chosen_messages", parts)
+    rejected = _openai_messages(row["rejected_messages"], "rejected_messages", parts)
+    for key, messages in (("chosen_messages", chosen), ("rejected_messages", rejected)):
+        if messages[-1]["role"] != "assistant":
+            raise RowError(f'"{key}" must end with the assistant answer being judged ({fmt} format)')
+    strip = ("weight",)  # the answers' loss weights say what v1 trains: the last turn, as DPO does
+    prompt = [{k: v for k, v in m.items() if k not in strip} for m in chosen[:-1]]
+    if prompt != [{k: v for k, v in m.items() if k not in strip} for m in rejected[:-1]]:
+        raise RowError(f'"chosen_messages" and "rejected_messages" must share every turn but the last '
+                       f"({fmt} format)")
+    answers = []
+    for key, message in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
+        if message.get("tool_calls") or not message["content"].strip():
+            raise RowError(f'the {key} answer must be non-empty text ({fmt} format)')
+        answers.append(message["content"])
+    return {"prompt": prompt, "chosen": answers[0], "rejected": answers[1]}
+
+
+FORMATS: tuple[Format, ...] = (  # detection priority: the first format a row passes gets its vote
+    Format("dpo", "preference", ("chosen", "rejected"), _has("chosen", "rejected"), _dpo),
+    Format("dpo_messages", "preference", ("chosen_messages", "rejected_messages"),
+           _has("chosen_messages", "rejected_messages"), _v1_preference),
+    Format("kto", "preference", (), _is_kto, _kto),
+    Format("openai", "chat", ("messages",), _has("messages"), _openai),
+    Format("sharegpt", "chat", ("conversations",), _has("conversations"), _sharegpt),
+    Format("alpaca", "chat", ("instruction", "output"), _has("instruction", "output"), _alpaca),
+    Format("prompt_completion", "chat", ("prompt", "completion"), _has("prompt", "completion"),
+           _prompt_completion),
+    Format("classification", "classification", ("text", "label"), _has("text", "label"), _classification),
+    Format("text", "text", ("text",), _has("text"), _text),
+)
+FORMAT = {f.name: f for f in FORMATS}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import RECORD_KIND, convert_row, detect_format, map_columns
+from tunesmith.data.formats import FORMAT, convert_row, detect_format, map_columns
 from tunesmith.data.readers import RawRow, ReadOptions, read_rows
 from tunesmith.errors import DataError
 from tunesmith.records import RowError, check_record
@@ -43,7 +43,7 @@ class LoadedFile:
     @property
     def kind(self) -> str:
         """Canonical record kind: chat, classification, text or preference."""
-        return RECORD_KIND[self.format]
+        return FORMAT[self.format].kind
 
 
 def load_file(
@@ -87,13 +87,38 @@ def load_file(
     return loaded
 
 
+def check_unicode(record: dict[str, Any]) -> None:
+    """Raise RowError when a text holds a lone surrogate (a JSON escape such as \\ud800 that is half
+    of a character): no tokenizer can encode it, and cleaning (ftfy) does not remove it."""
+    for key, text in _strings(record):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as bad:
+            raise RowError(f"{key} holds a lone surrogate (\\u{ord(text[bad.start]):04x} at character "
+                           f"{bad.start}), half of a character that is not text. Fix the program that wrote "
+                           "the file (it split a UTF-16 pair), or drop the row") from None
+
+
+def _strings(value: Any, key: str = "row") -> Any:
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            if name != "meta":
+                yield from _strings(item, name if key == "row" else f"{key}.{name}")
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            yield from _strings(item, f"{key}[{number}]")
+
+
 def _judged(value: Any, fmt: str, clean: Callable | None, loaded: LoadedFile) -> dict[str, Any]:
     """Convert, clean, then check the row as it will be trained (counts only for valid rows)."""
     record = convert_row(value, fmt)
     counts: Counter = Counter()
-    if clean is not None and RECORD_KIND[fmt] != "preference":
+    if clean is not None and FORMAT[fmt].kind != "preference":
         record = clean(record, counts)
     check_record(record)
+    check_unicode(record)
     loaded.clean_counts.update(counts)
     loaded.non_text_parts.update(record["meta"].get("non_text_parts", {}))
     return record

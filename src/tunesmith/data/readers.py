@@ -1,4 +1,5 @@
-"""Read rows from JSONL, JSON arrays, CSV, Parquet and local HF `datasets` dirs, with locations.
+"""Read rows from JSONL, JSON arrays, CSV, Parquet, raw text (.txt / .md) and local HF `datasets`
+dirs, with locations.
 
 Every row comes back as a `RawRow` that knows where it came from (`file:line` for text
 formats, `file:row N` otherwise), so validation errors can point at the exact line.
@@ -21,7 +22,8 @@ from tunesmith.errors import DataError
 from tunesmith.recipe import DataConfig
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-            ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+            ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text",
+            ".markdown": "text"}
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ReadOptions:
     encoding: str = DataConfig.model_fields["encoding"].default
     max_row_chars: int = DataConfig.model_fields["max_row_chars"].default
     max_depth: int = DataConfig.model_fields["max_depth"].default
+    text_separator: str | None = DataConfig.model_fields["text_separator"].default
 
 
 def read_rows(path: str | Path, max_rows: int | None = None,
@@ -64,10 +67,10 @@ def read_rows(path: str | Path, max_rows: int | None = None,
         if kind is None:
             raise DataError(
                 f"{path}: unknown file type {path.suffix!r}. "
-                "Use .jsonl, .json, .csv, .tsv, .parquet or a saved HF datasets directory."
+                "Use .jsonl, .json, .csv, .tsv, .parquet, .txt, .md or a saved HF datasets directory."
             )
         reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-                  "parquet": _read_parquet}[kind]
+                  "parquet": _read_parquet, "text": _read_raw_text}[kind]
     try:
         for count, row in enumerate(reader(path, options)):
             if max_rows is not None and count >= max_rows:
@@ -191,6 +194,26 @@ def nesting_depth(value: Any, limit: int) -> int:
                 return depth
             stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
     return deepest
+
+
+def _read_raw_text(path: Path, options: ReadOptions) -> Iterator[RawRow]:
+    """Raw text for continued pre-training: the whole file is one document, or it is split on
+    `data.text_separator` (e.g. "\\n" for one document a line, "\\n\\n" for paragraphs). Each
+    document is a `{"text"}` row located at the line it starts on; empty pieces are skipped."""
+    text = _read_text(path, options).lstrip("\ufeff")
+    pieces = text.split(options.text_separator) if options.text_separator else [text]
+    line, index = 1, 0
+    for piece in pieces:
+        if piece.strip():
+            starts = line + piece[:len(piece) - len(piece.lstrip())].count("\n")
+            if len(piece) > options.max_row_chars:
+                yield RawRow(str(path), index, starts, error=(
+                    f"document is {len(piece):,} characters, over data.max_row_chars "
+                    f"({options.max_row_chars:,}); split it with data.text_separator, or raise the limit"))
+            else:
+                yield RawRow(str(path), index, starts, {"text": piece.strip()})
+            index += 1
+        line += piece.count("\n") + (options.text_separator or "").count("\n")
 
 
 def _read_jsonl(path: Path, options: ReadOptions) -> Iterator[RawRow]:

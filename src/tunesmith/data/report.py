@@ -33,7 +33,7 @@ class LengthCounter:
         self._seen: dict[str, int] = {}
 
     def __call__(self, record: dict[str, Any]) -> int:
-        content = [record.get("messages"), record.get("text"), record.get("label")]
+        content = {k: v for k, v in record.items() if k != "meta"}  # preference rows differ in answers
         key = json.dumps(content, ensure_ascii=False, sort_keys=True)
         if key not in self._seen:
             if self.tokenizer is None:

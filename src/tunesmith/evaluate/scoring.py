@@ -31,7 +31,7 @@ from tunesmith.evaluate import analysis, bias
 from tunesmith.evaluate.generation import Generator
 from tunesmith.evaluate.metrics import score, set_scores
 from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
-from tunesmith.models.chat import prompt_and_reference, tokenize_record
+from tunesmith.models.chat import prompt_and_reference, training_rows
 from tunesmith.models.classifier import majority_accuracy
 from tunesmith.models.families import Family
 from tunesmith.models.families.causal_lm import IGNORE
@@ -128,8 +128,7 @@ def mean_answer_loss(model: Any, tokenizer: Any, records: list[dict], recipe: Re
                        "attention_mask": _padded([r["attention_mask"] for r in batch], 0),
                        "labels": labels}, labels
         return _mean_loss(model, family, pairs())
-    rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
-                            recipe.data.system_prompt) for r in records]
+    rows = training_rows(tokenizer, records, recipe.train, recipe.data.system_prompt)
 
     def batches() -> Iterator[tuple[dict[str, Any], Any]]:
         for batch in (rows[i:i + size] for i in range(0, len(rows), size)):

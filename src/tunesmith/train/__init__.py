@@ -36,7 +36,7 @@ from tunesmith.artifacts import GuardEvent, TrainSummary, save
 from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.files import write_json
-from tunesmith.models.chat import tokenize_record
+from tunesmith.models.chat import training_rows
 from tunesmith.models.device import mixed_precision, peak_memory, resolve_device
 from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
@@ -70,8 +70,7 @@ def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> An
     """A `datasets.Dataset` of input_ids + assistant_masks; rows with nothing to learn dropped."""
     import datasets
 
-    rows = [tokenize_record(tokenizer, r, recipe.train.loss_on, recipe.train.max_length,
-                            recipe.data.system_prompt) for r in records]
+    rows = training_rows(tokenizer, records, recipe.train, recipe.data.system_prompt)
     if any(r.get("meta", {}).get("weight", 1.0) != 1.0 for r in records):  # data.bias.mitigate: reweight
         for row, record in zip(rows, records, strict=True):
             row["weight"] = float(record["meta"].get("weight", 1.0))
