@@ -107,6 +107,15 @@ class Slice(Schema):
     value: float
 
 
+class ReasoningStats(Schema):
+    """Answers that opened with a <think> block (scored on the text after it)."""
+    answers_with_reasoning: int
+    mean_reasoning_tokens: float
+    """Mean tokens of reasoning over the answers that have some."""
+    unfinished: int = 0
+    """Answers cut off inside their reasoning (no answer given: max_new_tokens too low)."""
+
+
 class SetResult(Schema):
     examples: int
     finetuned: ModelScores
@@ -118,6 +127,8 @@ class SetResult(Schema):
     slices: dict[str, Slice] = Field(default_factory=dict)
     majority: float | None = None
     """A classifier's floor: accuracy of always answering the training data's commonest label."""
+    reasoning: dict[str, ReasoningStats] = Field(default_factory=dict)
+    """Per model (base, finetuned) that reasoned before answering: how often and how long."""
 
 
 class Loss(Schema):
@@ -212,6 +223,9 @@ class Prediction(Schema):
     finetuned_error: str = ""
     base_prediction: str | None = None
     base_score: float | None = None
+    finetuned_reasoning: str | None = None
+    """The <think> block the model wrote before its answer (scored without it), if any."""
+    base_reasoning: str | None = None
 
 
 # --- training --------------------------------------------------------------------------------

@@ -15,24 +15,27 @@ a `<think>` block off an answer (data, evaluation and serving read reasoning the
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>\s*", re.DOTALL)
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of a text whose reasoning opens it as `<think>...</think>` (or ends at a
-    `</think>` whose `<think>` the template wrote, as DeepSeek-R1's does); (None, text) otherwise.
-    An unclosed `<think>` (generation cut off while thinking) is all reasoning and no answer."""
-    match = _THINK.match(text)
-    if match is None:
-        stripped = text.lstrip()
-        if stripped.startswith(THINK_OPEN):
-            return stripped[len(THINK_OPEN):].strip(), ""
+def split_reasoning(text: str, opened: bool = False) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text whose reasoning opens it as `<think>...</think>`; (None, text)
+    when it does not open with `<think>`. `opened`: the `<think>` was written before the text (by a
+    chat template whose generation prompt opens the thinking, as DeepSeek-R1's does), so the text up
+    to `</think>` is reasoning. An unclosed block (cut off while thinking) is all reasoning."""
+    stripped = text.lstrip()
+    if stripped.startswith(THINK_OPEN):
+        body = stripped[len(THINK_OPEN):]
+    elif opened:
+        body = stripped
+    else:
         return None, text
-    return match.group(1).strip(), text[match.end():]
+    close = body.find(THINK_CLOSE)
+    if close < 0:
+        return body.strip(), ""
+    return body[:close].strip(), body[close + len(THINK_CLOSE):].lstrip()
 
 
 class RowError(ValueError):

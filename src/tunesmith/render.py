@@ -19,7 +19,6 @@ from typing import Any
 
 from tunesmith import formatting
 
-
 FALLBACK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans SC",
                   "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "Noto Sans Arabic",
                   "Noto Sans Devanagari", "Noto Sans Thai", "Noto Sans Hebrew")

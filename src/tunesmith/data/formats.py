@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.errors import DataError
-from tunesmith.records import RowError, split_reasoning
+from tunesmith.records import THINK_CLOSE, THINK_OPEN, RowError, split_reasoning
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "model": "assistant", "system": "system",
@@ -262,7 +262,7 @@ def _message(raw: dict, role: str, content: Any, where: str, fmt: str, parts: Co
         for key in REASONING_FIELDS:
             if isinstance(raw.get(key), str):
                 reasoning.append(raw[key])
-        thought, message["content"] = split_reasoning(read.text)
+        thought, message["content"] = _split_answer(read.text)
         reasoning.append(thought or "")
         joined = "\n\n".join(r for r in reasoning if r.strip())
         if joined:
@@ -300,9 +300,16 @@ def _alpaca(row: dict, parts: Counter) -> dict:
     return {"messages": messages}
 
 
+def _split_answer(text: str) -> tuple[str | None, str]:
+    """An answer's `<think>` block, also as DeepSeek-R1 data has it (no `<think>`, the reasoning up to
+    a `</think>`: its template wrote the opening tag)."""
+    opened = THINK_CLOSE in text and THINK_OPEN not in text
+    return split_reasoning(text, opened=opened)
+
+
 def _answer_turn(text: str) -> dict[str, Any]:
     """An assistant turn from a plain answer field, its `<think>` block read as its reasoning."""
-    reasoning, answer = split_reasoning(text)
+    reasoning, answer = _split_answer(text)
     return {"role": "assistant", "content": answer} | ({"reasoning": reasoning} if reasoning else {})
 
 

@@ -23,6 +23,7 @@ from tunesmith.artifacts import (
     Loss,
     Paired,
     Prediction,
+    ReasoningStats,
     SetResult,
     Slice,
     Validation,
@@ -31,12 +32,13 @@ from tunesmith.evaluate import analysis, bias
 from tunesmith.evaluate.generation import Generator
 from tunesmith.evaluate.metrics import score, set_scores
 from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
-from tunesmith.models.chat import prompt_and_reference, training_rows
+from tunesmith.models.chat import opens_thinking, prompt_and_reference, training_rows
 from tunesmith.models.classifier import majority_accuracy
 from tunesmith.models.families import Family
 from tunesmith.models.families.causal_lm import IGNORE
 from tunesmith.models.loading import RunModel
 from tunesmith.recipe import Recipe
+from tunesmith.records import split_reasoning
 
 BINARY_METRICS = ("exact_match", "json_fields", "json_valid")
 
@@ -182,17 +184,46 @@ def _slices(rows: list[Prediction]) -> dict[str, Slice]:
     return {g: Slice(examples=len(v), value=sum(v) / len(v)) for g, v in sorted(groups.items())}
 
 
+def split_answers(outputs: dict[str, list[str]], opened: bool = False
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str | None]]]:
+    """Each model's outputs as (answers, reasoning): a <think> block is taken off before scoring
+    (`opened`: the chat template's generation prompt opened it)."""
+    answers, reasoning = {}, {}
+    for model, texts in outputs.items():
+        parts = [split_reasoning(text, opened) for text in texts]
+        reasoning[model], answers[model] = [r for r, _ in parts], [a for _, a in parts]
+    return answers, reasoning
+
+
+def reasoning_stats(tokenizer: Any, reasoning: dict[str, list[str | None]],
+                    answers: dict[str, list[str]]) -> dict[str, ReasoningStats]:
+    stats = {}
+    for model, thoughts in reasoning.items():
+        found = [(t, a) for t, a in zip(thoughts, answers[model], strict=True) if t is not None]
+        if found:
+            tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in found]
+            stats[model] = ReasoningStats(answers_with_reasoning=len(found),
+                                          mean_reasoning_tokens=sum(tokens) / len(tokens),
+                                          unfinished=sum(1 for _, a in found if not a.strip()))
+    return stats
+
+
 def _predictions(name: str, records: list[dict], pairs: list, answers: dict[str, list[str]],
-                 ev: Evaluation) -> list[Prediction]:
+                 ev: Evaluation, reasoning: dict[str, list[str | None]] | None = None) -> list[Prediction]:
     cfg = ev.recipe.eval
+    reasoning = reasoning or {}
     rows = []
     for i, (record, (prompt, reference)) in enumerate(zip(records, pairs, strict=True)):
         row = Prediction(set=name, index=i, meta=record["meta"], prompt=prompt[-1]["content"],
                          reference=reference, finetuned_prediction=answers["finetuned"][i])
         row.finetuned_score = score(cfg.metric, row.finetuned_prediction, reference, cfg.json_fields)
+        if reasoning.get("finetuned"):
+            row.finetuned_reasoning = reasoning["finetuned"][i]
         if "base" in answers:
             row.base_prediction = answers["base"][i]
             row.base_score = score(cfg.metric, row.base_prediction, reference, cfg.json_fields)
+            if reasoning.get("base"):
+                row.base_reasoning = reasoning["base"][i]
         hit_limit = len(ev.run_model.tokenizer(row.finetuned_prediction, add_special_tokens=False)[
             "input_ids"]) >= cfg.max_new_tokens
         correct = (row.finetuned_score or 0) >= 1
@@ -209,11 +240,13 @@ def score_set(ev: Evaluation, name: str, records: list[dict]) -> tuple[SetResult
     cfg = ev.recipe.eval
     pairs = [ev.pair(r) for r in records]
     references = [ref for _, ref in pairs]
-    answers = ev.answers([p for p, _ in pairs], name, measure=True)
+    opened = ev.family.generates and opens_thinking(ev.run_model.tokenizer)
+    answers, reasoning = split_answers(ev.answers([p for p, _ in pairs], name, measure=True), opened)
     scores = {model: set_scores(outputs, references, cfg.metric, cfg.json_fields, ev.label_field, ev.labels)
               for model, outputs in answers.items()}
-    rows = _predictions(name, records, pairs, answers, ev)
+    rows = _predictions(name, records, pairs, answers, ev, reasoning)
     result = SetResult(examples=len(records), finetuned=scores["finetuned"][0],
+                       reasoning=reasoning_stats(ev.run_model.tokenizer, reasoning, answers),
                        base=scores["base"][0] if "base" in scores else None,
                        errors=dict(sorted(Counter(r.finetuned_error for r in rows).items())),
                        worst_examples=analysis.worst_examples(rows, cfg.worst_examples),

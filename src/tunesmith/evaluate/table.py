@@ -43,6 +43,11 @@ def print_summary(summary: EvalSummary, run_dir: RunDir, console: Console | None
             console.print(f"bias {dimension}: gap {points(result.gap)} over {len(result.per_group)} groups, "
                           f"{100 * result.changed_share:.0f}% of {result.prompts} answers changed with the "
                           "group only", highlight=False)
+    for name, result in summary.sets.items():
+        for model, stats in result.reasoning.items():
+            console.print(f"reasoning {name} ({model}): {stats.answers_with_reasoning} of {result.examples} "
+                          f"answers thought first, mean {stats.mean_reasoning_tokens:.0f} tokens, scored on "
+                          f"the answer after it; {stats.unfinished} cut off while thinking", highlight=False)
     for warning in summary.warnings:
         warn(warning)
     console.print(f"run dir: {run_dir.home or run_dir.root}  (eval/summary.json, eval/predictions.jsonl, "

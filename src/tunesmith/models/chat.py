@@ -50,6 +50,18 @@ def knows_reasoning(tokenizer: Any) -> bool:
     return isinstance(template, str) and "reasoning_content" in template
 
 
+def opens_thinking(tokenizer: Any) -> bool:
+    """Whether the template's generation prompt opens a `<think>` block itself (DeepSeek-R1's): the
+    answer's text up to `</think>` is then reasoning."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        prompt = _render(tokenizer, [{"role": "user", "content": "x"}], True)
+    except Exception:  # noqa: BLE001 - a template that cannot render this probe does not open thinking
+        return False
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
 def think_block(reasoning: str) -> str:
     """The fallback rendering of reasoning, before the answer's text."""
     return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n"
@@ -177,7 +189,8 @@ def tokenize_record(
             ids = ids + [tokenizer.eos_token_id]
         ids = ids[:max_length]
         return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
-    text, spans = answer_spans(tokenizer, with_system(messages, system_prompt), record.get("tools"), reasoning)
+    text, spans = answer_spans(tokenizer, with_system(messages, system_prompt), record.get("tools"),
+                               reasoning)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     if loss_on == "all":

@@ -37,6 +37,7 @@ from tunesmith.recipe import ServeConfig
 from tunesmith.serve import canary, protocol, watch
 from tunesmith.serve.answer import Answer, answer, output_check
 from tunesmith.serve.errors import ServeError, record
+from tunesmith.serve.reasoning import ReasoningStream, opens_thinking, split_answer
 from tunesmith.serve.state import Served, describe
 
 ANSWERED_BY = "X-Tunesmith-Model"
@@ -303,7 +304,7 @@ async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: R
     render = _renderer(served, messages, prompt)
     refusal = await out_of_scope(served, request, _last_user(body))
     if body.stream:
-        return _stream(served, body, render, max_tokens, request, messages, refusal)
+        return _stream(served, body, render, max_tokens, request, messages, refusal, opens_thinking(prompt))
     json_object = body.response_format is not None and body.response_format.type == "json_object"
 
     def make(engine: Engine) -> list[GenRequest]:
@@ -311,21 +312,22 @@ async def _chat(served: Served, body: protocol.ChatCompletionRequest, request: R
 
     work = answer(served, make, request.state.request_id, output_check(served, json_object), refusal)
     result = await _until_disconnect(request, work)
-    payload = _chat_payload(result, request.state.request_id, json_object)
+    payload = _chat_payload(result, request.state.request_id, json_object, opens_thinking(prompt))
     _note_answer(request, messages, _last_user(body), result, payload["choices"][0]["message"]["content"])
     if key is not None and result.fallback_reason is None:
         served.cache.put(key, (payload, result.model))
     return _answered(payload, result.model, request)
 
 
-def _chat_payload(result: Answer, request_id: str, json_object: bool) -> dict[str, Any]:
+def _chat_payload(result: Answer, request_id: str, json_object: bool, opened: bool = False) -> dict[str, Any]:
     choices = []
     for index, row in enumerate(result.results):
-        text = row.text.strip()
+        reasoning, text = split_answer(row.text.strip(), opened and result.fallback_reason is None)
         if json_object:  # the object itself, without prose around it
             parsed = parse_json_object(text)
             text = json.dumps(parsed, ensure_ascii=False) if parsed is not None else text
-        choices.append(protocol.ChatChoice(index=index, message=protocol.AssistantMessage(content=text),
+        message = protocol.AssistantMessage(content=text, reasoning_content=reasoning)
+        choices.append(protocol.ChatChoice(index=index, message=message,
                                            finish_reason=_finish(row.finish_reason)))
     return protocol.ChatCompletion(id=f"chatcmpl-{request_id}", model=result.model, choices=choices,
                                    usage=_usage(result)).model_dump(mode="json")
@@ -371,7 +373,7 @@ def _renderer(served: Served, messages: list[dict], prompt: str) -> Callable[[En
 
 def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callable[[Engine], str],
             max_tokens: int, request: Request, messages: list[dict],
-            refusal: str | None) -> StreamingResponse:
+            refusal: str | None, opened: bool = False) -> StreamingResponse:
     """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE].
     With serve.guards.output_filter the text is sent whole at the end, masked (a piece already
     sent cannot be taken back)."""
@@ -387,6 +389,7 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
     async def events() -> AsyncIterator[str]:
         work = asyncio.ensure_future(answer(served, make, request_id, refusal=refusal))
         completion_id, name, first = f"chatcmpl-{request_id}", served.name, None
+        splitters = [ReasoningStream(opened) for _ in range(body.n)]
         for index in range(body.n):
             yield _sse(protocol.chunk(completion_id, name, index, {"role": "assistant", "content": ""}))
         try:
@@ -398,7 +401,8 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
                 if first is None:
                     first = time.monotonic() - request.state.started
                     note(request, first_token=first)
-                yield _sse(protocol.chunk(completion_id, name, index, {"content": text}))
+                for field, delta in splitters[index].feed(text):
+                    yield _sse(protocol.chunk(completion_id, name, index, {field: delta}))
             result = work.result()
         except ServeError as error:
             record(error, request_id, "/v1/chat/completions")
@@ -411,7 +415,12 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
         _note_answer(request, messages, user_text, result, text)
         for index, row in enumerate(result.results):
             if result.fallback_reason is not None or senders is None:  # not streamed: send it whole
-                yield _sse(protocol.chunk(completion_id, result.model, index, {"content": row.text}))
+                splitters[index] = ReasoningStream(opened and result.fallback_reason is None)
+                pending = splitters[index].feed(row.text) + splitters[index].finish()
+            else:
+                pending = splitters[index].finish()  # what was held back as a possible tag
+            for field, delta in pending:
+                yield _sse(protocol.chunk(completion_id, result.model, index, {field: delta}))
             yield _sse(protocol.chunk(completion_id, result.model, index, {}, _finish(row.finish_reason)))
         yield "data: [DONE]\n\n"
 

@@ -104,6 +104,8 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = None
+    """The <think> block a reasoning model wrote before its answer (vLLM's and DeepSeek's field)."""
 
 
 class ChatChoice(BaseModel):
