@@ -232,27 +232,51 @@ def test_overload_gets_429s_not_collapse_and_memory_stays_flat():
     assert elapsed < 120
 
 
-def test_export_writes_a_model_transformers_loads_and_that_answers_as_the_run(served_run, tmp_path):
+def test_the_export_answers_with_its_own_template_as_evaluation_did(served_run, tmp_path):
+    """Loaded in plain transformers, its own chat template applied to the test prompts with no
+    system prompt from us (what vLLM and TGI do), the fp32 export answers every test prompt as
+    `tunesmith eval` did; the bf16 export's agreement is measured; `export --check` says both."""
+    import subprocess
+    import sys
+
     import torch
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.models.generation import GenRequest
-    from tunesmith.serve.export import export_merged
+    from tunesmith.serve.export import check_export, export_merged
 
     recipe, run_dir, predictions = served_run
-    merged = export_merged(run_dir.root, tmp_path / "merged")
+    merged = export_merged(run_dir.root, tmp_path / "fp32", dtype="float32")
     assert not list(merged.glob("*.bin")) and list(merged.glob("*.safetensors"))
     model = AutoModelForCausalLM.from_pretrained(merged)
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    served = load_served(str(run_dir.root))
-    prompt = served.engine.render([{"role": "system", "content": "Answer with the code."},
-                                   {"role": "user", "content": predictions[0].prompt}])
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    merged_answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    run_answer = served.engine.generate([GenRequest(prompt, 6, temperature=0)])[0].text.strip()
-    assert merged_answer == run_answer == predictions[0].finetuned_prediction
+    assert model.generation_config.do_sample is False
+    assert model.generation_config.max_new_tokens == recipe.eval.max_new_tokens
+    tested = [p for p in predictions if p.set == "test"]
+    for row in tested:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}],
+                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        assert "Answer with the code." in tokenizer.decode(inputs["input_ids"][0])  # the recipe's system prompt
+        with torch.inference_mode():
+            out = model.generate(**inputs)
+        answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert answer == row.finetuned_prediction
+    # a conversation that brings its own system message keeps it (as training would have)
+    own = tokenizer.apply_chat_template([{"role": "system", "content": "Mine."}, {"role": "user", "content": "x"}],
+                                        tokenize=False)
+    assert "Mine." in own and "Answer with the code." not in own
+
+    assert check_export(run_dir.root, merged).same == len(tested)
+    bf16 = export_merged(run_dir.root, tmp_path / "bf16")  # the default
+    with safe_open(next(bf16.glob("*.safetensors")), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+    agreement = check_export(run_dir.root, bf16)
+    assert agreement.examples == len(tested) and agreement.dtype == "bfloat16"
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "export", str(run_dir.root), str(bf16), "--check"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"export check: {agreement.same} of {len(tested)} test answers" in result.stdout
+    assert "(bfloat16)" in result.stdout
 
 
 def test_schema_fuzzing_finds_no_5xx_and_no_response_off_schema():

@@ -211,11 +211,27 @@ def serve_command(
 def export_command(
     run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo."),
     out_dir: str = typer.Argument(..., help="A new directory for the merged model."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights' dtype: bfloat16 (what serving engines "
+                              "expect), float16 or float32 (reproduces the evaluation's fp32 answers)."),
+    check: bool = typer.Option(False, "--check", help="Then answer the run's test prompts with the export in "
+                               "plain transformers (its own chat template) and print the agreement with "
+                               "`tunesmith eval`'s answers. On an existing export: only check it."),
+    check_examples: int = typer.Option(30, "--check-examples", min=1, help="Test prompts --check answers."),
 ) -> None:
-    """The run's model merged into one directory that vLLM, TGI and transformers load."""
-    from tunesmith.serve.export import export_merged
+    """The run's model merged into one directory that vLLM, TGI and transformers load, answering as
+    the run was scored (system prompt in its chat template, greedy generation settings)."""
+    from tunesmith.serve.export import MANIFEST, check_export, export_merged
 
-    out.print(f"merged model: {export_merged(run_dir, out_dir)}")
+    if not (check and (Path(out_dir) / MANIFEST).exists()):
+        out.print(f"merged model: {export_merged(run_dir, out_dir, dtype)} ({dtype})")
+    if check:
+        agreement = check_export(run_dir, out_dir, check_examples)
+        out.print(f"export check: {agreement.same} of {agreement.examples} test answers "
+                  f"({100 * agreement.share:.1f}%) identical to tunesmith eval's, in plain transformers with "
+                  f"the export's own chat template ({agreement.dtype})")
+        for row in agreement.differing:
+            out.print(f"  differs: {row['prompt'][:80]!r}: eval {row['eval'][:60]!r}, "
+                      f"export {row['export'][:60]!r}")
 
 
 @models_app.command("list")

@@ -1,35 +1,92 @@
-"""`tunesmith export RUN_DIR OUT`: the run's model as one plain model directory (LoRA merged into
-its base, safetensors, tokenizer with its chat template) that vLLM, TGI and transformers load
-unchanged, and that `tunesmith serve --engine vllm` hands to vLLM."""
+"""`tunesmith export RUN_DIR OUT`: the run's model as one plain model directory that vLLM, TGI and
+transformers load unchanged, and that answers as the run was scored.
+
+What "as scored" takes, and what the export writes for it:
+- the weights: LoRA merged into its base, safetensors, in the dtype serving engines expect
+  (`--dtype`, bf16 by default; fp32 reproduces the evaluation's fp32 answers exactly);
+- the prompt: the recipe's `data.system_prompt` built into the exported tokenizer's chat template
+  (added when a conversation has no system message, as training and evaluation added it), and
+  `model.chat_template` when the recipe set one;
+- the decoding: `generation_config.json` with greedy decoding and `eval.max_new_tokens`, as
+  evaluation generated;
+- `tunesmith_export.json`: the run, the dtype and what was built in.
+
+`tunesmith export RUN OUT --check` then loads the export with plain transformers, applies its
+own chat template to the run's test prompts with no help (what vLLM and TGI do), and prints how
+many answers agree with `tunesmith eval`'s.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.recipe import load_recipe
+from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
 
+DTYPES = ("bfloat16", "float16", "float32")
+MANIFEST = "tunesmith_export.json"
 
-def export_merged(run_path: str | Path, out: str | Path) -> Path:
-    from tunesmith.models.loading import load_run_model
 
-    run, target = RunDir(Path(run_path)), Path(out)
+def template_with_system(template: str, system_prompt: str | None) -> str:
+    """`template` that adds `system_prompt` to a conversation without a system message (a Jinja
+    top-level `set` of `messages`, as Llama 3's own template reassigns it)."""
+    if not system_prompt:
+        return template
+    literal = json.dumps(system_prompt, ensure_ascii=True)  # a valid Jinja string literal
+    return ("{%- if not (messages and messages[0]['role'] == 'system') %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
+            "{%- endif %}" + template)
+
+
+def _checked_run(run_path: str | Path) -> tuple[RunDir, Recipe]:
+    run = RunDir(Path(run_path))
     if not (run.recipe.is_file() and run.has_model()):
         raise ConfigError(f"{run_path}: not a run directory with a trained model (recipe.yaml and model/). "
                           "Point at a directory that `tunesmith train` or `tunesmith run` wrote.")
+    recipe = load_recipe(run.recipe)
+    if recipe.model.family != "causal_lm":
+        raise ConfigError(f"{run_path}: a {recipe.model.family} run; export writes decoders for vLLM / TGI. "
+                          "Its model/ directory already loads with transformers' pipelines.")
+    return run, recipe
+
+
+def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
+    """Write the merged, servable model of a run into the new directory `out` (whole or not at all)."""
+    import torch
+
+    from tunesmith.models.loading import load_run_model
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype}: choose {', '.join(DTYPES)}.")
+    run, recipe = _checked_run(run_path)
+    target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
-    recipe = load_recipe(run.recipe)
     run_model = load_run_model(recipe.model, recipe.train.adapter, run.model)
     model = run_model.model.merge_and_unload() if recipe.train.adapter == "lora" else run_model.model
+    model = model.to(getattr(torch, dtype))
+    tokenizer = run_model.tokenizer
+    template = tokenizer.chat_template
+    if isinstance(template, str):
+        tokenizer.chat_template = template_with_system(template, recipe.data.system_prompt)
+    _generation_settings(model, tokenizer, recipe)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:  # written whole or not at all
         model.save_pretrained(staging, safe_serialization=True)
-        run_model.tokenizer.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        manifest = {"run": str(run.root), "run_name": recipe.name, "dtype": dtype,
+                    "adapter_merged": recipe.train.adapter == "lora",
+                    "system_prompt_in_template": recipe.data.system_prompt,
+                    "chat_template_from_recipe": recipe.model.chat_template is not None,
+                    "generation": {"do_sample": False, "max_new_tokens": recipe.eval.max_new_tokens}}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -37,3 +94,72 @@ def export_merged(run_path: str | Path, out: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _generation_settings(model: Any, tokenizer: Any, recipe: Recipe) -> None:
+    """Greedy decoding with evaluation's budget, the tokenizer's EOS and padding."""
+    config = model.generation_config
+    config.do_sample = False
+    for sampling in ("temperature", "top_p", "top_k"):  # greedy: sampling settings would only warn
+        setattr(config, sampling, None)
+    config.max_new_tokens = recipe.eval.max_new_tokens
+    config.eos_token_id = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class Agreement:
+    """How the export answered the run's test prompts, against `tunesmith eval`'s answers."""
+
+    examples: int
+    same: int
+    dtype: str
+    differing: list[dict[str, str]]
+    """Up to five: the prompt, the evaluation's answer and the export's."""
+
+    @property
+    def share(self) -> float:
+        return self.same / self.examples if self.examples else 0.0
+
+
+def check_export(run_path: str | Path, export: str | Path, limit: int = 30) -> Agreement:
+    """Answer the run's first `limit` test prompts with the export in plain transformers (its own
+    chat template, its generation_config, one prompt at a time and no system prompt from us) and
+    compare with the fine-tuned answers of eval/predictions.jsonl."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.artifacts import Prediction, load_rows
+    from tunesmith.files import read_jsonl
+    from tunesmith.models.chat import prompt_and_reference
+    from tunesmith.records import split_reasoning
+
+    run, _recipe = _checked_run(run_path)
+    predictions_path = run.eval / "predictions.jsonl"
+    if not predictions_path.exists() or not run.split("test").exists():
+        raise ConfigError(f"{run_path}: no evaluated test set to compare with. Run `tunesmith eval` first.")
+    tested = {p.index: p for p in load_rows(Prediction, predictions_path) if p.set == "test"}
+    records = read_jsonl(run.split("test"))[:limit]
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    model = AutoModelForCausalLM.from_pretrained(export, dtype="auto")
+    model.eval()
+    same, differing = 0, []
+    for index, record in enumerate(records):
+        prompt, _reference = prompt_and_reference(record, None)  # what a client sends: no system prompt
+        prompt = [{k: v for k, v in m.items() if k != "tools"} for m in prompt]
+        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.inference_mode():
+            output = model.generate(**inputs)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        answer = split_reasoning(text)[1].strip()
+        expected = tested[index].finetuned_prediction.strip()
+        if answer == expected:
+            same += 1
+        elif len(differing) < 5:
+            differing.append({"prompt": prompt[-1]["content"][:200], "eval": expected, "export": answer})
+    manifest = Path(export) / MANIFEST
+    dtype = (json.loads(manifest.read_text())["dtype"] if manifest.exists()
+             else str(model.dtype).removeprefix("torch."))
+    return Agreement(len(records), same, dtype, differing)
