@@ -177,6 +177,8 @@ def _answer_clusters(records: list[dict], recipe: Recipe) -> list[dict]:
 
 def _split(train: list[dict], recipe: Recipe, strata: str, report: dict) -> dict[str, list[dict]]:
     cfg = recipe.data
+    if not train and report.get("strict", True):
+        raise DataError(_nothing_left(report))
     splits: dict[str, list[dict]] = {}
     total = len(train)
     for name, given, fraction, offset in (("val", cfg.val, cfg.val_fraction, 0),
@@ -327,7 +329,7 @@ def _finish_splits(splits: dict[str, list[dict]], given: dict[str, list[dict]], 
         splits["train"] = splits["train"] + extra
         report["augment"] = {"methods": cfg.augment.methods, "rows_added": len(extra)}
     splits["train"], report["bias"] = bias.run(splits["train"], recipe)
-    if not splits["train"]:
+    if not splits["train"] and report.get("strict", True):
         raise DataError(_nothing_left(report))
     return {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
 
@@ -349,6 +351,7 @@ def analyse(recipe: Recipe, tokenizer: Any = None, objective: bool = True) -> Da
     cfg = recipe.data
     inputs = _load_inputs(recipe, objective)
     report = _first_report(inputs, recipe)
+    report["strict"] = objective  # describing a file (data inspect): the filters may leave no row
     train, given = inputs.train, inputs.given
     if cfg.privacy.mode != "off":
         found: Counter = Counter()
@@ -365,6 +368,7 @@ def analyse(recipe: Recipe, tokenizer: Any = None, objective: bool = True) -> Da
     train = _dedup(train, recipe, report)
     strata = balance.resolve_strata(train, cfg.balance.by)
     ordered = _finish_splits(_split(train, recipe, strata, report), given, recipe, strata, report)
+    report.pop("strict")
     report["splits"] = {name: len(rows) for name, rows in ordered.items()}
     report["describe"] = {name: describe(rows, length) for name, rows in ordered.items() if rows}
     return DataResult(ordered, inputs.kind, DataReport.model_validate(report), inputs.files, length)
