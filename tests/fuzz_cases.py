@@ -163,7 +163,23 @@ DATA_FILES: list[tuple[str, str, Callable[[Workspace], str | bytes], tuple[str, 
     ("csv-empty", "t.csv", lambda w: "", ("t.csv: empty CSV (no header row)", "The first line must name")),
     ("tsv-unknown-columns", "t.tsv", lambda w: "question\tanswer\nq\ta\n",
      ("t.tsv: cannot detect the data format", "data.columns")),
-    ("unknown-suffix", "t.txt", lambda w: "hello", ("t.txt: unknown file type '.txt'", "Use .jsonl")),
+    ("unknown-suffix", "t.rtf", lambda w: "hello", ("t.rtf: unknown file type '.rtf'", "Use .jsonl")),
+    ("text-file-cp1252", "t.txt", lambda w: "Caf\u00e9 au lait, a document.\n".encode("cp1252"),
+     ("t.txt:1: not utf-8 (byte 0xe9", "data.encoding: cp1252")),
+    ("text-document-too-big", "t.md", lambda w: "x" * 1_100_000,
+     ("t.md:1: document is 1,100,000 characters, over data.max_row_chars", "data.text_separator")),
+    ("reasoning-part-on-user-turn", "t.jsonl", lambda w: json.dumps(_chat(
+        ("user", [{"type": "reasoning", "value": "hmm"}, {"type": "text", "value": "q"}]),
+        ("assistant", "a"))),
+     ("t.jsonl:1: messages[0] is a user turn with reasoning or tool_call parts", "only assistant turns")),
+    ("tool-call-part-not-json", "t.jsonl", lambda w: json.dumps(_chat(
+        ("user", "q"), ("assistant", [{"type": "tool_call", "value": "get_weather(Oslo)"}]))),
+     ("t.jsonl:1: messages[1].content[0] is not JSON", '{"name": ..., "arguments"')),
+    ("v1-preference-prompts-differ", "t.jsonl", lambda w: json.dumps({
+        "chosen_messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "good"}],
+        "rejected_messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "bad"}]}),
+     ('t.jsonl:1: "chosen_messages" and "rejected_messages" must share every turn but the last',
+      "data.on_invalid: skip")),
     ("dpo-preference-file", "t.json",
      lambda w: json.dumps([{"conversations": [{"from": "human", "value": "q"}],
                             "chosen": {"from": "gpt", "value": "good"},
@@ -554,8 +570,20 @@ def _signal_cases() -> list[Case]:
     ]
 
 
+def _uncleaned_cases() -> list[Case]:
+    """Bad rows that cleaning would repair, with data.clean.enabled=false (ftfy replaces a lone
+    surrogate; without it, the row is refused where it is instead of crashing the tokenizer)."""
+    def surrogate(w: Workspace) -> list[str]:
+        path = w.write("t.jsonl", json.dumps(GOOD) + '\n{"instruction": "q\\ud800", "output": "a"}\n')
+        return ["train", str(w.recipe_file()), f"data.train={path}", "data.clean.enabled=false"]
+
+    return [Case("data file", "lone-surrogate-uncleaned", surrogate,
+                 lambda w: ("t.jsonl:2: messages[0].content holds a lone surrogate", "or drop the row"))]
+
+
 def cases() -> list[Case]:
-    found = ([_data_case(*row) for row in DATA_FILES] + [_recipe_case(*row) for row in RECIPES]
+    found = ([_data_case(*row) for row in DATA_FILES] + _uncleaned_cases()
+             + [_recipe_case(*row) for row in RECIPES]
              + [_override_case(*row) for row in OVERRIDES] + [_model_case(*row) for row in MODELS]
              + _run_cases() + _signal_cases())
     ids = [c.id for c in found]

@@ -85,7 +85,8 @@ RULES = [
     Rule(r"tunesmith monitor runs/demo$", [], ["window"]),
     Rule(r"tunesmith feedback export runs/demo --out feedback/$", [], ["kto"],
          files=["feedback/kto.jsonl", "feedback/sft.jsonl"]),
-    Rule(r"tunesmith train recipes/demo\.yaml train\.method=kto data\.train=feedback/kto\.jsonl name=demo-kto$",
+    Rule(r"tunesmith train recipes/demo\.yaml train\.method=kto data\.train=feedback/kto\.jsonl "
+         r"name=demo-kto$",
          TINY, ["trained 2 steps"], files=["runs/demo-kto/model"]),
     Rule(r"tunesmith demo --family encoder$", ["model.name={tiny_encoder}", *BUDGET], ["demo wall time"]),
     Rule(r"tunesmith demo --bias$", TINY, ["name_origin"]),

@@ -254,26 +254,27 @@ def test_the_export_answers_with_its_own_template_as_evaluation_did(served_run, 
     assert model.generation_config.max_new_tokens == recipe.eval.max_new_tokens
     tested = [p for p in predictions if p.set == "test"]
     for row in tested:
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}],
-                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        assert "Answer with the code." in tokenizer.decode(inputs["input_ids"][0])  # the recipe's system prompt
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}], return_dict=True,
+                                               add_generation_prompt=True, return_tensors="pt")
+        # the recipe's system prompt, from the export's own template
+        assert "Answer with the code." in tokenizer.decode(inputs["input_ids"][0])
         with torch.inference_mode():
             out = model.generate(**inputs)
         answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert answer == row.finetuned_prediction
     # a conversation that brings its own system message keeps it (as training would have)
-    own = tokenizer.apply_chat_template([{"role": "system", "content": "Mine."}, {"role": "user", "content": "x"}],
-                                        tokenize=False)
+    own = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Mine."}, {"role": "user", "content": "x"}], tokenize=False)
     assert "Mine." in own and "Answer with the code." not in own
 
     assert check_export(run_dir.root, merged).same == len(tested)
     bf16 = export_merged(run_dir.root, tmp_path / "bf16")  # the default
     with safe_open(next(bf16.glob("*.safetensors")), "pt") as weights:
-        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+        assert {weights.get_tensor(k).dtype for k in weights.keys()}  # noqa: SIM118 - safe_open is not a dict == {torch.bfloat16}
     agreement = check_export(run_dir.root, bf16)
     assert agreement.examples == len(tested) and agreement.dtype == "bfloat16"
-    result = subprocess.run([sys.executable, "-m", "tunesmith", "export", str(run_dir.root), str(bf16), "--check"],
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "tunesmith", "export", str(run_dir.root), str(bf16), "--check"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"export check: {agreement.same} of {len(tested)} test answers" in result.stdout
     assert "(bfloat16)" in result.stdout
