@@ -29,8 +29,9 @@ def tiny_recipe(tmp_path, model_dir, files, *extra):
 def test_inspect_prepare_train_eval(tmp_path, tiny_model_dir, chat_files):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, chat_files)
     report = inspect_file(str(chat_files["train"]), recipe, load_tokenizer(recipe.model))
-    assert report["format"] == "alpaca" and report["valid_rows"] == 48
-    assert report["tokens"]["max"] >= report["tokens"]["p50"] > 10
+    assert report.format == "alpaca" and report.valid_rows == 48 and report.invalid_rows == 0
+    assert report.tokens["max"] >= report.tokens["p50"] > 10
+    assert report.data_report.loaded_train_rows == 48  # the stage's report, from the same one pass
 
     run_dir = open_run(recipe)
     prepared = pipeline.prepare(recipe)
