@@ -356,6 +356,25 @@ class Privacy(Schema):
     rows_dropped: int | None = None
 
 
+class Split(Schema):
+    stratified_by: str = "none"
+    seed: int = 0
+
+
+class Balance(Schema):
+    strategy: str = "none"
+    by: str = "none"
+    class_weights: dict[str, float] | None = None
+    """Loss weight per stratum (strategy class_weights)."""
+    distribution: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Rows per stratum, per split (empty without strata)."""
+
+
+class Augment(Schema):
+    methods: list[str] = Field(default_factory=list)
+    rows_added: int = 0
+
+
 class DataReport(Schema):
     """data/report.json. The descriptive sections (describe, balance, split) are free-form
     tables for people; the sections other stages read are typed."""
@@ -366,10 +385,10 @@ class DataReport(Schema):
     privacy: Privacy | None = None
     filters: Filters | None = None
     dedup: Dedup = Field(default_factory=Dedup)
-    split: dict[str, Any] = Field(default_factory=dict)
+    split: Split = Field(default_factory=Split)
     leakage: Leakage | None = None
-    balance: dict[str, Any] = Field(default_factory=dict)
-    augment: dict[str, Any] | None = None
+    balance: Balance = Field(default_factory=Balance)
+    augment: Augment | None = None
     bias: dict[str, Any] | None = None
     """The training split's group x answer-class audit and mitigation (data/bias.py)."""
     splits: dict[str, int] = Field(default_factory=dict)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from tunesmith.artifacts import Augment
+
 
 def _last_user_index(messages: list[dict]) -> int | None:
     indices = [i for i, m in enumerate(messages) if m["role"] == "user"]
@@ -61,3 +63,12 @@ def augment(records: list[dict[str, Any]], cfg: Any, seed: int) -> list[dict[str
                 new["meta"] = {**record["meta"], "augmented_from": source, "augmentation": method}
                 extra.append(new)
     return extra
+
+
+def run(train: list[dict[str, Any]], recipe: Any) -> tuple[list[dict[str, Any]], Augment | None]:
+    """The data stage's augmentation step (opt-in): train with the new rows after it."""
+    cfg = recipe.data.augment
+    if not cfg.methods:
+        return train, None
+    extra = augment(train, cfg, recipe.data.seed)
+    return train + extra, Augment(methods=list(cfg.methods), rows_added=len(extra))

@@ -15,6 +15,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
+from tunesmith.artifacts import Balance
 from tunesmith.data.filters import answers
 
 AUTO_MAX_ANSWER_VALUES = 50
@@ -122,3 +123,14 @@ def rebalance(records: list[dict], strategy: str, by: str, cap: int | None, seed
         return out, {}
     total = len(records)
     return records, {k: total / (len(strata) * len(v)) for k, v in sorted(strata.items())}
+
+
+def run(splits: dict[str, list[dict]], recipe: Any, strata: str) -> tuple[list[dict], Balance]:
+    """The data stage's balance step: the training split rebalanced (`data.balance.strategy`),
+    and every split's distribution over the strata."""
+    cfg = recipe.data
+    train, weights = rebalance(splits["train"], cfg.balance.strategy, strata, cfg.balance.cap, cfg.seed)
+    shown = {**splits, "train": train}
+    return train, Balance(strategy=cfg.balance.strategy, by=strata, class_weights=weights,
+                          distribution={n: distribution(rows, strata) for n, rows in shown.items()}
+                          if strata != "none" else {})

@@ -6,6 +6,8 @@ A filter looks at one canonical record and returns a reason to drop it, or None:
     garbage                  too little of the text is letters, digits, spaces or punctuation
     copies_prompt            the answer merely repeats the prompt
     rare_label               a label seen fewer than min_label_count times (classification)
+
+`run` is the data stage's filter step on the training rows.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import difflib
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+from tunesmith.artifacts import Filters
+from tunesmith.data.rows import match_text, where
 from tunesmith.records import as_chat, preference_texts, turn_text
+
+EXAMPLES_PER_REASON = 3
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _RUN = re.compile(r"(.)\1{19,}", re.DOTALL)
@@ -92,3 +99,24 @@ def drop_reason(record: dict[str, Any], tokens: int, cfg: Any, label_counts: Cou
     if "label" in record and label_counts[record["label"]] < cfg.min_label_count:
         return "rare_label"
     return None
+
+
+def run(records: list[dict[str, Any]], recipe: Any, length: Callable[[dict[str, Any]], int]
+        ) -> tuple[list[dict[str, Any]], Filters]:
+    """The data stage's quality filters on the training rows: the rows kept, and per reason the
+    count dropped with a few examples (`length` counts a row's tokens)."""
+    cfg = recipe.filters
+    labels = Counter(r["label"] for r in records if "label" in r)
+    kept, dropped = [], Counter()
+    examples: dict[str, list] = {}
+    for record in records:
+        tokens = length(record)
+        reason = drop_reason(record, tokens, cfg, labels)
+        if reason is None:
+            kept.append(record)
+            continue
+        dropped[reason] += 1
+        shown = examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append({"where": where(record), "text": match_text(record)[:300], "tokens": tokens})
+    return kept, Filters(dropped=dict(dropped), examples=examples)

@@ -2,7 +2,8 @@
 
 `scrub(text)` returns the text with each finding replaced by a placeholder (`<EMAIL>`, ...)
 and the counts per kind. Card numbers must pass the Luhn check, and IPv4 addresses must have
-octets <= 255, so order numbers and version strings are left alone.
+octets <= 255, so order numbers and version strings are left alone. `run` is the data stage's
+privacy step (`data.privacy.mode`: mask or drop).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from typing import Any
+
+from tunesmith.artifacts import Privacy
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
@@ -59,3 +63,37 @@ def scrub(text: str) -> tuple[str, Counter]:
     text = IPV6.sub(replacer("ip", _valid_ip), text)
     text = PHONE.sub(replacer("phone", lambda s: sum(c.isdigit() for c in s) >= 7), text)
     return text, counts
+
+
+def _scrubbed(records: list[dict], mode: str, counts: Counter) -> list[dict]:
+    kept = []
+    for record in records:
+        found: Counter = Counter()
+        if "messages" in record:
+            messages = []
+            for message in record["messages"]:
+                text, hits = scrub(message["content"])
+                found += hits
+                messages.append({**message, "content": text})
+            scrubbed = {**record, "messages": messages}
+        else:
+            text, hits = scrub(record["text"])
+            found += hits
+            scrubbed = {**record, "text": text}
+        counts.update(found)
+        if found and mode == "drop":
+            counts["rows_dropped"] += 1
+            continue
+        kept.append(scrubbed if mode == "mask" else record)
+    return kept
+
+
+def run(sets: dict[str, list[dict]], recipe: Any) -> tuple[dict[str, list[dict]], Privacy | None]:
+    """The data stage's privacy step (`data.privacy.mode`) on every set it is given: masked or
+    dropped rows, and the counts per kind of personal data (None when the step is off)."""
+    mode = recipe.data.privacy.mode
+    if mode == "off":
+        return sets, None
+    found: Counter = Counter()
+    scrubbed = {name: _scrubbed(rows, mode, found) for name, rows in sets.items()}
+    return scrubbed, Privacy.model_validate({"mode": mode, **found})

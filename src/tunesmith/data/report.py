@@ -146,7 +146,7 @@ def summary_lines(report: DataReport) -> list[str]:
     if report.privacy:
         lines.append("privacy: " + _counts(report.privacy.model_dump(exclude_none=True)))
     if report.augment:
-        lines.append(f"augmented: +{report.augment['rows_added']} train rows")
+        lines.append(f"augmented: +{report.augment.rows_added} train rows")
     if report.bias:
         flags = report.bias["audit"]["flags"]
         lines += [f"bias audit flag: {flag}" for flag in flags] or ["bias audit: no group skewed to a class"]
@@ -205,8 +205,9 @@ def write_html(report: DataReport, path: Path) -> None:
         leakage=[[name, e.duplicates_of_train, e.train_rows_involved, e.ngram_overlap["rows_with_overlap"],
                   f"{e.ngram_overlap['ngram_share']:.3f}"] for name, e in leakage.sets.items()]
         if leakage else [],
-        distribution_figure=_distribution_figure(report.balance["distribution"])
-        if report.balance.get("distribution") else None,
+        distribution_figure=_distribution_figure(report.balance.distribution)
+        if report.balance.distribution else None,
         extra=[(key.title(), json.dumps(section, indent=1)) for key, section in
-               (("privacy", report.privacy and report.privacy.model_dump()), ("augment", report.augment))
+               (("privacy", report.privacy and report.privacy.model_dump()),
+                ("augment", report.augment and report.augment.model_dump()))
                if section]))
