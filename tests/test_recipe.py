@@ -70,3 +70,34 @@ def test_resolved_recipe_round_trips(tmp_path):
 def test_every_recipe_loads_and_says_how_to_run_it(path):
     assert path.read_text().startswith("# tunesmith "), "a recipe starts with the command that runs it"
     load_recipe(path)
+
+
+def _project_for_recipes(root: Path) -> Path:
+    """What the bundled recipes read, laid out as a user has it: the demo's data (as `tunesmith
+    demo` and `demo --bias` write it) and ../shared/fixtures/real beside the project."""
+    from conftest import REAL
+    from tunesmith.demo import tickets
+
+    project = root / "tunesmith"
+    (root / "shared" / "fixtures").mkdir(parents=True)
+    (root / "shared" / "fixtures" / "real").symlink_to(REAL)
+    tickets.write(project / "data" / "demo")
+    tickets.write(project / "data" / "demo-biased", variant="biased")
+    return project
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_bundled_recipe_trains_one_step(path, tmp_path, monkeypatch, tiny_model_dir, tiny_encoder_dir):
+    """Each recipe as it is, run from the project root, with the tiny model of its family and one
+    step: its data paths, keys and family work together."""
+    from tunesmith import pipeline
+
+    monkeypatch.chdir(_project_for_recipes(tmp_path))
+    as_written = load_recipe(str(path))
+    tiny = tiny_encoder_dir if as_written.model.family == "encoder" else tiny_model_dir
+    length = max(as_written.train.max_length, 1024)  # the tiny tokenizer has a token per character
+    recipe = load_recipe(str(path), [f"model.name={tiny}", "train.max_steps=1", "train.batch_size=2",
+                                     f"train.max_length={length}", "train.compile=false",
+                                     "data.filters.max_tokens=100000", f"output.dir={tmp_path / 'runs'}"])
+    result = pipeline.fine_tune(recipe)
+    assert result.steps == 1
