@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+ANSWERED_BY = "X-Tunesmith-Model"
+"""The header that says who answered: the model or its fallback (routes set it, the middleware logs it)."""
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI parameters we do not use are accepted
