@@ -68,3 +68,37 @@ def test_prepare_and_train_two_steps(name, tiny_model_dir, tmp_path, capsys):
     code, output = cli(capsys, "train", str(recipe), *overrides)
     assert code == 0, output
     assert "trained 2 steps" in output
+
+
+def test_preference_token_statistics_count_every_row(tiny_model_dir):
+    """Every pair is measured (the length cache once keyed preference rows on nothing: one number
+    four times)."""
+    from tunesmith.data.inspect import inspect_file
+    from tunesmith.recipe import load_recipe
+
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}"])
+    for name in ("dpo_en_demo.json", "v1_dpo_demo.jsonl", "kto_en_demo.json"):
+        tokens = inspect_file(str(REAL / name), recipe).tokens
+        assert tokens["p50"] < tokens["p90"] < tokens["max"], (name, tokens)
+
+
+def test_figures_of_chinese_text_warn_once_not_per_glyph(capsys):
+    """alpaca_zh's answers in a figure: with no CJK font installed, one note on stderr and no
+    matplotlib warning per glyph; with one installed, no note at all."""
+    import warnings
+
+    from tunesmith import render
+
+    def draw(axis):
+        axis.barh(["在 2050 年之前", "人工智能的未来"], [3, 5])
+
+    render._note_missing_glyphs.cache_clear()  # once per process: start this test's process anew
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert render.figure_png(draw)
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    notes = capsys.readouterr().err.count("no installed font has")
+    has_cjk = any("CJK" in name or "WenQuanYi" in name or "Droid" in name for name in render._font_families())
+    assert notes == (0 if has_cjk else 1)
