@@ -283,6 +283,9 @@ def _recipe_case(case_id: str, build: Callable, expect: tuple[str, ...]) -> Case
 
 # -- overrides: (id, override, expected) on `train RECIPE override` --
 OVERRIDES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("empty-text-separator", "data.text_separator=''",
+     ("override data.text_separator='': data.text_separator: an empty separator splits nothing",
+      "leave it unset")),
     ("value-starts-with-star", "train.lr=*fast",
      ("override train.lr=*fast: train.lr: Input should be a valid number", "got '*fast'")),
     ("value-starts-with-at", "train.optimizer=@adam", ("override train.optimizer=@adam: train.optimizer",

@@ -23,7 +23,7 @@ MATRIX = {
     "reason_tool_use_demo.jsonl": ("openai", "chat", 20, []),
     "v1_dpo_demo.jsonl": ("dpo_messages", "preference", 10, ["train.method=dpo"]),
     "v1_sft_demo.jsonl": ("openai", "chat", 60, []),
-    "wiki_demo.txt": ("text", "text", 1, ["data.text_separator=\n"]),
+    "wiki_demo.txt": ("text", "text", 1, ["data.text_separator=\\n"]),
     "README.md": ("text", "text", 1, None),
 }
 

@@ -214,3 +214,35 @@ def test_chatml_is_the_documented_default_for_a_model_without_a_template(tmp_pat
     tokenizer = load_tokenizer(recipe_for(f"model.name={plain}", "model.chat_template=chatml").model)
     assert render_prompt(tokenizer, [{"role": "user", "content": "hi"}]) == (
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_wiki_demo_txt_becomes_packed_blocks_with_eos_between_documents(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's raw-text file, one article a line: 4 documents, located at their lines;
+    prepared and packed into train.max_length blocks, EOS after each document, every token in the
+    loss, nothing cut off."""
+    from tunesmith.models.chat import pack_documents
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.train import tokenized_dataset
+
+    recipe = recipe_for(f"model.name={tiny_model_dir}", f"data.train={REAL / 'wiki_demo.txt'}",
+                        "data.text_separator=\\n", "data.val_fraction=0", "train.max_length=256",
+                        f"output.dir={tmp_path}", "name=wiki")
+    loaded = data.load(recipe, str(REAL / "wiki_demo.txt"))
+    assert loaded.format == "text" and [r["meta"]["line"] for r in loaded.records] == [1, 2, 3, 4]
+    assert loaded.records[0]["text"].startswith("Anarchism is a political philosophy")
+    prepared = pipeline.prepare(recipe)
+    train = prepared.splits["train"]
+    tokenizer = load_tokenizer(recipe.model)
+    rows = tokenized_dataset(tokenizer, train, recipe)
+    blocks = [rows[i]["input_ids"] for i in range(len(rows))]
+    assert all(len(b) == 256 for b in blocks[:-1]) and 1 < len(blocks[-1]) <= 256
+    stream = [t for b in blocks for t in b]
+    expected = sum(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) + 1 for r in train)
+    assert len(stream) == expected  # every token of every document, plus one EOS each
+    assert stream.count(tokenizer.eos_token_id) == len(train) and stream[-1] == tokenizer.eos_token_id
+    assert all(all(rows[i]["assistant_masks"]) for i in range(len(rows)))
+    assert pack_documents(tokenizer, ["ab", "cd"], 4) == [
+        {"input_ids": [*tokenizer("ab", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id,
+                       tokenizer("c", add_special_tokens=False)["input_ids"][0]], "assistant_masks": [1] * 4},
+        {"input_ids": [*tokenizer("d", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id],
+         "assistant_masks": [1] * 2}]

@@ -203,7 +203,9 @@ class DataConfig(_Section):
     """A row nested deeper than this (lists in objects in lists ...) is invalid."""
     text_separator: str | None = None
     """Raw text files (.txt, .md): None reads each file as one document; a separator splits it into
-    documents (`"\\n"`: one a line, as LLaMA-Factory's wiki_demo.txt; `"\\n\\n"`: paragraphs)."""
+    documents (`"\\n"`: one a line, as LLaMA-Factory's wiki_demo.txt; `"\\n\\n"`: paragraphs). The
+    escapes \\n, \\t and \\r mean what they say also where YAML keeps them as written (single quotes,
+    or `data.text_separator='\\n'` on the command line)."""
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Text and chat-shape normalisation.")
@@ -225,6 +227,16 @@ class DataConfig(_Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("text_separator")
+    @classmethod
+    def _escapes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r")
+        if not value:
+            raise ValueError("an empty separator splits nothing; leave it unset to read one document a file")
+        return value
 
     @field_validator("eval_sets")
     @classmethod
