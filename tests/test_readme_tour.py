@@ -93,7 +93,7 @@ RULES = [
     Rule(r"tunesmith review runs/demo$", [], server="/"),
     Rule(r"tunesmith models list$", [], ["SmolLM2"]),
     Rule(r"tunesmith models recommend --task classification --memory 16GB --license commercial$", [],
-         ["1"]),
+         ["commercial use: best first", "commercial use allowed"]),
 ]
 
 

@@ -465,9 +465,9 @@ def _v1_preference(row: dict, parts: Counter) -> dict:
     for key, messages in (("chosen_messages", chosen), ("rejected_messages", rejected)):
         if messages[-1]["role"] != "assistant":
             raise RowError(f'"{key}" must end with the assistant answer being judged ({fmt} format)')
-    strip = ("weight",)  # the answers' loss weights say what v1 trains: the last turn, as DPO does
-    prompt = [{k: v for k, v in m.items() if k not in strip} for m in chosen[:-1]]
-    if prompt != [{k: v for k, v in m.items() if k not in strip} for m in rejected[:-1]]:
+    # v1's loss weights only mark the judged last turn, which DPO trains anyway: the prompt goes without
+    prompt = [{k: v for k, v in m.items() if k != "weight"} for m in chosen[:-1]]
+    if prompt != [{k: v for k, v in m.items() if k != "weight"} for m in rejected[:-1]]:
         raise RowError(f'"chosen_messages" and "rejected_messages" must share every turn but the last '
                        f"({fmt} format)")
     answers = []

@@ -200,7 +200,7 @@ def _read_raw_text(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     """Raw text for continued pre-training: the whole file is one document, or it is split on
     `data.text_separator` (e.g. "\\n" for one document a line, "\\n\\n" for paragraphs). Each
     document is a `{"text"}` row located at the line it starts on; empty pieces are skipped."""
-    text = _read_text(path, options).lstrip("\ufeff")
+    text = _read_text(path, options)  # a BOM is gone with its codec (utf-8-sig, utf-16, utf-32)
     pieces = text.split(options.text_separator) if options.text_separator else [text]
     line, index = 1, 0
     for piece in pieces:
@@ -244,7 +244,7 @@ def _utf8_lines(path: Path, options: ReadOptions) -> Iterator[tuple[int, str]]:
 
 
 def _read_json(path: Path, options: ReadOptions) -> Iterator[RawRow]:
-    text = _read_text(path, options).lstrip("\ufeff")
+    text = _read_text(path, options)  # a BOM is gone with its codec (utf-8-sig, utf-16, utf-32)
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] != "[":
         # Either one JSON object holding a list of rows, or JSON Lines saved as .json.
