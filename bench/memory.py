@@ -1,4 +1,4 @@
-"""The memory estimator (`tunesmith.models.advisor.training_memory`) against measured peaks on
+"""The memory estimator (`tunesmith.models.memory.training_memory`) against measured peaks on
 this machine: each model trains a few steps in a fresh process (the stack tunesmith trains with:
 transformers + PEFT, AdamW, bf16 autocast on the CPU), and the process's peak resident memory
 (VmHWM: weights, gradients, optimizer states, activations, the framework) is compared with
@@ -26,11 +26,11 @@ def measure(spec: dict) -> dict:
     """Train `spec` for STEPS steps in this process; the peak RSS and the estimate."""
     import torch
 
-    from tunesmith.models.advisor import training_memory
     from tunesmith.models.catalog import entry_from_config, find
     from tunesmith.models.device import peak_memory
     from tunesmith.models.families import FAMILIES
     from tunesmith.models.loading import model_location
+    from tunesmith.models.memory import training_memory
     from tunesmith.recipe import ModelConfig
 
     torch.manual_seed(0)
@@ -64,7 +64,8 @@ def measure(spec: dict) -> dict:
         params -= sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     entry = find(spec["model"]) or entry_from_config(spec["model"], spec["family"], model.config.to_dict(),
                                                       params)
-    estimate = training_memory(entry, spec["method"], seq, batch, "autocast", device="cpu")
+    estimate = training_memory(entry, method=spec["method"], seq=seq, batch=batch, precision="autocast",
+                               device="cpu")
     return {**spec, "peak_bytes": peak, "estimate_bytes": estimate.total,
             "ratio": estimate.total / peak, "estimate": vars(estimate)}
 

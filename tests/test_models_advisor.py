@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from tunesmith.models.advisor import GB, Hardware, Need, lora_parameters, rank, training_memory
+from tunesmith.models.advisor import GB, Hardware, Need, rank
 from tunesmith.models.catalog import CatalogEntry, find, load_catalog
+from tunesmith.models.memory import lora_parameters, training_memory
 
 LAPTOP = Hardware("cpu", 16, 8 * 35e9)
 GPU_24GB = Hardware("cuda", 24, 120e12)
@@ -46,11 +47,11 @@ def test_lora_parameters_match_peft_on_a_real_model():
 
 def test_memory_grows_as_it_should():
     smol = find("HuggingFaceTB/SmolLM2-135M-Instruct")
-    lora, full = training_memory(smol, "lora"), training_memory(smol, "full")
+    lora, full = training_memory(smol, method="lora"), training_memory(smol, method="full")
     assert full.optimizer == pytest.approx(8 * smol.params)
     assert lora.gradients == 4 * 4_884_480  # what PEFT reports for SmolLM2-135M, r=16, all-linear
-    assert training_memory(smol, "lora", batch=16).activations == pytest.approx(2 * lora.activations)
-    assert training_memory(smol, "lora", checkpointing=True).activations < lora.activations / 4
+    assert training_memory(smol, method="lora", batch=16).activations == pytest.approx(2 * lora.activations)
+    assert training_memory(smol, method="lora", checkpointing=True).activations < lora.activations / 4
 
 
 def test_classification_on_a_16gb_laptop():

@@ -269,7 +269,11 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to run: `auto` takes CUDA, then Apple MPS, then the CPU."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype: `auto` is bf16 on a GPU that supports it, float32 otherwise."""
+    """Weight dtype: `auto` is bf16 on a GPU that computes bf16 natively (Ampere and later),
+    float32 otherwise (the CPU; T4 / V100, which train in fp16 autocast over fp32 weights)."""
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    """Attention kernels: `auto` is flash-attention-2 on CUDA when the flash_attn package is
+    installed (packed rows then run its varlen kernel), else PyTorch's SDPA."""
     chat_template: str | None = None
     """Jinja chat template overriding the tokenizer's (needed if the tokenizer has none), or
     `chatml` for the ChatML template (`<|im_start|>role ... <|im_end|>`)."""
@@ -301,8 +305,10 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "full", "dpo", "kto"] = "lora"
-    """`lora`: train small adapter matrices on demonstrations (default); `full`: update every weight;
+    method: Literal["lora", "qlora", "full", "dpo", "kto"] = "lora"
+    """`lora`: train small adapter matrices on demonstrations (default); `qlora`: the same adapters
+    on a base stored in 4-bit NF4 with double quantization (bitsandbytes; about a quarter of the
+    base's bf16 memory), dequantized to merge, evaluate and serve; `full`: update every weight;
     `dpo` / `kto`: a LoRA adapter trained on preference data with TRL's DPO or KTO trainer (DPO:
     chosen/rejected pairs; KTO: answers labelled desirable or not, pairs split in two)."""
     beta: float = Field(0.1, gt=0)
@@ -350,6 +356,17 @@ class TrainConfig(_Section):
     """Batch examples of similar length together: less padding, faster steps (order stays seeded)."""
     gradient_checkpointing: bool = False
     """Recompute activations to save memory; off because it costs throughput when memory is ample."""
+    packing: bool | Literal["auto"] = "auto"
+    """Padding-free packing: training rows concatenated up to `max_length`, positions restarting
+    per row and attention kept inside each row (flash-attention-2's varlen kernel on CUDA, a block
+    mask elsewhere), loss on the answer tokens only, exactly as unpacked. `auto` packs where it
+    pays: CUDA with flash-attention-2 (bench/train_throughput.py measured it slower on the CPU,
+    where length grouping already leaves little padding)."""
+    fit: Literal["check", "auto", "off"] = "check"
+    """Before the weights are loaded (or downloaded), the training step's peak memory is estimated
+    (models.memory) against the device's free memory. `check` refuses a recipe that will not fit,
+    with the numbers and the settings that fit; `auto` applies the first of them and records it in
+    the run's recipe; `off` skips the check."""
     backend: Literal["tunesmith", "trl"] = "tunesmith"
     """Decoder SFT engine: `tunesmith` (transformers' Trainer with bf16 frozen weights, logits at
     answer positions only, no attention mask, compiled layers: bench/train_throughput.py) or `trl`
@@ -387,7 +404,8 @@ class TrainConfig(_Section):
 
     @property
     def adapter(self) -> Literal["lora", "full"]:
-        """What the run's model directory holds: a LoRA adapter (lora, dpo, kto) or full weights."""
+        """What the run's model directory holds: a LoRA adapter (lora, qlora, dpo, kto) or full
+        weights."""
         return "full" if self.method == "full" else "lora"
 
     @property
@@ -712,6 +730,12 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _family_trains_so(self) -> Recipe:
+        if self.model.family != "causal_lm" and self.train.method == "qlora":
+            raise ValueError(f"train.method qlora is built for decoders (model.family: causal_lm); a "
+                             f"{self.model.family} model trains with train.method lora or full")
+        if self.train.packing is True and (self.model.family != "causal_lm" or self.train.preference):
+            raise ValueError("train.packing packs decoder demonstrations (train.method lora, qlora or "
+                             "full with model.family causal_lm); set train.packing: auto or false")
         if self.model.family != "causal_lm" and self.train.preference:
             raise ValueError(f"train.method {self.train.method} is built for decoders (model.family: "
                              f"causal_lm); a {self.model.family} model trains with train.method lora or "

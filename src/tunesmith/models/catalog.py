@@ -38,6 +38,8 @@ class CatalogEntry(BaseModel):
     heads: int | None = Field(None, gt=0)
     """Attention heads (None: hidden / 64, the usual head width)."""
     vocab: int = Field(gt=0)
+    tied_embeddings: bool = False
+    """The output head shares the input embeddings' matrix (config.json's tie_word_embeddings)."""
     context: int = Field(gt=0)
     languages: list[str]
     license: str
@@ -86,6 +88,8 @@ def entry_from_config(name: str, family: Family, config: dict, params: float) ->
     return CatalogEntry(hub_id=name, family=family, arch=config.get("model_type", "unknown"), params=params,
                         layers=layers, hidden=hidden, kv_dim=kv_heads * head_dim,
                         intermediate=config.get("intermediate_size") or config.get("d_ff"), heads=heads,
-                        vocab=config["vocab_size"], context=config.get("max_position_embeddings") or 512,
+                        vocab=config["vocab_size"],
+                        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+                        context=config.get("max_position_embeddings") or 512,
                         languages=["unknown"], license="unknown", commercial="conditions", gated=False,
                         conditions="the license is not in tunesmith's catalog: read the model's own card")

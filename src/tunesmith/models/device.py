@@ -1,8 +1,10 @@
 """Where a model runs and in which precision, decided per device from measurements.
 
     resolve_device(cfg)            cuda, then Apple mps, then cpu (or the recipe's choice)
-    resolve_dtype(cfg, device)     weights: bf16 on a GPU that supports it, fp32 otherwise
-    mixed_precision(recipe, dev)   training autocast: bf16 where the hardware computes bf16
+    resolve_dtype(cfg, device)     weights: bf16 on a GPU that computes bf16 natively, fp32 otherwise
+    mixed_precision(recipe, dev)   training autocast: bf16 where the hardware computes bf16, fp16
+                                   (with loss scaling) on older GPUs (T4, V100)
+    attention_implementation(...)  flash_attention_2 on CUDA where installed, else SDPA
     generation_bf16(recipe, dev)   evaluation autocast: fp32 on the CPU, for numbers that do
                                    not depend on the CPU's instruction set
 """
@@ -32,16 +34,45 @@ def resolve_device(cfg: ModelConfig) -> str:
     return "cpu"
 
 
+def cuda_native_bf16() -> bool:
+    """Whether the GPU computes bf16 in hardware (Ampere and later). torch's plain
+    `is_bf16_supported()` also counts emulation, which a T4 or V100 runs many times slower than
+    fp16: those train in fp16 with loss scaling instead."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
-    """Weights dtype: bf16 on a GPU that supports it; float32 on the CPU, where training still
-    gets bf16 speed through autocast (train.mixed_precision) while master weights stay exact."""
+    """Weights dtype: bf16 on a GPU that computes bf16 natively; float32 elsewhere: on the CPU,
+    where training still gets bf16 speed through autocast (train.mixed_precision) while master
+    weights stay exact, and on older GPUs, whose fp16 training needs fp32 master weights."""
     import torch
 
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+    if device == "cuda" and cuda_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def attention_implementation(cfg: ModelConfig, device: str) -> str | None:
+    """model.attn_implementation; `auto`: flash-attention-2 on CUDA when the flash_attn package is
+    installed (and its varlen kernel serves packed rows), else None: transformers' default, SDPA."""
+    import importlib.util
+
+    choice = cfg.attn_implementation
+    if choice == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ModelError("model.attn_implementation flash_attention_2 needs the flash_attn package "
+                         "(pip install flash-attn, CUDA only); or use auto or sdpa.")
+    if choice == "flash_attention_2" and device != "cuda":
+        raise ModelError(f"model.attn_implementation flash_attention_2 runs on CUDA only (this is {device}); "
+                         "use auto or sdpa.")
+    if choice != "auto":
+        return choice
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
 
 
 def cpu_native_bf16() -> bool:
@@ -65,23 +96,26 @@ def mixed_precision(recipe: Recipe, device: str) -> str:
     """bf16 autocast where it pays: CUDA with bf16 support, and CPUs that compute bf16 natively
     (bench/precision.py, SmolLM2 LoRA: 1.60x fp32 with AMX / AVX512-BF16, but 0.49x with AVX-512
     alone and far slower on AVX2, where bf16 is emulated); fp16 on older GPUs; none on MPS."""
-    import torch
-
     choice = recipe.train.mixed_precision
     if choice != "auto":
         return choice
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_native_bf16() else "fp16"
     return "bf16" if device == "cpu" and cpu_native_bf16() else "no"
+
+
+def compute_dtype(precision: str) -> Any:
+    """The dtype matmuls run in for a mixed-precision setting (QLoRA's 4-bit layers compute in it)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def generation_bf16(recipe: Recipe, device: str) -> bool:
     """Whether answers are generated under bf16 autocast (see eval.precision)."""
-    import torch
-
     if recipe.eval.precision != "auto":
         return recipe.eval.precision == "bf16"
-    return device == "cuda" and torch.cuda.is_bf16_supported()
+    return device == "cuda" and cuda_native_bf16()
 
 
 def peak_memory(device: str) -> int | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.models.device import resolve_device, resolve_dtype
+from tunesmith.models.device import attention_implementation, resolve_device, resolve_dtype
 from tunesmith.models.families import family_for
 from tunesmith.models.families.causal_lm import CausalLM
 from tunesmith.recipe import CHATML_TEMPLATE, ModelConfig
@@ -211,10 +211,26 @@ DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop
                   "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
+def quantization_config(compute_dtype: Any) -> Any:
+    """QLoRA's 4-bit storage (Dettmers et al. 2023): NF4 blocks of 64 weights, their scales
+    quantized again (double quantization), matmuls in `compute_dtype`. Embeddings, the head and the
+    norms stay unquantized (bitsandbytes replaces only the linear layers inside the blocks)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("train.method qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45' "
+                         "(or pip install 'tunesmith[qlora]'); or use train.method lora.") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage="uint8")
+
+
 def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None,
-               dropout: float | None = None, **head: Any) -> Any:
-    """The model on its device; `dropout` sets every dropout field its config has; `head` is a
-    classifier's num_labels / id2label / label2id."""
+               dropout: float | None = None, quantize: Any = None, **head: Any) -> Any:
+    """The model on its device; `dropout` sets every dropout field its config has; `quantize` (a
+    compute dtype) loads the linear layers in 4-bit NF4 (QLoRA); `head` is a classifier's
+    num_labels / id2label / label2id."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
@@ -225,6 +241,11 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
     if dropout is not None:
         config = AutoConfig.from_pretrained(location, **_hub_kwargs(cfg))
         overrides = {name: dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
+    if quantize is not None:  # bitsandbytes places the 4-bit weights itself: no .to() afterwards
+        overrides |= {"quantization_config": quantization_config(quantize), "device_map": {"": device}}
+    attention = attention_implementation(cfg, device)
+    if attention:
+        overrides["attn_implementation"] = attention
     try:
         model = family_for(cfg).auto_class().from_pretrained(
             location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
@@ -235,7 +256,15 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
             f"model.name {cfg.name}: cannot load it ({error}). Check the hub id / path, "
             "your network, and that the repo has safetensors weights."
         ) from None
-    return model.to(device)
+    return model if quantize is not None else model.to(device)
+
+
+def dequantized(model: Any, dtype: Any) -> Any:
+    """A 4-bit model's linear layers back in `dtype`, holding exactly the values it trained on
+    (NF4 codes x their scales): the base a QLoRA adapter is merged into. Merging into the 4-bit
+    layers instead would quantize the merged weights again (SmolLM2: logits off by up to 0.02)."""
+    model = model.dequantize()
+    return model.to(dtype)
 
 
 def classifier_head(model_dir: Path) -> dict[str, Any]:
@@ -263,17 +292,25 @@ class RunModel:
 
 
 def load_run_model(cfg: ModelConfig, method: str, model_dir: Path) -> RunModel:
-    """The model a run trained into `model_dir` (a LoRA adapter on its base, or full weights)."""
+    """The model a run trained into `model_dir` (a LoRA adapter on its base, or full weights).
+    A QLoRA adapter sits on its base dequantized (`dequantized`): the weights it trained against,
+    in the precision the device computes in, so that evaluation, serving and the export (which
+    merges it) answer alike; `as_base` is then that dequantized base."""
     from peft import PeftModel
 
-    expected = "adapter_config.json" if method == "lora" else "config.json"
+    method = "full" if method == "full" else ("qlora" if method == "qlora" else "lora")
+    expected = "config.json" if method == "full" else "adapter_config.json"
     if not (model_dir / expected).exists():
         raise ModelError(f"{model_dir}: no trained model ({expected} missing). Run "
                          "`tunesmith train RECIPE` (or `tunesmith run RECIPE`) first.")
     device = resolve_device(cfg)
     tokenizer = load_tokenizer(cfg, str(model_dir))
-    base = load_model(cfg, model_location(cfg), device, **classifier_head(model_dir))
-    if method != "lora":
+    dtype = resolve_dtype(cfg, device)
+    if method == "qlora":
+        base = dequantized(load_model(cfg, model_location(cfg), device, quantize=dtype), dtype)
+    else:
+        base = load_model(cfg, model_location(cfg), device, **classifier_head(model_dir))
+    if method == "full":
         return RunModel(tokenizer, load_model(cfg, str(model_dir), device),
                         lambda: contextlib.nullcontext(base))
     tuned = PeftModel.from_pretrained(base, str(model_dir))

@@ -68,7 +68,7 @@ def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16"
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
-    run_model = load_run_model(recipe.model, recipe.train.adapter, run.model)
+    run_model = load_run_model(recipe.model, recipe.train.method, run.model)
     model = run_model.model.merge_and_unload() if recipe.train.adapter == "lora" else run_model.model
     model = model.to(getattr(torch, dtype))
     tokenizer = run_model.tokenizer

@@ -9,6 +9,8 @@ run killed with `kill -9` finishes with the same total steps. Writes the adapter
 weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
 
     backend.py      the Backend protocol: a TrainJob in, a Fitted model out
+    trainer.py      the Trainer glue every backend shares (arguments, callbacks, result) and the
+                    table of backends
     sft_backend.py  the decoder SFT backend: Trainer + the measured speed levers (the default)
     trl_backend.py  TRL's SFTTrainer, used as-is (train.backend: trl)
     preference.py   DPO / KTO: TRL's preference trainers
@@ -37,14 +39,17 @@ from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.files import write_json
 from tunesmith.models.chat import training_rows
-from tunesmith.models.device import mixed_precision, peak_memory, resolve_device
+from tunesmith.models.device import compute_dtype, mixed_precision, peak_memory, resolve_device
 from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
+from tunesmith.train.fit import fit_to_memory, packs
+from tunesmith.train.fit import processes as fit_processes
 from tunesmith.train.guards import OverfittingGuards
+from tunesmith.train.trainer import backend_for
 
 __all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
 
@@ -66,8 +71,9 @@ def preference_dataset(records: list[dict], recipe: Recipe) -> Any:
     return build(records, recipe)
 
 
-def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
-    """A `datasets.Dataset` of input_ids + assistant_masks; rows with nothing to learn dropped."""
+def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe, pack: bool = False) -> Any:
+    """A `datasets.Dataset` of input_ids + assistant_masks; rows with nothing to learn dropped;
+    with `pack`, those rows packed into rows of up to train.max_length tokens (packing.py)."""
     import datasets
 
     rows = training_rows(tokenizer, records, recipe.train, recipe.data.system_prompt)
@@ -80,6 +86,10 @@ def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> An
             f"no example keeps an answer token within train.max_length={recipe.train.max_length}; "
             "raise train.max_length."
         )
+    if pack:
+        from tunesmith.train.packing import pack_rows
+
+        kept = pack_rows(kept, recipe.train.max_length)
     return datasets.Dataset.from_list(kept)
 
 
@@ -98,6 +108,16 @@ def seq2seq_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
 def _wrap_lora(model: Any, recipe: Recipe, family: Family) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
+
+    if recipe.train.method == "qlora":
+        # PEFT's k-bit preparation: the unquantized weights (norms, embeddings, head) in fp32 and
+        # frozen, the input embeddings' output requiring a gradient (so that checkpointed layers
+        # pass one back), checkpointing switched on as the recipe says
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
 
     lora = recipe.train.lora
     if lora.targets != "all-linear":
@@ -152,6 +172,7 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
 
     location, device = model_location(recipe.model), resolve_device(recipe.model)
     family = family_for(recipe.model)
+    pack = packs(recipe, device)
     tokenizer = load_tokenizer(recipe.model, location)
     from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
 
@@ -167,18 +188,26 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
         dataset = functools.partial(seq2seq_dataset, tokenizer)
     else:
         dataset = functools.partial(tokenized_dataset, tokenizer)
-    train_set = dataset(splits["train"], recipe)
-    val_set = dataset(splits["val"], recipe) if splits.get("val") else None
+    train_set = (tokenized_dataset(tokenizer, splits["train"], recipe, pack=True) if pack
+                 else dataset(splits["train"], recipe))
+    val_set = dataset(splits["val"], recipe) if splits.get("val") else None  # never packed: comparable
+    longest = max((len(ids) for ids in train_set["input_ids"]), default=None) \
+        if "input_ids" in train_set.column_names else None
+    # before any weight is loaded; the pipeline has already applied and recorded train.fit auto
+    recipe = fit_to_memory(recipe, device, location, seq=longest, processes=fit_processes())
     # seed before the adapter's random initialisation, not only in Trainer: a run's result must not
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
-    model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout, **head)
+    precision = mixed_precision(recipe, device)
+    quantize = compute_dtype(precision) if recipe.train.method == "qlora" else None
+    model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout, quantize=quantize,
+                       **head)
     if recipe.train.init_adapter:
         model = _continue_lora(model, recipe.train.init_adapter)
     elif recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
     return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
-                    mixed_precision(recipe, device), run_dir.checkpoints, resume_from,
+                    precision, run_dir.checkpoints, resume_from,
                     run_dir.log_in_progress,
                     OverfittingGuards(recipe.train), on_eval_loss,
                     class_weights(splits["train"], recipe, labels) if head else None)
@@ -199,26 +228,14 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         config = fitted.model.config
         save_labels(run_dir.model, [config.id2label[i] for i in range(config.num_labels)], job.class_weights)
     if job.recipe.train.merge and job.recipe.train.adapter == "lora":
-        # merged into a fresh full-precision base: training may have stored the frozen base in bf16
-        from peft import PeftModel
+        # merged into a fresh full-precision base (training may have stored the frozen base in
+        # bf16), or for QLoRA into the 4-bit base dequantized: the weights the adapter trained on
+        from tunesmith.models.loading import load_run_model
 
-        base = load_model(job.recipe.model, model_location(job.recipe.model), job.device)
-        merged = PeftModel.from_pretrained(base, str(run_dir.model)).merge_and_unload()
+        tuned = load_run_model(job.recipe.model, job.recipe.train.method, run_dir.model).model
+        merged = tuned.merge_and_unload()
         merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
-
-
-def _backend(job: TrainJob) -> Backend:
-    from tunesmith.train.hf_backend import TrainerBackend
-    from tunesmith.train.preference import PreferenceBackend
-    from tunesmith.train.sft_backend import SFTBackend
-    from tunesmith.train.trl_backend import TRLBackend
-
-    if job.recipe.train.preference:
-        return PreferenceBackend()
-    if job.family.name != "causal_lm":  # TRL's SFTTrainer and the answer-only loss are for decoders
-        return TrainerBackend()
-    return TRLBackend() if job.recipe.train.backend == "trl" else SFTBackend()
 
 
 def is_main_process() -> bool:
@@ -249,7 +266,7 @@ def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
     splits = splits if splits is not None else load_splits(run_dir)
     job = _job(recipe, run_dir, splits, checkpoint, on_eval_loss)
     started = time.time()
-    fitted = (backend or _backend(job)).fit(job)
+    fitted = (backend or backend_for(job)).fit(job)
     runtime = time.time() - started
     done = fitted.progress
     if not is_main_process():
@@ -259,7 +276,7 @@ def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
     summary = TrainSummary(
         **done.model_dump(), runtime_seconds=runtime,
         resumed_from=job.resume_from.name if job.resume_from else None, device=job.device,
-        mixed_precision=job.precision, method=recipe.train.method,
+        mixed_precision=job.precision, method=job.recipe.train.method,
         trainable_parameters=sum(p.numel() for p in fitted.model.parameters() if p.requires_grad),
         train_examples=len(job.train_set), val_examples=len(job.val_set) if job.val_set is not None else 0,
         guards=job.guards.events, peak_memory_bytes=peak_memory(job.device),

@@ -1,9 +1,9 @@
 """The training backend interface: what the train stage hands to an engine, and what it gets back.
 
 The train stage does what every backend shares (tokenize, load and wrap the model, seed, the
-run directory, the summary); a backend only runs the optimisation loop. TRL's SFTTrainer is
-the backend today (`trl_backend.TRLBackend`); a faster loop or another engine implements the
-same `fit`, and the guards, the log and the tune stage's pruning work with it unchanged.
+run directory, the summary); a backend only runs the optimisation loop (trainer.BACKENDS lists
+them, trainer.py holds the Trainer glue they share). Another engine implements the same `fit`,
+and the guards, the log and the tune stage's pruning work with it unchanged.
 """
 
 from __future__ import annotations

@@ -22,9 +22,21 @@ import torch
 import transformers.integrations.sdpa_attention as sdpa  # looked up per call: tests put a spy there
 
 CHUNK_ELEMENTS = 256 * 49152
-"""Logits per chunk (rows x vocabulary): 256 rows of SmolLM2's 49k vocabulary, 50 MB in fp32.
-Measured on the alpaca bench (eager, tok/s): whole 290, chunks of 2048 rows 305, 1024 340,
-512 340, 256 354, 128 354."""
+"""Logits per chunk on the CPU (rows x vocabulary): 256 rows of SmolLM2's 49k vocabulary, 50 MB
+in fp32. Measured on the alpaca bench (eager, tok/s): whole 290, chunks of 2048 rows 305, 1024
+340, 512 340, 256 354, 128 354."""
+
+
+def chunk_rows(rows: int, vocab: int, hidden: int, device: str) -> int:
+    """Rows of logits per chunk of the fused head. On the CPU a fixed budget of CHUNK_ELEMENTS
+    (measured above). On a GPU, which wants big matmuls, Liger's rule (its fused linear
+    cross-entropy): the rows split into ceil(vocab / hidden) chunks, rounded up to a power of two,
+    so that a chunk's logits take about the memory of the hidden states themselves.
+    scripts/gpu_check.py measures it against plain cross-entropy at a 128k vocabulary."""
+    if device != "cuda":
+        return max(16, CHUNK_ELEMENTS // vocab)
+    chunks = -(-vocab // hidden)
+    return max(16, 1 << max(0, (-(-rows // chunks) - 1).bit_length()))
 
 SHORT_SCORES = 6_000_000
 """Largest batch x heads x length^2 that short_causal_attention computes itself. Measured
@@ -83,7 +95,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     autocast's dtype when autocast is on (as the head's nn.Linear would run)."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    rows = max(16, CHUNK_ELEMENTS // weight.shape[0])
+    rows = chunk_rows(hidden.shape[0], weight.shape[0], weight.shape[1], device)
     if not torch.is_grad_enabled():  # evaluation: no gradient is made, even for trainable weights
         hidden, weight = hidden.detach(), weight.detach()
     with torch.autocast(device, enabled=False):

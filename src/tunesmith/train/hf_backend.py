@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from tunesmith.train.backend import Fitted, TrainJob
 from tunesmith.train.guards import l1_penalty
-from tunesmith.train.trl_backend import callbacks, fitted, trainer_args
+from tunesmith.train.trainer import callbacks, train, trainer_args
 
 
 class WeightedTrainer(Trainer):
@@ -47,18 +47,15 @@ class TrainerBackend:
         from transformers import (
             DataCollatorForSeq2Seq,
             DataCollatorWithPadding,
-            PrinterCallback,
             TrainingArguments,
         )
 
         hooks, progress = callbacks(job)
-        args = {k: v for k, v in trainer_args(job).items() if k != "max_length"}
         trainer = WeightedTrainer(
-            model=job.model, args=TrainingArguments(**args, include_num_input_tokens_seen="non_padding"),
+            model=job.model,
+            args=TrainingArguments(**trainer_args(job), include_num_input_tokens_seen="non_padding"),
             train_dataset=job.train_set, eval_dataset=job.val_set, processing_class=job.tokenizer,
             data_collator=(DataCollatorWithPadding(job.tokenizer) if not job.family.generates
                            else DataCollatorForSeq2Seq(job.tokenizer, model=job.model)),
             callbacks=hooks, weights=job.class_weights, l1=job.recipe.train.l1)
-        trainer.remove_callback(PrinterCallback)
-        output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-        return fitted(trainer, output, progress)
+        return train(trainer, job, progress)

@@ -16,7 +16,7 @@ from tunesmith.errors import DataError
 from tunesmith.models.chat import with_system
 from tunesmith.recipe import Recipe
 from tunesmith.train.backend import Fitted, TrainJob
-from tunesmith.train.trl_backend import callbacks, fitted, trainer_args
+from tunesmith.train.trainer import callbacks, train, trainer_args
 
 
 def _answer(text: str) -> list[dict[str, str]]:
@@ -55,18 +55,16 @@ class PreferenceBackend:
     name: str = "trl-preference"
 
     def fit(self, job: TrainJob) -> Fitted:
-        from transformers import PrinterCallback
         from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
         cfg = job.recipe.train
         config, trainer_class = (DPOConfig, DPOTrainer) if cfg.method == "dpo" else (KTOConfig, KTOTrainer)
         hooks, progress = callbacks(job)
-        trainer = trainer_class(model=job.model, args=config(**trainer_args(job), beta=cfg.beta),
+        args = config(**trainer_args(job), max_length=cfg.max_length, beta=cfg.beta)
+        trainer = trainer_class(model=job.model, args=args,
                                 train_dataset=job.train_set, eval_dataset=job.val_set,
                                 processing_class=job.tokenizer, callbacks=hooks)
-        trainer.remove_callback(PrinterCallback)
-        output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-        model = trainer.model
-        if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen copy for the reference: not ours
-            model.delete_adapter("ref")
-        return fitted(trainer, output, progress)
+        result = train(trainer, job, progress)
+        if "ref" in getattr(result.model, "peft_config", {}):  # TRL's frozen copy for the reference
+            result.model.delete_adapter("ref")
+        return result

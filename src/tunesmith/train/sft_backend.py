@@ -21,6 +21,7 @@ measured by bench/train_throughput.py change how one step computes the same numb
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.train.backend import Fitted, TrainJob
 from tunesmith.train.fast_ops import linear_cross_entropy, register_attention
 from tunesmith.train.guards import l1_penalty
-from tunesmith.train.trl_backend import callbacks, fitted, trainer_args
+from tunesmith.train.trainer import callbacks, train, trainer_args
 
 IGNORE = -100
 """The label of a position outside the loss (the convention of transformers' losses)."""
@@ -43,12 +44,17 @@ IGNORE = -100
 @dataclass
 class AnswerCollator:
     """Right-padded `input_ids` and `attention_mask` (which counts the real tokens), and `labels`:
-    the token where `assistant_masks` is 1, IGNORE elsewhere; `weights` per row when the rows
-    carry a loss weight (data.bias.mitigate: reweight)."""
+    the token where `assistant_masks` is 1, IGNORE elsewhere; `weights` per token when the rows
+    carry a loss weight (data.bias.mitigate: reweight). Packed rows (packing.py) bring their
+    `position_ids`, which restart per original row; with `flatten` (flash-attention-2) the whole
+    batch becomes one row without padding, for its varlen kernel."""
 
     pad_token_id: int
+    flatten: bool = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.flatten and "position_ids" in rows[0]:
+            rows = [{key: [v for row in rows for v in row[key]] for key in rows[0]}]
         length = max(len(row["input_ids"]) for row in rows)
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -59,8 +65,19 @@ class AnswerCollator:
             keep = torch.tensor(row["assistant_masks"], dtype=torch.bool)
             labels[i, :len(tokens)] = torch.where(keep, tokens, IGNORE)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        if "weight" in rows[0]:
-            batch["weights"] = torch.tensor([row["weight"] for row in rows], dtype=torch.float32)
+        if "position_ids" in rows[0]:  # pads continue the last row's positions: nothing attends to them
+            positions = torch.arange(length).repeat(len(rows), 1)
+            for i, row in enumerate(rows):
+                given = torch.tensor(row["position_ids"], dtype=torch.long)
+                positions[i, :len(given)] = given
+                positions[i, len(given):] += int(given[-1]) + 1 - len(given)
+            batch["position_ids"] = positions
+        if "weight" in rows[0] or "token_weights" in rows[0]:
+            weights = torch.ones((len(rows), length), dtype=torch.float32)
+            for i, row in enumerate(rows):
+                given = row.get("token_weights") or [row["weight"]] * len(row["input_ids"])
+                weights[i, :len(given)] = torch.tensor(given, dtype=torch.float32)
+            batch["weights"] = weights
         return batch
 
 
@@ -89,6 +106,32 @@ def answer_positions_only(model: Any, positions: tuple[torch.Tensor, torch.Tenso
         handle.remove()
 
 
+@functools.cache
+def liger_loss() -> Any:
+    """Liger's fused linear cross-entropy (summed), when the liger_kernel package is installed;
+    None otherwise (the own fused head, fast_ops.linear_cross_entropy, is used instead)."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+
+def apply_liger(model: Any) -> bool:
+    """Liger's Triton kernels for RMSNorm, SwiGLU and RoPE in the model (CUDA, when liger_kernel is
+    installed and knows the architecture); the loss is fused in answer_loss. Whether applied."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return False
+    try:
+        _apply_liger_kernel_to_instance(model=_unwrap(model), rope=True, rms_norm=True, swiglu=True,
+                                        cross_entropy=False, fused_linear_cross_entropy=False)
+    except (ValueError, NotImplementedError, KeyError, AttributeError):  # an architecture it lacks
+        return False
+    return True
+
+
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 """Config fields of models that change the head's output before returning it (Gemma 2/3,
 Cohere, Granite, ...): they keep the plain head so that the change is applied."""
@@ -113,22 +156,28 @@ def _unwrap(model: Any) -> Any:
 def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool,
                 fused: bool = False) -> tuple[torch.Tensor, Any]:
     """The summed cross-entropy of the answer tokens (each predicted from the position before it,
-    times its row's weight when the batch has `weights`) and the model's outputs; logits exist for
+    times its weight when the batch has `weights`) and the model's outputs; logits exist for
     those positions only, and with `fused` only a chunk at a time inside
-    fast_ops.linear_cross_entropy."""
+    fast_ops.linear_cross_entropy (or Liger's, on CUDA when installed). Packed rows pass their
+    `position_ids` and no mask: transformers keeps attention inside each original row."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     rows, columns = (targets != IGNORE).nonzero(as_tuple=True)
+    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     with answer_positions_only(model, (rows, columns), hidden=fused):
         outputs = model(input_ids=batch["input_ids"], use_cache=False,
-                        attention_mask=batch["attention_mask"] if attention_mask else None)
+                        attention_mask=batch["attention_mask"] if attention_mask and not extra else None,
+                        **extra)
     logits = outputs.logits
     if logits.dim() != 2 or logits.shape[0] != rows.numel():
         raise ConfigError(f"{type(_unwrap(model)).__name__} reshapes its logits after the output layer; "
                           "set train.backend: trl for it.")
-    weights = batch["weights"][rows] if "weights" in batch else None
+    weights = batch["weights"][:, 1:][rows, columns] if "weights" in batch else None
     if fused:
         head = _unwrap(model).get_output_embeddings().weight
+        liger = liger_loss() if weights is None and logits.device.type == "cuda" else None
+        if liger is not None:
+            return liger(head, logits, targets[rows, columns]), outputs
         return linear_cross_entropy(logits, head, targets[rows, columns], weights), outputs
     losses = torch.nn.functional.cross_entropy(logits.float(), targets[rows, columns], reduction="none")
     return (losses if weights is None else losses * weights).sum(), outputs
@@ -254,10 +303,11 @@ def compile_layers(model: Any) -> int:
 
 
 def use_compile(job: TrainJob) -> bool:
-    """train.compile: true / false, or auto: when the run is long enough to earn back the compile
-    time and a compiler is there (see COMPILE_WORTH)."""
+    """train.compile: true / false, or auto: on the CPU when the run is long enough to earn back
+    the compile time and a compiler is there (see COMPILE_WORTH); off on GPUs until
+    scripts/gpu_check.py has measured compiled against eager there."""
     choice = job.recipe.train.compile
-    if choice is False:
+    if choice is False or (choice == "auto" and job.device != "cpu"):
         return False
     if not can_compile():
         if choice is True:
@@ -275,7 +325,7 @@ def use_compile(job: TrainJob) -> bool:
 
 
 COMPILE_WORTH = 134e6 * 100_000
-"""auto compiles from ~100k trained tokens of a 135M model (parameters x tokens, so sooner for
+"""On the CPU, auto compiles from ~100k trained tokens of a 135M model (parameters x tokens, so sooner for
 bigger models). Measured on SmolLM2-135M, 2 CPU cores (bench/train_throughput.py): compiled
 layers train at ~370-380 tok/s against 332 eager, ~0.35 ms less per token, for a cold compile of
 ~63 s: even after ~180k tokens; torch's cache makes later compiles a few seconds (a second run
@@ -287,28 +337,28 @@ class SFTBackend:
     name: str = "tunesmith"
 
     def fit(self, job: TrainJob) -> Fitted:
-        from transformers import PrinterCallback, TrainingArguments
+        from transformers import TrainingArguments
 
         if job.precision == "bf16":
             store_frozen_in_bf16(job.model)
             keep_adapter_inputs_in_bf16(job.model)
+        if job.device == "cuda":
+            apply_liger(job.model)
         if use_compile(job):
             compile_layers(job.model)
         hooks, progress = callbacks(job)
         cfg = job.recipe.train
-        args = {k: v for k, v in trainer_args(job).items() if k != "max_length"}
         arguments = TrainingArguments(
-            **args, include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
+            **trainer_args(job), include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
             prediction_loss_only=True,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
         pad = job.tokenizer.pad_token_id
         pad = job.tokenizer.eos_token_id if pad is None else pad
+        flatten = getattr(_unwrap(job.model).config, "_attn_implementation", None) == "flash_attention_2"
         trainer = AnswerTrainer(
             model=job.model, args=arguments, train_dataset=job.train_set, eval_dataset=job.val_set,
-            processing_class=job.tokenizer, data_collator=AnswerCollator(pad), callbacks=hooks,
+            processing_class=job.tokenizer, data_collator=AnswerCollator(pad, flatten), callbacks=hooks,
             l1=cfg.l1, fused=fused_head(job.model))
-        trainer.remove_callback(PrinterCallback)
         with warnings.catch_warnings(), short_attention(job.model):
             warnings.filterwarnings("ignore", message=".*recompil.*")
-            output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-        return fitted(trainer, output, progress)
+            return train(trainer, job, progress)

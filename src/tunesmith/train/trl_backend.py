@@ -8,12 +8,9 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from tunesmith.artifacts import TrainProgress
 from tunesmith.train.backend import Fitted, TrainJob
 from tunesmith.train.guards import l1_penalty
-
-OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "rmsprop": "rmsprop"}
-"""Recipe optimizer names -> transformers `optim` names."""
+from tunesmith.train.trainer import callbacks, train, trainer_args
 
 
 class L1SFTTrainer(SFTTrainer):
@@ -36,50 +33,11 @@ class L1SFTTrainer(SFTTrainer):
         return result + self.l1 * l1_penalty(model)
 
 
-def trainer_args(job: TrainJob) -> dict[str, Any]:
-    """The TrainingArguments every TRL trainer here shares (SFT, DPO, KTO)."""
-    cfg = job.recipe.train
-    evaluate = job.val_set is not None
-    return dict(
-        output_dir=str(job.checkpoints),
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.scheduler, optim=OPTIMIZERS[cfg.optimizer], max_length=cfg.max_length,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=job.precision == "bf16", fp16=job.precision == "fp16", use_cpu=job.device == "cpu",
-        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if evaluate else "no",
-        eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
-    )
-
-
 def sft_config(job: TrainJob) -> Any:
     cfg = job.recipe.train
-    return SFTConfig(**trainer_args(job), include_num_input_tokens_seen="non_padding",
+    return SFTConfig(**trainer_args(job), max_length=cfg.max_length,
+                     include_num_input_tokens_seen="non_padding",
                      train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
-
-
-def fitted(trainer: Any, output: Any, progress: Any) -> Fitted:
-    """The trained model and its progress, as the stage records them."""
-    state = trainer.state
-    final_eval = next((e["eval_loss"] for e in reversed(state.log_history) if "eval_loss" in e), None)
-    return Fitted(trainer.model, TrainProgress(
-        steps=state.global_step, max_steps=state.max_steps, epochs=state.epoch,
-        train_loss=output.training_loss, tokens_seen=state.num_input_tokens_seen,
-        tokens_per_second=progress.tokens_per_second(state), final_eval_loss=final_eval))
-
-
-def callbacks(job: TrainJob) -> tuple[list[Any], Any]:
-    """tunesmith's callbacks (progress bar + log.jsonl, guards, the tune stage's hook) and the log."""
-    from tunesmith.train.callbacks import EvalLossHook, GuardsCallback, ProgressLog
-
-    progress = ProgressLog(job.log_path)
-    hooks = [progress, GuardsCallback(job.guards)]
-    if job.on_eval_loss:
-        hooks.append(EvalLossHook(job.on_eval_loss))
-    return hooks, progress
 
 
 @dataclass
@@ -87,12 +45,8 @@ class TRLBackend:
     name: str = "trl"
 
     def fit(self, job: TrainJob) -> Fitted:
-        from transformers import PrinterCallback
-
         hooks, progress = callbacks(job)
         trainer = L1SFTTrainer(model=job.model, args=sft_config(job), train_dataset=job.train_set,
                                eval_dataset=job.val_set, processing_class=job.tokenizer, callbacks=hooks,
                                l1=job.recipe.train.l1)
-        trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its prints
-        output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-        return fitted(trainer, output, progress)
+        return train(trainer, job, progress)
