@@ -1,7 +1,9 @@
 """Training throughput (issue 14, part 1): TRL's SFTTrainer with its defaults, TRL with bf16, and
-`tunesmith train`, each in a fresh process on the same rows, in one run of this script.
+`tunesmith train` (compiled, eager, and eager with padding-free packing), each in a fresh process
+on the same rows, in one run of this script.
 
     .venv/bin/python bench/train_throughput.py [--rows 64] [--epochs 2] [--data alpaca|demo]
+                                               [--trainers tunesmith-eager,tunesmith-packed]
 
 Setup (as the issue states it): the first `--rows` rows of ../shared/fixtures/real/alpaca_en_demo.json
 (or the demo's tickets), SmolLM2-135M-Instruct (the embedded model), LoRA r=16 alpha=32 on all
@@ -38,8 +40,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "fixtures" / "real" / "alpaca_en_demo.json"
 MODEL = "embedded:smollm2-135m-instruct"
-TRAINERS = ("trl-defaults", "trl-bf16", "tunesmith-eager", "tunesmith")
-"""tunesmith-eager is tunesmith with train.compile=false; tunesmith compiles its layers."""
+TRAINERS = ("trl-defaults", "trl-bf16", "tunesmith-eager", "tunesmith", "tunesmith-packed")
+"""tunesmith-eager is tunesmith with train.compile=false; tunesmith compiles its layers;
+tunesmith-packed is tunesmith-eager with train.packing=true (the rows of a pass packed into rows of
+up to 512 tokens: fewer, fuller steps per pass, the same tokens)."""
 
 
 def rows(source: str, count: int) -> list[dict]:
@@ -131,7 +135,8 @@ def run_trl(data: list[dict], steps: int, bf16: bool) -> dict:
     return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses, "adapter": adapter}
 
 
-def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
+def run_tunesmith(data: list[dict], steps: int, compile_layers: bool, packing: bool = False,
+                  epochs: int = 2) -> dict:
     from tunesmith import pipeline
     from tunesmith.recipe import load_recipe
 
@@ -141,7 +146,10 @@ def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
     recipe = load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
                                 "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
                                 "data.filters.enabled=false", "data.leakage.action=flag",
-                                "train.batch_size=8", "train.max_length=512", f"train.max_steps={steps}",
+                                "train.batch_size=8", "train.max_length=512",
+                                # packed: whole passes (their steps are fewer), else the same steps
+                                f"train.epochs={epochs}" if packing else f"train.max_steps={steps}",
+                                f"train.packing={str(packing).lower()}",
                                 "train.logging_steps=1",
                                 "train.lora.r=16", "train.lora.alpha=32", "monitor.enabled=false",
                                 f"train.compile={str(compile_layers).lower()}",
@@ -156,7 +164,8 @@ def run_tunesmith(data: list[dict], steps: int, compile_layers: bool) -> dict:
     first = logged[0]
     begin = first["time"] + offset - first["tokens_seen"] / max(first.get("tokens_per_second") or 0, 1e-9)
     return {"begin": max(begin, started), "steps": [(e["time"] + offset, e["tokens_seen"]) for e in logged],
-            "losses": [e["loss"] for e in logged], "adapter": str(recipe.run_dir / "model")}
+            "losses": [e["loss"] for e in logged], "adapter": str(recipe.run_dir / "model"),
+            "pass_steps": len(logged) // epochs}
 
 
 def final_loss(adapter: str, data: list[dict]) -> float:
@@ -185,13 +194,14 @@ def final_loss(adapter: str, data: list[dict]) -> float:
     return total / count
 
 
-def measure(trainer: str, source: str, count: int, steps: int) -> dict:
+def measure(trainer: str, source: str, count: int, steps: int, epochs: int = 2) -> dict:
     import torch
 
     torch.manual_seed(0)
     data = rows(source, count)
     if trainer.startswith("tunesmith"):
-        result = run_tunesmith(data, steps, compile_layers=trainer == "tunesmith")
+        result = run_tunesmith(data, steps, compile_layers=trainer == "tunesmith",
+                               packing=trainer == "tunesmith-packed", epochs=epochs)
     else:
         result = run_trl(data, steps, bf16=trainer == "trl-bf16")
     from tunesmith.models.device import peak_memory
@@ -223,11 +233,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", choices=["alpaca", "demo"], default="alpaca")
+    parser.add_argument("--trainers", default=",".join(TRAINERS),
+                        help="comma-separated subset of: " + ", ".join(TRAINERS))
     parser.add_argument("--one", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.data, args.rows, args.steps)))
+        print(json.dumps(measure(args.one, args.data, args.rows, args.steps, args.epochs)))
         return
+    chosen = [t for t in args.trainers.split(",") if t]
+    if not chosen or set(chosen) - set(TRAINERS):
+        raise SystemExit(f"--trainers: choose from {', '.join(TRAINERS)}")
     pass_steps = -(-args.rows // 8)
     if args.epochs < 2:
         raise SystemExit("--epochs must be at least 2: the last pass is the steady state")
@@ -236,22 +251,26 @@ def main() -> None:
 
     peaks = {"bf16": matmul_gflops("bfloat16"), "fp32": matmul_gflops("float32")}
     results = {}
-    for trainer in TRAINERS:
+    for trainer in chosen:
         # a fresh inductor cache per run: compile time is measured cold, as on a first run
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-")}
         done = subprocess.run([sys.executable, __file__, "--one", trainer, "--data", args.data, "--rows",
-                               str(args.rows), "--steps", str(pass_steps * args.epochs)],
+                               str(args.rows), "--steps", str(pass_steps * args.epochs),
+                               "--epochs", str(args.epochs)],
                               capture_output=True, text=True, timeout=3600, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{trainer} failed:\n{done.stderr[-3000:]}")
-        results[trainer] = summarise(json.loads(done.stdout.strip().splitlines()[-1]), pass_steps)
-    base, bf16 = results["trl-defaults"], results["trl-bf16"]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        results[trainer] = summarise(result, result.get("pass_steps") or pass_steps)
+    base = results.get("trl-defaults") or results[chosen[0]]
+    bf16 = results.get("trl-bf16") or base
     table = Table(title=f"training throughput, {args.data} ({args.rows} rows, batch 8, {args.epochs} passes "
                         f"of {pass_steps} steps; end to end = first pass, steady = last pass); matmul peak "
                         f"bf16 {peaks['bf16']:.0f}, fp32 {peaks['fp32']:.0f} GFLOP/s")
     for column in ("trainer", "tok/s end to end", "tok/s steady", "warm-up s",
-                   "vs TRL defaults (steady / e2e)",
-                   "vs TRL + bf16 (steady / e2e)", "mean logged loss", "loss after training", "peak RSS",
+                   f"vs {'TRL defaults' if 'trl-defaults' in results else chosen[0]} (steady / e2e)",
+                   f"vs {'TRL + bf16' if 'trl-bf16' in results else chosen[0]} (steady / e2e)",
+                   "mean logged loss", "loss after training", "peak RSS",
                    "GFLOP/s", "MFU bf16 / fp32"):
         table.add_column(column)
     for trainer, r in results.items():

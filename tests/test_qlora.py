@@ -35,7 +35,8 @@ def qlora_run(tmp_path_factory, tiny_model_dir):
     files = {}
     for name, rows in (("train", [{"instruction": f"code for {c} #{i}", "output": c[:2].upper()}
                                   for i in range(8) for c in colours]),
-                       ("test", [{"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours])):
+                       ("test", [{"instruction": f"code for {c} now", "output": c[:2].upper()}
+                                 for c in colours])):
         files[name] = tmp / f"{name}.jsonl"
         files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = qlora_recipe(tmp, tiny_model_dir, files, "train.merge=true")
@@ -74,8 +75,8 @@ def test_qlora_trains_the_adapter_only(qlora_run, tiny_model_dir):
     assert adapter and all("lora_" in name for name in adapter)
     assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
     config = json.loads((run_dir.model / "adapter_config.json").read_text())
-    assert {name.rsplit(".", 1)[-1] for name in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"}  # all linear layers
+    adapted = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert (run_dir.merged_model / "config.json").exists()
     assert "quantization_config" not in json.loads((run_dir.merged_model / "config.json").read_text())
 

@@ -51,7 +51,8 @@ from tunesmith.train.fit import processes as fit_processes
 from tunesmith.train.guards import OverfittingGuards
 from tunesmith.train.trainer import backend_for
 
-__all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
+__all__ = ["Backend", "TrainResult", "check_resumable", "fit_recipe", "run", "tokenized_dataset",
+           "train_here"]
 
 
 @dataclass
@@ -236,6 +237,17 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         merged = tuned.merge_and_unload()
         merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
+
+
+def fit_recipe(recipe: Recipe, processes: int = 1) -> Recipe:
+    """The recipe checked against the device's free memory before anything is loaded (train.fit,
+    fit.py), at train.max_length (the longest batch the recipe allows); with train.fit auto, the
+    first fix that fits applied. The pipeline calls it before its transaction, so the run's
+    recipe.yaml records what trained."""
+    if recipe.train.fit == "off":
+        return recipe
+    return fit_to_memory(recipe, resolve_device(recipe.model), model_location(recipe.model),
+                         processes=processes)
 
 
 def is_main_process() -> bool:

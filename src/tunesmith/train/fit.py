@@ -153,13 +153,15 @@ def fit_to_memory(recipe: Recipe, device: str, location: str, seq: int | None = 
         return recipe
     entry = model_entry(recipe, location)
     need = training_memory(entry, step_for(recipe, entry, device, seq))
-    if need.total <= free:
+    # GPUs: one process a GPU, each with its own memory; CPU processes share the machine's
+    share = processes if device == "cpu" else 1
+    if need.total * share <= free:
         return recipe
     fits = []
     for changes in candidate_fixes(recipe):
         changed = applied(recipe, changes)
         memory = training_memory(entry, step_for(changed, entry, device, seq))
-        if memory.total <= free:
+        if memory.total * share <= free:
             fits.append(Fix(changes, memory))
     where = f"{device}{' (per GPU, each of ' + str(processes) + ' processes)' if processes > 1 else ''}"
     if fits and recipe.train.fit == "auto":
