@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: demo test bench lint setup clean chromium
+.PHONY: demo test bench lint setup clean chromium gpu-check
 
 setup: $(STAMP)
 
@@ -36,7 +36,12 @@ test: $(STAMP) chromium
 	  export TUNESMITH_TEST_PG_URL; $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+
+# What the GPU defaults rest on, measured on the GPU at hand, in one table (scripts/gpu_check.py;
+# under 8 minutes on one H100). Without a GPU it runs its reduced CPU mode, as CI does.
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 # bench/loop_spread.py and bench/families.py read the runs of `tunesmith demo --loop` and
 # `tunesmith demo --family encoder`: run them by hand after those

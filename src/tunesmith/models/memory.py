@@ -15,9 +15,10 @@ and MiniLM fully fine-tuned: tests/test_memory_estimate.py) and, when a GPU is l
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from tunesmith.models.catalog import CatalogEntry
+if TYPE_CHECKING:  # imported for the type only: scripts/gpu_check.py uses this module without pydantic
+    from tunesmith.models.catalog import CatalogEntry
 
 GB = 1024 ** 3
 OPTIMIZER_BYTES = {"adamw": 8, "rmsprop": 4, "sgd": 0}
