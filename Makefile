@@ -45,7 +45,7 @@ gpu-check: $(STAMP)
 
 # bench/loop_spread.py and bench/families.py read the runs of `tunesmith demo --loop` and
 # `tunesmith demo --family encoder`: run them by hand after those
-BENCHES = bench/dedup.py bench/hpo.py bench/precision.py bench/memory.py bench/train_throughput.py bench/serve.py
+BENCHES = bench/dedup.py bench/hpo.py bench/precision.py bench/memory.py bench/train_throughput.py bench/qlora.py bench/serve.py
 
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
