@@ -46,7 +46,8 @@ def measure(method: str, count: int, epochs: int) -> dict:
     recipe = load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
                                 "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
                                 "data.filters.enabled=false", "data.leakage.action=flag",
-                                "train.batch_size=8", "train.max_length=512", f"train.epochs={epochs}", "train.logging_steps=1",
+                                "train.batch_size=8", "train.max_length=512", f"train.epochs={epochs}",
+                                "train.logging_steps=1",
                                 "train.compile=false", f"train.method={method}", "monitor.enabled=false",
                                 f"output.dir={work / 'runs'}", "name=bench"])
     device = resolve_device(recipe.model)
