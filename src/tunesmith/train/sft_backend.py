@@ -172,7 +172,9 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_mask: bool
     if logits.dim() != 2 or logits.shape[0] != rows.numel():
         raise ConfigError(f"{type(_unwrap(model)).__name__} reshapes its logits after the output layer; "
                           "set train.backend: trl for it.")
-    weights = batch["weights"][:, 1:][rows, columns] if "weights" in batch else None
+    weights = batch.get("weights")  # per row [batch], or per token [batch, length] (the collator's)
+    if weights is not None:
+        weights = weights[rows] if weights.dim() == 1 else weights[:, 1:][rows, columns]
     if fused:
         head = _unwrap(model).get_output_embeddings().weight
         liger = liger_loss() if weights is None and logits.device.type == "cuda" else None
