@@ -163,3 +163,20 @@ def test_a_t4_trains_in_fp16_over_fp32_weights(tmp_path, tiny_model_dir, chat_fi
     pipeline.fine_tune(recipe)
     assert seen["fp16"] is True and seen["bf16"] is False
     assert load(TrainSummary, open_run(recipe).train_summary).mixed_precision == "fp16"
+
+
+def test_the_cli_refuses_a_step_no_machine_holds_before_loading(tmp_path, llama_8b_dir, chat_files):
+    """`tunesmith train` as users run it, on this machine's real free memory: 8B at a 131k context
+    cannot fit anywhere CI runs; exit 2, the numbers, nothing loaded, no traceback."""
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "big.yaml"
+    recipe.write_text(f"name: big\ndata:\n  train: {chat_files['train']}\nmodel:\n  name: {llama_8b_dir}\n"
+                      f"train:\n  max_length: 131072\noutput:\n  dir: {tmp_path / 'runs'}\n")
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Nothing was loaded" in done.stderr and "GiB free" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "runs" / "big").exists()

@@ -123,3 +123,15 @@ def test_qlora_evaluates_serves_and_exports(qlora_run):
             "messages": [{"role": "user", "content": tested[0].prompt}], "max_tokens": 4, "temperature": 0})
     assert answer.status_code == 200
     assert answer.json()["choices"][0]["message"]["content"].strip() == tested[0].finetuned_prediction.strip()
+
+
+def test_the_cli_exports_a_qlora_run_and_checks_it(qlora_run):
+    import subprocess
+    import sys
+
+    _, run_dir, _, tmp = qlora_run
+    command = [sys.executable, "-m", "tunesmith", "export", str(run_dir.root), str(tmp / "cli-export"),
+               "--dtype", "float32", "--check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "export check: 6 of 6 test answers" in done.stdout
