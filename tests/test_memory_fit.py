@@ -34,8 +34,8 @@ def llama_8b_dir(tmp_path, tiny_model_dir):
     path.mkdir()
     (path / "config.json").write_text(json.dumps(LLAMA_8B))
     (path / "model.safetensors").write_bytes(b"not weights")
-    for name in tiny_model_dir.iterdir():
-        if name.name.startswith("tokenizer") or name.name == "special_tokens_map.json":
+    for name in tiny_model_dir.iterdir():  # the tiny model's tokenizer and chat template
+        if name.suffix != ".safetensors" and name.name not in ("config.json", "generation_config.json"):
             shutil.copy(name, path / name.name)
     return path
 
@@ -53,6 +53,19 @@ def a_24gb_gpu(monkeypatch):
     monkeypatch.setattr(train, "load_model", no_loading)
 
 
+@pytest.fixture
+def long_files(tmp_path):
+    """Answers of 1,500 characters: with the tiny tokenizer (a token a character) the longest row
+    reaches the default train.max_length of 1,024 tokens, as real documents do."""
+    from conftest import write_jsonl
+
+    words = ["red", "blue", "green", "black", "white", "pink", "grey"]
+    rows = [{"instruction": f"describe colour {i}",
+             "output": " ".join(f"{words[(i * j) % 7]}{j}" for j in range(1, 260))} for i in range(16)]
+    return {"train": write_jsonl(tmp_path / "long.jsonl", rows),
+            "test": write_jsonl(tmp_path / "long-test.jsonl", rows[:2])}
+
+
 def _recipe(tmp_path, model_dir, chat_files, *extra):
     return load_recipe(None, [f"model.name={model_dir}", f"data.train={chat_files['train']}",
                               f"data.test={chat_files['test']}", f"output.dir={tmp_path / 'runs'}",
@@ -63,15 +76,16 @@ def test_the_8b_parameter_count_from_its_config():
     assert fit.parameters_from_config(LLAMA_8B) == pytest.approx(8.03e9, rel=0.01)
 
 
-def test_an_8b_default_recipe_is_refused_on_24gb_before_loading(tmp_path, llama_8b_dir, chat_files,
+def test_an_8b_default_recipe_is_refused_on_24gb_before_loading(tmp_path, llama_8b_dir, long_files,
                                                                 a_24gb_gpu):
-    recipe = _recipe(tmp_path, llama_8b_dir, chat_files)
+    chat_files = long_files
+    recipe = _recipe(tmp_path, llama_8b_dir, chat_files, "data.filters.max_tokens=100000")
     with pytest.raises(ConfigError) as refused:
         pipeline.fine_tune(recipe)
     message = str(refused.value)
     assert "has 24.0 GiB free" in message and "Nothing was loaded" in message
     need = float(message.split("needs ~")[1].split(" GiB")[0])
-    assert need > 24  # batch 8 x 1,024 tokens, no checkpointing
+    assert need > 24 and "batch 8 x 1024 tokens" in message  # the longest rows, no checkpointing
     assert "weights 15.0" in message  # 8B in bf16
     fix = message.split("Settings that fit: ")[1].split(" (~")[0]
     assert fix == "train.gradient_checkpointing=true"  # the cheapest that fits comes first
@@ -82,13 +96,13 @@ def test_an_8b_default_recipe_is_refused_on_24gb_before_loading(tmp_path, llama_
     assert fit.fit_to_memory(fixed, "cuda", str(llama_8b_dir)) is fixed
     # and train.fit=auto applies it itself
     auto = _recipe(tmp_path, llama_8b_dir, chat_files, "train.fit=auto")
-    applied = train.fit_recipe(auto)
+    applied = fit.fit_to_memory(auto, "cuda", str(llama_8b_dir))
     assert applied.train.gradient_checkpointing is True and applied.train.batch_size == 8
 
 
 def test_a_longer_context_needs_a_stronger_fix(tmp_path, llama_8b_dir, chat_files, a_24gb_gpu):
     recipe = _recipe(tmp_path, llama_8b_dir, chat_files, "train.max_length=8192", "train.fit=auto")
-    applied = train.fit_recipe(recipe)
+    applied = fit.fit_to_memory(recipe, "cuda", str(llama_8b_dir))
     assert applied.train.batch_size == 1 and applied.train.grad_accum == 8  # the same effective batch
     assert applied.train.gradient_checkpointing is True
 
@@ -96,13 +110,13 @@ def test_a_longer_context_needs_a_stronger_fix(tmp_path, llama_8b_dir, chat_file
 def test_nothing_fits_names_a_smaller_model(tmp_path, llama_8b_dir, chat_files, monkeypatch, a_24gb_gpu):
     monkeypatch.setattr(fit, "free_memory", lambda device: 3 * GB)
     with pytest.raises(ConfigError, match="No setting of this model fits: choose a smaller one"):
-        train.fit_recipe(_recipe(tmp_path, llama_8b_dir, chat_files))
+        fit.fit_to_memory(_recipe(tmp_path, llama_8b_dir, chat_files), "cuda", str(llama_8b_dir))
 
 
-def test_auto_fit_is_recorded_in_the_runs_recipe(tmp_path, tiny_model_dir, chat_files, monkeypatch):
+def test_auto_fit_is_recorded_in_the_runs_recipe(tmp_path, tiny_model_dir, long_files, monkeypatch):
     """A recipe too big for the (faked) free memory trains with the fix, and recipe.yaml says so."""
-    recipe = _recipe(tmp_path, tiny_model_dir, chat_files, "train.fit=auto", "train.max_steps=2",
-                     "train.max_length=1024", "eval.forgetting_probe=false")
+    recipe = _recipe(tmp_path, tiny_model_dir, long_files, "train.fit=auto", "train.max_steps=2",
+                     "train.max_length=1024", "data.filters.max_tokens=100000")
     entry = fit.model_entry(recipe, str(tiny_model_dir))
     step = fit.step_for(recipe, entry, "cpu")
     checkpointed = training_memory(entry, step, checkpointing=True).total

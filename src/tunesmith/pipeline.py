@@ -45,9 +45,8 @@ def check_license(recipe: Recipe) -> None:
 def fine_tune(recipe: Recipe, resume: bool = False, processes: int = 1,
               accelerate_config: str | None = None) -> train.TrainResult:
     """`processes` > 1: the data stage here, training in that many workers (train/distributed.py).
-    The recipe is first checked against the device's memory (train.fit), before any download."""
+    Training checks its step against the device's memory (train.fit) before loading weights."""
     check_license(recipe)
-    recipe = train.fit_recipe(recipe, processes)
     run_dir = open_run(recipe)
     train.check_resumable(recipe, run_dir, resume)
     with run_dir.transaction(recipe, ("data", "train")) as view:

@@ -249,10 +249,20 @@ class RunDir:
                     (view.root / entry.name).symlink_to(Path("..", "..", entry.name))
             write_text(view.recipe, dump_recipe(recipe))
             yield view
-            commit(self, recipe, stages, view)
+            commit(self, refined(view, recipe), stages, view)
         finally:
             shutil.rmtree(view.root, ignore_errors=True)
             _tidy(self.root, existed)
+
+
+def refined(view: RunDir, recipe: Recipe) -> Recipe:
+    """The recipe the staged stages ran with: a stage may refine it by rewriting the view's
+    recipe.yaml (train.fit: auto applies the memory fix it chose), and the commit records that."""
+    from tunesmith.recipe import load_recipe
+
+    if view.recipe.read_text(encoding="utf-8") == dump_recipe(recipe):
+        return recipe
+    return load_recipe(view.recipe)
 
 
 def _tidy(root: Path, existed: bool) -> None:

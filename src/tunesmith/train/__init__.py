@@ -37,12 +37,12 @@ from typing import Any
 from tunesmith.artifacts import GuardEvent, TrainSummary, save
 from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.files import write_json
+from tunesmith.files import write_json, write_text
 from tunesmith.models.chat import training_rows
 from tunesmith.models.device import compute_dtype, mixed_precision, peak_memory, resolve_device
 from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
-from tunesmith.recipe import Recipe
+from tunesmith.recipe import Recipe, dump_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
@@ -51,8 +51,7 @@ from tunesmith.train.fit import processes as fit_processes
 from tunesmith.train.guards import OverfittingGuards
 from tunesmith.train.trainer import backend_for
 
-__all__ = ["Backend", "TrainResult", "check_resumable", "fit_recipe", "run", "tokenized_dataset",
-           "train_here"]
+__all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
 
 
 @dataclass
@@ -194,8 +193,12 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     val_set = dataset(splits["val"], recipe) if splits.get("val") else None  # never packed: comparable
     longest = max((len(ids) for ids in train_set["input_ids"]), default=None) \
         if "input_ids" in train_set.column_names else None
-    # before any weight is loaded; the pipeline has already applied and recorded train.fit auto
-    recipe = fit_to_memory(recipe, device, location, seq=longest, processes=fit_processes())
+    # before any weight is loaded or downloaded, for the longest row (length grouping trains the
+    # longest batch first); train.fit auto's fix is recorded in the run's recipe.yaml
+    fitted = fit_to_memory(recipe, device, location, seq=longest, processes=fit_processes())
+    if fitted is not recipe and is_main_process():
+        write_text(run_dir.recipe, dump_recipe(fitted))
+    recipe = fitted
     # seed before the adapter's random initialisation, not only in Trainer: a run's result must not
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
@@ -239,17 +242,6 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
         job.tokenizer.save_pretrained(str(run_dir.merged_model))
 
 
-def fit_recipe(recipe: Recipe, processes: int = 1) -> Recipe:
-    """The recipe checked against the device's free memory before anything is loaded (train.fit,
-    fit.py), at train.max_length (the longest batch the recipe allows); with train.fit auto, the
-    first fix that fits applied. The pipeline calls it before its transaction, so the run's
-    recipe.yaml records what trained."""
-    if recipe.train.fit == "off":
-        return recipe
-    return fit_to_memory(recipe, resolve_device(recipe.model), model_location(recipe.model),
-                         processes=processes)
-
-
 def is_main_process() -> bool:
     """True unless this is a distributed worker of rank > 0 (torchrun / accelerate set RANK)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -263,11 +255,18 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
     `splits` (e.g. a CV fold) let other stages reuse the same training path. `processes` > 1
     trains in that many worker processes (distributed.py) on the data this process prepared."""
     checkpoint = prepare_checkpoints(recipe, run_dir, resume)
-    if processes > 1:
-        from tunesmith.train.distributed import launch
+    try:
+        if processes > 1:
+            from tunesmith.train.distributed import launch
 
-        return launch(recipe, run_dir, checkpoint, processes, accelerate_config)
-    return train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+            return launch(recipe, run_dir, checkpoint, processes, accelerate_config)
+        return train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+    except BaseException:
+        # stopped before its first checkpoint (a refused recipe, say): nothing to resume, so
+        # nothing of this attempt is left in the work area
+        if not any(run_dir.checkpoints.glob("checkpoint-*")):
+            shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
+        raise
 
 
 def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,

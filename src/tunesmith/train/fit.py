@@ -3,13 +3,15 @@ or downloaded: from the model's config.json alone (models/memory.py's estimate) 
 device's free memory, per GPU (each data-parallel process trains `train.batch_size` rows on a
 replica).
 
-    recipe = fit_to_memory(recipe, device)      # train.fit: check refuses, auto applies a fix
+    recipe = fit_to_memory(recipe, device, location, seq=longest_row)   # check refuses, auto fixes
 
 A recipe that will not fit is refused (exit 2) with the numbers and the settings that fit, in the
 order of what they cost: activation checkpointing (a third more compute), batch 1 with the same
 effective batch through gradient accumulation, both, then QLoRA (a 4-bit base; LoRA for full
 fine-tuning), then a smaller model. `train.fit: auto` applies the first that fits and the run's
-recipe.yaml records it; `off` skips the check.
+recipe.yaml records it (the train stage rewrites its staging view's recipe; the commit records
+that, rundir.refined); `off` skips the check. The train stage checks after tokenizing, for the
+longest row, and before the weights are loaded or downloaded.
 """
 
 from __future__ import annotations
@@ -151,7 +153,13 @@ def fit_to_memory(recipe: Recipe, device: str, location: str, seq: int | None = 
     free = free_memory(device) if free is None else free
     if free is None:
         return recipe
-    entry = model_entry(recipe, location)
+    try:
+        entry = model_entry(recipe, location)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as error:
+        # a config without the usual numbers (or none to be had): the load itself will tell
+        note(f"train.fit: the memory of {recipe.model.name} cannot be estimated from its config "
+             f"({type(error).__name__}: {error}); not checked.")
+        return recipe
     need = training_memory(entry, step_for(recipe, entry, device, seq))
     # GPUs: one process a GPU, each with its own memory; CPU processes share the machine's
     share = processes if device == "cpu" else 1
