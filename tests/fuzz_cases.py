@@ -309,6 +309,12 @@ OVERRIDES: list[tuple[str, str, tuple[str, ...]]] = [
      ("data.bias.lexicon", "origin.b: give each group one or more non-empty terms")),
     ("probe-lexicon-empty-group", "eval.bias.lexicon={origin: {a: [Ahmed], b: ['']}}",
      ("eval.bias.lexicon", "origin.b: give each group one or more non-empty terms")),
+    ("packing-unknown", "train.packing=sometimes", ("override train.packing=sometimes: train.packing",
+                                                    "'auto'")),
+    ("fit-unknown", "train.fit=always", ("override train.fit=always: train.fit", "'check', 'auto' or 'off'")),
+    ("method-unknown", "train.method=qdora", ("override train.method=qdora: train.method", "'qlora'")),
+    ("flash-attention-without-its-package", "model.attn_implementation=flash_attention_2",
+     ("model.attn_implementation flash_attention_2 needs the flash_attn package", "use auto or sdpa")),
 ]
 
 
