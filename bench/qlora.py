@@ -19,7 +19,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,26 +29,16 @@ METHODS = ("lora", "qlora")
 
 def measure(method: str, count: int, epochs: int) -> dict:
     import torch
-    from train_throughput import MODEL, rows
+    from train_throughput import bench_recipe, rows
 
     from tunesmith import pipeline
     from tunesmith.models.device import peak_memory, resolve_device
     from tunesmith.models.loading import load_model, load_run_model
-    from tunesmith.recipe import load_recipe
     from tunesmith.train.sft_backend import AnswerCollator, answer_loss
 
     torch.manual_seed(0)
     data = rows("alpaca", count)
-    work = Path(tempfile.mkdtemp())
-    train = work / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in data))
-    recipe = load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
-                                "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
-                                "data.filters.enabled=false", "data.leakage.action=flag",
-                                "train.batch_size=8", "train.max_length=512", f"train.epochs={epochs}",
-                                "train.logging_steps=1",
-                                "train.compile=false", f"train.method={method}", "monitor.enabled=false",
-                                f"output.dir={work / 'runs'}", "name=bench"])
+    recipe = bench_recipe(data, f"train.epochs={epochs}", "train.compile=false", f"train.method={method}")
     device = resolve_device(recipe.model)
     from tunesmith.models.device import compute_dtype, mixed_precision
 

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "fixtures" / "real" / "alpaca_en_demo.json"
@@ -135,25 +136,32 @@ def run_trl(data: list[dict], steps: int, bf16: bool) -> dict:
     return {"begin": clock.begin, "steps": clock.steps, "losses": clock.losses, "adapter": adapter}
 
 
-def run_tunesmith(data: list[dict], steps: int, compile_layers: bool, packing: bool = False,
-                  epochs: int = 2) -> dict:
-    from tunesmith import pipeline
+def bench_recipe(data: list[dict], *extra: str) -> Any:
+    """The benches' recipe for `data` (written to a scratch directory): SmolLM2, every row trained
+    (no held-out sets, no filters, no dedup), LoRA r=16 alpha=32, batch 8, max_length 512, a log
+    entry every step; `extra` overrides on top."""
     from tunesmith.recipe import load_recipe
 
     work = Path(tempfile.mkdtemp())
     train = work / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in data))
-    recipe = load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
-                                "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
-                                "data.filters.enabled=false", "data.leakage.action=flag",
-                                "train.batch_size=8", "train.max_length=512",
-                                # packed: whole passes (their steps are fewer), else the same steps
-                                f"train.epochs={epochs}" if packing else f"train.max_steps={steps}",
-                                f"train.packing={str(packing).lower()}",
-                                "train.logging_steps=1",
-                                "train.lora.r=16", "train.lora.alpha=32", "monitor.enabled=false",
-                                f"train.compile={str(compile_layers).lower()}",
-                                f"output.dir={work / 'runs'}", "name=bench"])
+    return load_recipe(None, [f"model.name={MODEL}", f"data.train={train}", "data.val_fraction=0",
+                              "data.test_fraction=0", "data.dedup.exact=false", "data.dedup.near=false",
+                              "data.filters.enabled=false", "data.leakage.action=flag",
+                              "train.batch_size=8", "train.max_length=512", "train.logging_steps=1",
+                              "train.lora.r=16", "train.lora.alpha=32", "monitor.enabled=false",
+                              f"output.dir={work / 'runs'}", "name=bench", *extra])
+
+
+def run_tunesmith(data: list[dict], steps: int, compile_layers: bool, packing: bool = False,
+                  epochs: int = 2) -> dict:
+    from tunesmith import pipeline
+
+    recipe = bench_recipe(data,
+                          # packed: whole passes (their steps are fewer), else the same steps
+                          f"train.epochs={epochs}" if packing else f"train.max_steps={steps}",
+                          f"train.packing={str(packing).lower()}",
+                          f"train.compile={str(compile_layers).lower()}")
     started = time.perf_counter()
     pipeline.fine_tune(recipe)
     log = [json.loads(line) for line in (recipe.run_dir / "train" / "log.jsonl").read_text().splitlines()]
