@@ -57,8 +57,9 @@ def resolve_dtype(cfg: ModelConfig, device: str) -> Any:
 
 
 def attention_implementation(cfg: ModelConfig, device: str) -> str | None:
-    """model.attn_implementation; `auto`: flash-attention-2 on CUDA when the flash_attn package is
-    installed (and its varlen kernel serves packed rows), else None: transformers' default, SDPA."""
+    """model.attn_implementation; `auto`: flash-attention-2 on a CUDA GPU of the Ampere generation or
+    later (the ones it supports) when the flash_attn package is installed (its varlen kernel serves
+    packed rows), else None: transformers' default, SDPA."""
     import importlib.util
 
     choice = cfg.attn_implementation
@@ -70,8 +71,8 @@ def attention_implementation(cfg: ModelConfig, device: str) -> str | None:
                          "use auto or sdpa.")
     if choice != "auto":
         return choice
-    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
+    if device == "cuda" and cuda_native_bf16() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"  # Ampere and later: flash-attention-2 runs in bf16 / fp16 only there
     return None
 
 
