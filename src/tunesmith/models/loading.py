@@ -207,6 +207,13 @@ def load_tokenizer(cfg: ModelConfig, location: str | None = None) -> Any:
     return tokenizer
 
 
+def load_config(cfg: ModelConfig, location: str | None = None) -> Any:
+    """The model's config alone (config.json: no weights are read or downloaded)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(location or model_location(cfg), **_hub_kwargs(cfg))
+
+
 DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
                   "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
@@ -231,7 +238,6 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
     """The model on its device; `dropout` sets every dropout field its config has; `quantize` (a
     compute dtype) loads the linear layers in 4-bit NF4 (QLoRA); `head` is a classifier's
     num_labels / id2label / label2id."""
-    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     location = location or model_location(cfg)
@@ -239,7 +245,7 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
     device = device or resolve_device(cfg)
     overrides: dict[str, Any] = {}
     if dropout is not None:
-        config = AutoConfig.from_pretrained(location, **_hub_kwargs(cfg))
+        config = load_config(cfg, location)
         overrides = {name: dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
     if quantize is not None:  # bitsandbytes places the 4-bit weights itself: no .to() afterwards
         overrides |= {"quantization_config": quantization_config(quantize), "device_map": {"": device}}

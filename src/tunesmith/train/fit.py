@@ -66,10 +66,9 @@ def model_entry(recipe: Recipe, location: str) -> CatalogEntry:
     listed = find(recipe.model.name)
     if listed is not None:
         return listed
-    from transformers import AutoConfig
+    from tunesmith.models.loading import load_config
 
-    config = AutoConfig.from_pretrained(location, trust_remote_code=recipe.model.trust_remote_code,
-                                        revision=recipe.model.revision).to_dict()
+    config = load_config(recipe.model, location).to_dict()
     config = {**config, **config.get("text_config", {})}  # multimodal configs nest the decoder's
     return entry_from_config(recipe.model.name, recipe.model.family, config, parameters_from_config(config))
 
