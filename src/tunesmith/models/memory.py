@@ -14,7 +14,7 @@ and MiniLM fully fine-tuned: tests/test_memory_estimate.py) and, when a GPU is l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported for the type only: scripts/gpu_check.py uses this module without pydantic
@@ -148,8 +148,6 @@ def training_memory(entry: CatalogEntry, step: Step | None = None, **changes: ob
 
     Activation checkpointing (transformers' per-layer checkpointing) keeps every layer's input
     (the residual stream) and recomputes one layer's activations at a time during backward."""
-    from dataclasses import replace
-
     step = replace(step or Step(), **changes)  # type: ignore[arg-type]
     trained = entry.params if step.method == "full" else lora_parameters(entry, step.rank)
     compute_bytes = 4 if step.precision == "fp32" else 2

@@ -46,8 +46,7 @@ from tunesmith.recipe import Recipe, dump_recipe
 from tunesmith.rundir import RunDir
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
-from tunesmith.train.fit import fit_to_memory, packs
-from tunesmith.train.fit import processes as fit_processes
+from tunesmith.train.fit import fit_to_memory, packs, world_size
 from tunesmith.train.guards import OverfittingGuards
 from tunesmith.train.trainer import backend_for
 
@@ -195,7 +194,7 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
         if "input_ids" in train_set.column_names else None
     # before any weight is loaded or downloaded, for the longest row (length grouping trains the
     # longest batch first); train.fit auto's fix is recorded in the run's recipe.yaml
-    fitted = fit_to_memory(recipe, device, location, seq=longest, processes=fit_processes())
+    fitted = fit_to_memory(recipe, device, location, seq=longest, processes=world_size())
     if fitted is not recipe and is_main_process():
         write_text(run_dir.recipe, dump_recipe(fitted))
     recipe = fitted

@@ -188,5 +188,6 @@ def fit_to_memory(recipe: Recipe, device: str, location: str, seq: int | None = 
         "(train.fit=off skips this check.)")
 
 
-def processes() -> int:
+def world_size() -> int:
+    """The processes training together (torchrun / accelerate set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
