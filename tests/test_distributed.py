@@ -3,8 +3,11 @@ train on disjoint halves of each global batch, and the run matches one process a
 global batch; the data stage runs once, in the launching process, and rank 0 alone writes."""
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -68,9 +71,70 @@ def test_two_processes_train_as_one_at_the_same_global_batch(tmp_path, tiny_mode
 @pytest.mark.parametrize(("name", "kind"), [("fsdp", "FSDP"), ("deepspeed-zero3", "DEEPSPEED")])
 def test_the_gpu_configs_are_accepted_by_accelerate(name, kind):
     """The README's FSDP / DeepSpeed configs (GPUs only, not run here) parse as accelerate configs."""
-    from pathlib import Path
-
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
+
+
+def fsdp_config(tmp_path) -> str:
+    """The README's FSDP2 config (recipes/accelerate/fsdp.yaml) for 2 CPU processes: the same
+    sharding, state dict type and rank-0 loading, fp32."""
+    import yaml
+
+    shipped = Path(__file__).parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
+    config = yaml.safe_load(shipped.read_text())
+    config |= {"num_processes": 2, "use_cpu": True, "mixed_precision": "no"}
+    path = tmp_path / "fsdp-cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def adapter(run) -> dict:
+    return load_file(run / "model" / "adapter_model.safetensors")
+
+
+def test_fsdp2_on_two_processes_trains_saves_and_resumes_to_the_ddp_adapter(tmp_path, tiny_model_dir):
+    """FSDP2 (accelerate's fully_shard path, over gloo: TUNESMITH_FSDP_ON_CPU lets accelerate take
+    it on CPU workers) ends with the adapter DDP ends with; killed after its first sharded
+    checkpoint, --resume finishes with the same adapter as the run that was never stopped."""
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    steps = ["train.batch_size=4", "train.max_steps=30", "train.save_steps=5"]
+    train(recipe, "name=ddp", *steps, "--processes", "2")
+    fsdp = [*steps, "--processes", "2", "--accelerate-config", fsdp_config(tmp_path)]
+    env = {**os.environ, "TUNESMITH_FSDP_ON_CPU": "1"}
+    whole = run_cli(recipe, "name=fsdp", *fsdp, env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    runs = tmp_path / "runs"
+    ddp_w, fsdp_w = adapter(runs / "ddp"), adapter(runs / "fsdp")
+    assert ddp_w.keys() == fsdp_w.keys() and len(ddp_w) == 28  # 2 layers x 7 linear x (A, B), whole
+    for name, tensor in ddp_w.items():
+        assert fsdp_w[name].shape == tensor.shape, name  # gathered, not one rank's shard
+        assert (fsdp_w[name] - tensor).abs().max() < 1e-5, name
+    assert json.loads((runs / "fsdp" / "train" / "summary.json").read_text())["processes"] == 2
+
+    # kill -9 the command once a sharded checkpoint is complete: its workers die with it
+    checkpoints = runs / "cut" / ".work" / "checkpoints"
+    command = [sys.executable, "-m", "tunesmith", "train", recipe, "name=cut", *fsdp]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    shard = next(checkpoints.glob("checkpoint-*"))
+    assert (shard / "pytorch_model_fsdp_0").is_dir(), sorted(p.name for p in shard.iterdir())
+    time.sleep(1)
+    assert not (runs / "cut" / "model").exists()
+    resumed = run_cli(recipe, "name=cut", *fsdp, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((runs / "cut" / "train" / "summary.json").read_text())
+    assert summary["resumed_from"].startswith("checkpoint-") and summary["steps"] == 30
+    for name, tensor in adapter(runs / "cut").items():
+        assert (tensor - fsdp_w[name]).abs().max() < 1e-5, name
+
+
+def run_cli(recipe: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith", "train", recipe, *extra],
+                          capture_output=True, text=True, timeout=300, env=env)

@@ -46,6 +46,15 @@ RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=Fals
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
                               show_default=False)
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted training.")
+ProcessesOpt = typer.Option(1, "--processes", min=1, help="Worker processes on this machine, one per GPU "
+                            "(accelerate: DDP, gloo on CPUs, NCCL on GPUs).")
+AccelerateConfigOpt = typer.Option(None, "--accelerate-config",
+                                   help="An accelerate config file (FSDP, DeepSpeed, machines).")
+MachinesOpt = typer.Option(None, "--machines", min=1,
+                           help="Machines in the launch (each runs this command).")
+MachineRankOpt = typer.Option(None, "--machine-rank", min=0, help="This machine's rank (0 writes the run).")
+MainAddressOpt = typer.Option(None, "--main-address", help="Machine 0's address, reachable from every machine.")
+MainPortOpt = typer.Option(None, "--main-port", min=1, max=65535, help="Machine 0's rendezvous port (29500).")
 try:  # typer >= 0.2x vendors its own click (Exit and Abort are typer's); older ones use click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
@@ -95,16 +104,27 @@ def data_prepare(recipe: str = RecipeArg, overrides: list[str] | None = Override
 @app.command("train")
 def train_command(
     recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, resume: bool = ResumeOpt,
-    processes: int = typer.Option(1, "--processes", min=1,
-                                  help="Train in N processes (accelerate: DDP, gloo on CPUs, NCCL on GPUs)."),
-    accelerate_config: str | None = typer.Option(
-        None, "--accelerate-config", help="An accelerate config file (FSDP, DeepSpeed) for --processes."),
+    processes: int = ProcessesOpt, accelerate_config: str | None = AccelerateConfigOpt,
+    machines: int | None = MachinesOpt, machine_rank: int | None = MachineRankOpt,
+    main_address: str | None = MainAddressOpt, main_port: int | None = MainPortOpt,
 ) -> None:
     """Fine-tune (prepares the data first)."""
-    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume, processes=processes,
-                                   accelerate_config=accelerate_config)
+    launch = _launch(processes, accelerate_config, machines, machine_rank, main_address, main_port)
+    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume, launch=launch)
+    if not launch.writes_run:
+        out.print(f"machine {launch.machine_rank}: training done; machine 0 writes the run")
+        return
     out.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
               f"model in {result.model_dir}")
+
+
+def _launch(processes: int, accelerate_config: str | None, machines: int | None = None,
+            machine_rank: int | None = None, main_address: str | None = None, main_port: int | None = None):
+    from tunesmith.train.distributed import Launch, check_launch
+
+    launch = Launch(processes, accelerate_config, machines, machine_rank, main_address, main_port)
+    check_launch(launch)  # a wrong flag fails now, before the data stage
+    return launch
 
 
 @app.command("tune")
@@ -316,9 +336,14 @@ def _output_file(path: str, option: str) -> Path:
 
 @app.command("run")
 def run_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
-                resume: bool = ResumeOpt) -> None:
-    """The whole pipeline: data -> train -> evaluate -> report."""
-    _pipeline().run(_recipe(recipe, overrides), resume=resume)
+                resume: bool = ResumeOpt, processes: int = ProcessesOpt,
+                accelerate_config: str | None = AccelerateConfigOpt, machines: int | None = MachinesOpt,
+                machine_rank: int | None = MachineRankOpt, main_address: str | None = MainAddressOpt,
+                main_port: int | None = MainPortOpt) -> None:
+    """The whole pipeline: data -> train -> evaluate -> report (--processes: training and
+    evaluation in that many worker processes)."""
+    launch = _launch(processes, accelerate_config, machines, machine_rank, main_address, main_port)
+    _pipeline().run(_recipe(recipe, overrides), resume=resume, launch=launch)
 
 
 @app.command("demo")

@@ -22,6 +22,7 @@ from tunesmith.evaluate.table import print_summary
 from tunesmith.monitor import reference as drift_reference
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, open_run
+from tunesmith.train.distributed import Launch
 
 
 def prepare(recipe: Recipe) -> data.DataResult:
@@ -42,26 +43,33 @@ def check_license(recipe: Recipe) -> None:
         warn(warning)
 
 
-def fine_tune(recipe: Recipe, resume: bool = False, processes: int = 1,
-              accelerate_config: str | None = None) -> train.TrainResult:
-    """`processes` > 1: the data stage here, training in that many workers (train/distributed.py).
+class _NotThisMachine(Exception):
+    """A machine of rank > 0 trained its share; machine 0 writes the run, this one commits nothing."""
+
+
+def fine_tune(recipe: Recipe, resume: bool = False, launch: Launch | None = None) -> train.TrainResult:
+    """A distributed `launch`: the data stage here, training in its workers (train/distributed.py).
     Training checks its step against the device's memory (train.fit) before loading weights."""
     check_license(recipe)
     run_dir = open_run(recipe)
     train.check_resumable(recipe, run_dir, resume)
-    with run_dir.transaction(recipe, ("data", "train")) as view:
-        data.print_stats(data.run(recipe, view).report)
-        result = train.run(recipe, view, resume=resume, processes=processes,
-                           accelerate_config=accelerate_config)
-        if recipe.monitor.enabled and recipe.model.family == "causal_lm":  # what serving compares with
-            drift_reference.save_for_run(recipe, view)
+    try:
+        with run_dir.transaction(recipe, ("data", "train")) as view:
+            data.print_stats(data.run(recipe, view).report)
+            result = train.run(recipe, view, resume=resume, launch=launch)
+            if launch is not None and not launch.writes_run:
+                raise _NotThisMachine
+            if recipe.monitor.enabled and recipe.model.family == "causal_lm":  # what serving compares with
+                drift_reference.save_for_run(recipe, view)
+    except _NotThisMachine:
+        pass
     shutil.rmtree(run_dir.checkpoints, ignore_errors=True)  # committed: nothing left to resume
     if run_dir.work.is_dir() and not any(run_dir.work.iterdir()):
         run_dir.work.rmdir()
     return replace(result, model_dir=run_dir.model)
 
 
-def evaluate_run(recipe: Recipe) -> evaluate.EvalResult:
+def evaluate_run(recipe: Recipe, launch: Launch | None = None) -> evaluate.EvalResult:
     run_dir = open_run(recipe)
     with run_dir.transaction(recipe, ("eval", "report")) as view:
         result = evaluate.run(recipe, view)
@@ -88,7 +96,8 @@ def retrain_best(best_path: Path) -> RunDir:
     return run(load_recipe(best_path))
 
 
-def run(recipe: Recipe, resume: bool = False) -> RunDir:
-    fine_tune(recipe, resume=resume)
-    evaluate_run(recipe)
+def run(recipe: Recipe, resume: bool = False, launch: Launch | None = None) -> RunDir:
+    fine_tune(recipe, resume=resume, launch=launch)
+    if launch is None or launch.writes_run:
+        evaluate_run(recipe, launch)
     return open_run(recipe)

@@ -234,10 +234,13 @@ def quantization_config(compute_dtype: Any) -> Any:
 
 
 def load_model(cfg: ModelConfig, location: str | None = None, device: str | None = None,
-               dropout: float | None = None, quantize: Any = None, **head: Any) -> Any:
+               dropout: float | None = None, quantize: Any = None, move: bool = True, skeleton: bool = False,
+               **head: Any) -> Any:
     """The model on its device; `dropout` sets every dropout field its config has; `quantize` (a
-    compute dtype) loads the linear layers in 4-bit NF4 (QLoRA); `head` is a classifier's
-    num_labels / id2label / label2id."""
+    compute dtype) loads the linear layers in 4-bit NF4 (QLoRA); `move` False leaves it where it
+    loaded (FSDP / DeepSpeed place a sharded model themselves: rank 0 may hold the only copy and
+    the others a meta-device skeleton); `skeleton` builds that skeleton instead of reading any
+    weight; `head` is a classifier's num_labels / id2label / label2id."""
     from transformers.utils import logging as hf_logging
 
     location = location or model_location(cfg)
@@ -249,12 +252,15 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
         overrides = {name: dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
     if quantize is not None:  # bitsandbytes places the 4-bit weights itself: no .to() afterwards
         overrides |= {"quantization_config": quantization_config(quantize), "device_map": {"": device}}
-    attention = attention_implementation(cfg, device)
+    kind = device.split(":")[0]  # cuda:1 (a launch's worker) computes as cuda does
+    attention = attention_implementation(cfg, kind)
     if attention:
         overrides["attn_implementation"] = attention
+    if skeleton:  # the shape alone, on the meta device: FSDP fills it from rank 0's copy when it shards
+        return _skeleton(cfg, location, resolve_dtype(cfg, kind), overrides, head)
     try:
         model = family_for(cfg).auto_class().from_pretrained(
-            location, dtype=resolve_dtype(cfg, device), use_safetensors=True, **_hub_kwargs(cfg),
+            location, dtype=resolve_dtype(cfg, kind), use_safetensors=True, **_hub_kwargs(cfg),
             **overrides, **head,
         )
     except (OSError, ValueError) as error:  # missing files, offline hub, malformed repo id
@@ -262,7 +268,23 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
             f"model.name {cfg.name}: cannot load it ({error}). Check the hub id / path, "
             "your network, and that the repo has safetensors weights."
         ) from None
-    return model if quantize is not None else model.to(device)
+    return model if quantize is not None or not move else model.to(device)
+
+
+def _skeleton(cfg: ModelConfig, location: str, dtype: Any, overrides: dict[str, Any], head: dict[str, Any]) -> Any:
+    """The model built from its config with its parameters on the meta device: no memory, no file
+    read. What FSDP's rank-0 loading (fsdp_cpu_ram_efficient_loading) needs on every other rank.
+    Buffers stay real (rotary frequencies are computed, not loaded, and FSDP does not send them)."""
+    from accelerate import init_empty_weights
+
+    config = load_config(cfg, location)
+    for name, value in {**overrides, **head}.items():
+        if name not in ("quantization_config", "device_map", "attn_implementation"):
+            setattr(config, name, value)
+    attention = {k: v for k, v in overrides.items() if k == "attn_implementation"}
+    with init_empty_weights(include_buffers=False):
+        return family_for(cfg).auto_class().from_config(
+            config, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **attention)
 
 
 def dequantized(model: Any, dtype: Any) -> Any:

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.artifacts import GuardEvent, TrainSummary, save
 from tunesmith.data import load_splits
@@ -48,7 +48,11 @@ from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
 from tunesmith.train.fit import fit_to_memory, packs, world_size
 from tunesmith.train.guards import OverfittingGuards
+from tunesmith.train.sharding import placement, prepare
 from tunesmith.train.trainer import backend_for
+
+if TYPE_CHECKING:
+    from tunesmith.train.distributed import Launch
 
 __all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
 
@@ -169,8 +173,12 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
          on_eval_loss: Callable[[int, int, float], bool] | None) -> TrainJob:
     import transformers
 
-    location, device = model_location(recipe.model), resolve_device(recipe.model)
-    family = family_for(recipe.model)
+    location, family = model_location(recipe.model), family_for(recipe.model)
+    # this worker's device (cuda:LOCAL_RANK under a launch) and the distributed state, both before
+    # anything is loaded (train/sharding.py)
+    placed = placement(resolve_device(recipe.model))
+    keep_alive = prepare(placed)
+    device = placed.device.split(":")[0]
     pack = packs(recipe, device)
     tokenizer = load_tokenizer(recipe.model, location)
     from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
@@ -203,8 +211,9 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     transformers.set_seed(recipe.train.seed)
     precision = mixed_precision(recipe, device)
     quantize = compute_dtype(precision) if recipe.train.method == "qlora" else None
-    model = load_model(recipe.model, location, device, dropout=recipe.train.model_dropout, quantize=quantize,
-                       **head)
+    model = load_model(recipe.model, location, placed.device, dropout=recipe.train.model_dropout,
+                       quantize=quantize, move=placed.moves, skeleton=placed.skeleton, **head)
+    del keep_alive  # ZeRO-3 partitioned the weights as they loaded; Trainer holds its own config
     if recipe.train.init_adapter:
         model = _continue_lora(model, recipe.train.init_adapter)
     elif recipe.train.adapter == "lora":
@@ -223,22 +232,29 @@ def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
     run_dir.train_log.parent.mkdir(parents=True, exist_ok=True)
     if job.log_path.exists():
         shutil.copyfile(job.log_path, run_dir.train_log)
-    fitted.model.save_pretrained(str(run_dir.model), safe_serialization=True)
+    # a sharded model's weights come gathered (fitted.state_dict); otherwise the model's own
+    fitted.model.save_pretrained(str(run_dir.model), safe_serialization=True, state_dict=fitted.state_dict)
     job.tokenizer.save_pretrained(str(run_dir.model))
     if not job.family.generates:
         from tunesmith.train.classifier import save_labels
 
         config = fitted.model.config
         save_labels(run_dir.model, [config.id2label[i] for i in range(config.num_labels)], job.class_weights)
-    if job.recipe.train.merge and job.recipe.train.adapter == "lora":
-        # merged into a fresh full-precision base (training may have stored the frozen base in
-        # bf16), or for QLoRA into the 4-bit base dequantized: the weights the adapter trained on
-        from tunesmith.models.loading import load_run_model
 
-        tuned = load_run_model(job.recipe.model, job.recipe.train.method, run_dir.model).model
-        merged = tuned.merge_and_unload()
-        merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
-        job.tokenizer.save_pretrained(str(run_dir.merged_model))
+
+def merge(recipe: Recipe, run_dir: RunDir) -> None:
+    """train.merge: the adapter merged into a fresh full-precision base (training may have stored
+    the frozen base in bf16), or for QLoRA into the 4-bit base dequantized: the weights the adapter
+    trained on. Done once, by the launching process, after training has let go of its memory
+    (never a second full base on a worker next to its training copy)."""
+    if not (recipe.train.merge and recipe.train.adapter == "lora"):
+        return
+    from tunesmith.models.loading import load_run_model
+
+    run_model = load_run_model(recipe.model, recipe.train.method, run_dir.model)
+    merged = run_model.model.merge_and_unload()
+    merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
+    run_model.tokenizer.save_pretrained(str(run_dir.merged_model))
 
 
 def is_main_process() -> bool:
@@ -249,17 +265,21 @@ def is_main_process() -> bool:
 def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         on_eval_loss: Callable[[int, int, float], bool] | None = None,
         splits: dict[str, list[dict]] | None = None, backend: Backend | None = None,
-        processes: int = 1, accelerate_config: str | None = None) -> TrainResult:
+        launch: Launch | None = None) -> TrainResult:
     """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops) and
-    `splits` (e.g. a CV fold) let other stages reuse the same training path. `processes` > 1
-    trains in that many worker processes (distributed.py) on the data this process prepared."""
+    `splits` (e.g. a CV fold) let other stages reuse the same training path. A distributed
+    `launch` trains in worker processes (distributed.py) on the data this process prepared."""
     checkpoint = prepare_checkpoints(recipe, run_dir, resume)
     try:
-        if processes > 1:
-            from tunesmith.train.distributed import launch
+        if launch is not None and launch.distributed:
+            from tunesmith.train import distributed
 
-            return launch(recipe, run_dir, checkpoint, processes, accelerate_config)
-        return train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+            result = distributed.launch(recipe, run_dir, checkpoint, launch)
+        else:
+            result = train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+        if run_dir.model.exists():  # not on a machine of rank > 0: machine 0 writes the run
+            merge(recipe, run_dir)
+        return result
     except BaseException:
         # stopped before its first checkpoint (a refused recipe, say): nothing to resume, so
         # nothing of this attempt is left in the work area

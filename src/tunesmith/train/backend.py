@@ -50,6 +50,9 @@ class Fitted:
     model: Any
     """The trained model (with its adapter), ready to save."""
     progress: TrainProgress
+    state_dict: dict[str, Any] | None = None
+    """A sharded model's weights (FSDP / ZeRO-3), gathered onto rank 0 (train.sharding.gathered):
+    what rank 0 saves instead of its own shard. None when the model holds its whole weights."""
 
 
 class Backend(Protocol):

@@ -35,6 +35,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.train.backend import Fitted, TrainJob
 from tunesmith.train.fast_ops import linear_cross_entropy, register_attention
 from tunesmith.train.guards import l1_penalty
+from tunesmith.train.sharding import released
 from tunesmith.train.trainer import callbacks, train, trainer_args
 
 IGNORE = -100
@@ -139,10 +140,12 @@ Cohere, Granite, ...): they keep the plain head so that the change is applied.""
 
 def fused_head(model: Any) -> bool:
     """Whether the head is a plain bias-free nn.Linear whose output the model returns as it is,
-    so that its cross-entropy can be fused (fast_ops.linear_cross_entropy)."""
+    so that its cross-entropy can be fused (fast_ops.linear_cross_entropy), and whose weight is
+    whole here: the fused loss reads it outside the head's forward, where ZeRO-3 has released it
+    (an empty tensor) and FSDP2 holds a shard; a sharded model takes the plain loss."""
     inner = _unwrap(model)
     head = inner.get_output_embeddings()
-    plain = type(head) is torch.nn.Linear and head.bias is None
+    plain = type(head) is torch.nn.Linear and head.bias is None and not released(head.weight)
     return plain and all(getattr(inner.config, k, None) in (None, 1, 1.0) for k in LOGIT_POSTPROCESSING)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tunesmith.artifacts import TrainProgress
 from tunesmith.train.backend import Backend, Fitted, TrainJob
+from tunesmith.train.sharding import machines
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "rmsprop": "rmsprop"}
 """Recipe optimizer names -> transformers `optim` names."""
@@ -68,17 +69,27 @@ def trainer_args(job: TrainJob) -> dict[str, Any]:
         save_total_limit=cfg.save_total_limit,
         eval_strategy=("steps" if cfg.eval_steps else "epoch") if evaluate else "no",
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
+        # DDP: every adapter weight gets a gradient each step, so the search for unused ones (a
+        # second pass over the graph, and an error with checkpointing) is skipped
+        ddp_find_unused_parameters=False if cfg.adapter == "lora" else None,
+        # many machines: each keeps its ranks' checkpoint shards with their trainer state, so that
+        # every machine's --resume finds a complete checkpoint
+        save_on_each_node=machines() > 1,
     )
 
 
-def fitted(trainer: Any, output: Any, progress: Any) -> Fitted:
-    """The trained model and its progress, as the stage records them."""
+def fitted(trainer: Any, output: Any, progress: Any, adapter_only: bool = False) -> Fitted:
+    """The trained model and its progress, as the stage records them; a sharded model's weights
+    gathered onto rank 0 (every rank takes part; an adapter's trained weights only)."""
+    from tunesmith.train.sharding import gathered
+
     state = trainer.state
     final_eval = next((e["eval_loss"] for e in reversed(state.log_history) if "eval_loss" in e), None)
     return Fitted(trainer.model, TrainProgress(
         steps=state.global_step, max_steps=state.max_steps, epochs=state.epoch,
         train_loss=output.training_loss, tokens_seen=state.num_input_tokens_seen,
-        tokens_per_second=progress.tokens_per_second(state), final_eval_loss=final_eval))
+        tokens_per_second=progress.tokens_per_second(state), final_eval_loss=final_eval),
+        state_dict=gathered(trainer, adapter_only))
 
 
 def callbacks(job: TrainJob) -> tuple[list[Any], Any]:
@@ -99,4 +110,4 @@ def train(trainer: Any, job: TrainJob, progress: Any) -> Fitted:
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and log.jsonl replace its prints
     output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    return fitted(trainer, output, progress)
+    return fitted(trainer, output, progress, adapter_only=job.recipe.train.adapter == "lora")
