@@ -53,7 +53,8 @@ AccelerateConfigOpt = typer.Option(None, "--accelerate-config",
 MachinesOpt = typer.Option(None, "--machines", min=1,
                            help="Machines in the launch (each runs this command).")
 MachineRankOpt = typer.Option(None, "--machine-rank", min=0, help="This machine's rank (0 writes the run).")
-MainAddressOpt = typer.Option(None, "--main-address", help="Machine 0's address, reachable from every machine.")
+MainAddressOpt = typer.Option(None, "--main-address",
+                              help="Machine 0's address, reachable from every machine.")
 MainPortOpt = typer.Option(None, "--main-port", min=1, max=65535, help="Machine 0's rendezvous port (29500).")
 try:  # typer >= 0.2x vendors its own click (Exit and Abort are typer's); older ones use click
     from typer._click.exceptions import ClickException

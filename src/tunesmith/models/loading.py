@@ -271,7 +271,8 @@ def load_model(cfg: ModelConfig, location: str | None = None, device: str | None
     return model if quantize is not None or not move else model.to(device)
 
 
-def _skeleton(cfg: ModelConfig, location: str, dtype: Any, overrides: dict[str, Any], head: dict[str, Any]) -> Any:
+def _skeleton(cfg: ModelConfig, location: str, dtype: Any, overrides: dict[str, Any],
+              head: dict[str, Any]) -> Any:
     """The model built from its config with its parameters on the meta device: no memory, no file
     read. What FSDP's rank-0 loading (fsdp_cpu_ram_efficient_loading) needs on every other rank.
     Buffers stay real (rotary frequencies are computed, not loaded, and FSDP does not send them)."""
