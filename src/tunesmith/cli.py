@@ -216,15 +216,18 @@ def serve_command(
     port: int = typer.Option(8000, min=1, max=65535),
     api_key_file: str | None = typer.Option(None, help="A file with one API key a line."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve beyond loopback without an API key."),
-    engine: str = typer.Option("transformers", help="transformers (CPU or GPU) or vllm (CUDA)."),
+    engine: str | None = typer.Option(None, help="serve.engine: builtin (transformers, CPU or GPU), upstream "
+                                      "(serve.upstream.url) or vllm (started here, CUDA)."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """The model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
     from tunesmith.errors import ConfigError
     from tunesmith.serve import serve
 
-    if engine not in ("transformers", "vllm"):
-        raise ConfigError(f"--engine {engine}: choose transformers or vllm.")
+    if engine == "transformers":  # the name before serve.engine existed
+        engine = "builtin"
+    if engine is not None and engine not in ("builtin", "upstream", "vllm"):
+        raise ConfigError(f"--engine {engine}: choose builtin, upstream or vllm.")
     serve(target, host, port, api_key_file, insecure, engine, overrides)
 
 

@@ -611,7 +611,51 @@ class GuardsConfig(_Section):
                                         description="Requests a minute per API key (429 beyond).")
 
 
+class UpstreamConfig(_Section):
+    url: str | None = None
+    """The OpenAI-compatible server that generates (serve.engine upstream), e.g.
+    http://127.0.0.1:8001: vLLM, TGI, SGLang, llama.cpp's server, or another tunesmith serve."""
+    model: str | None = None
+    """The model name the upstream serves the fine-tuned model under (vLLM: the LoRA module's
+    name); default the run's name."""
+    base_model: str | None = None
+    """The name it serves the base under, for fallback kind base (vLLM: the base's --served-model-name)."""
+    api_key_env: str = "TUNESMITH_UPSTREAM_API_KEY"
+    """The environment variable holding the upstream's API key (never in the recipe)."""
+    timeout_seconds: float = Field(120.0, gt=0)
+    """Longest wait for the upstream's next byte; serve.timeout_seconds still bounds a request."""
+    concurrency: int = Field(64, gt=0)
+    """Requests in flight to the upstream at most (it batches them itself); more wait, then 429."""
+
+
+class VLLMConfig(_Section):
+    """serve.engine vllm: tunesmith starts vLLM's OpenAI server with the run's adapter as a LoRA
+    module on its base, and serves in front of it (see serve/engines.py)."""
+    port: int = Field(8001, gt=0, lt=65536)
+    """vLLM's port, on 127.0.0.1 (only tunesmith talks to it)."""
+    tensor_parallel_size: int = Field(1, gt=0)
+    """GPUs one model is split over (vLLM's --tensor-parallel-size)."""
+    max_model_len: int | None = Field(None, gt=0)
+    """Longest prompt + answer (vLLM's --max-model-len); default the model's context length."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    adapters: list[str] = Field(default_factory=list)
+    """Other LoRA runs on the same base, served by the same vLLM (multi-LoRA), each under its
+    run directory's name."""
+    max_lora_rank: int | None = Field(None, gt=0)
+    """vLLM's --max-lora-rank; default the largest train.lora.r among the adapters."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More vLLM command-line arguments, passed as they are (e.g. [--enable-prefix-caching])."""
+    startup_timeout_seconds: float = Field(900.0, gt=0)
+    """How long vLLM may take to load before serving gives up."""
+
+
 class ServeConfig(_Section):
+    engine: Literal["builtin", "upstream", "vllm"] = "builtin"
+    """Who generates: `builtin` (transformers, in this process), `upstream` (an OpenAI-compatible
+    server at serve.upstream.url), `vllm` (vLLM started by tunesmith, serve.vllm). tunesmith's
+    guards, cache, fallback, metrics, drift, feedback, request log and canary work with each."""
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     max_batch_size: int = Field(16, gt=0)
     """Requests generated together (dynamic batching; 16 measured ~6x one at a time on the CPU)."""
     max_wait_ms: float = Field(50.0, ge=0)
@@ -648,6 +692,15 @@ class ServeConfig(_Section):
     """Browser origins allowed to call the API (CORS); none by default."""
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     """Safeguards against misuse: scope guard, output filter, per-key rate limits (serve/guards.py)."""
+
+    @model_validator(mode="after")
+    def _upstream_has_an_address(self) -> ServeConfig:
+        if self.engine == "upstream" and not self.upstream.url:
+            raise ValueError("serve.engine upstream needs serve.upstream.url: the OpenAI-compatible server's "
+                             "address, e.g. http://127.0.0.1:8001")
+        if self.upstream.url and not self.upstream.url.startswith(("http://", "https://")):
+            raise ValueError(f"serve.upstream.url {self.upstream.url}: give an http:// or https:// address")
+        return self
 
 
 class AlertRule(_Section):

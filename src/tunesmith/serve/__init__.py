@@ -3,10 +3,14 @@
     tunesmith serve runs/demo                       # 127.0.0.1:8000, the fine-tuned model
     tunesmith serve runs/demo --host 0.0.0.0        # refused without an API key (or --insecure)
     TUNESMITH_API_KEY=k1,k2 tunesmith serve runs/demo --host 0.0.0.0
-    tunesmith serve runs/demo --engine vllm         # CUDA + vLLM: the merged model on vLLM
+    tunesmith serve runs/demo --engine vllm         # vLLM (CUDA) started here, the adapter as a
+                                                    # LoRA module, tunesmith's watched server in front
+    tunesmith serve runs/demo serve.engine=upstream serve.upstream.url=http://gpu-host:8001
+                                                    # in front of a vLLM / TGI / SGLang / llama.cpp server
     tunesmith export runs/demo merged/              # the merged model for vLLM / TGI / transformers
 
-    (the engine, models/generation.py, is evaluation's too: per-row limits, streaming, logprobs)
+    engines.py   who generates (serve.engine): builtin (models/generation.py, evaluation's engine
+                 too), upstream.py (an OpenAI-compatible server), vllm.py (vLLM started here)
     batcher.py   dynamic batching over a bounded queue (429 when full)
     answer.py    deadline, output check, fallback
     app.py       the FastAPI app: routes, errors in OpenAI's shape, API keys, body limit
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from pathlib import Path
 
 from tunesmith.errors import ConfigError
@@ -54,7 +57,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: str | None = None,
-          insecure: bool = False, engine: str = "transformers", overrides: list[str] | None = None) -> None:
+          insecure: bool = False, engine: str | None = None, overrides: list[str] | None = None) -> None:
+    """Serve `target`; `engine` (the --engine flag) is the recipe key serve.engine."""
     import uvicorn
 
     from tunesmith.serve.app import create_app
@@ -62,10 +66,13 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: 
 
     keys = api_keys(api_key_file)
     check_exposure(host, keys, insecure)
+    if engine is not None:
+        overrides = [*(overrides or []), f"serve.engine={engine}"]
     recipe, model_dir, name = resolve_target(target, overrides)
-    if engine == "vllm":
-        return serve_vllm(target, name, host, port, keys, is_run=model_dir is not None)
     from tunesmith.models.loading import model_location
+    from tunesmith.serve.engines import check
+
+    check(recipe)
 
     # a wrong path or an unreachable hub fails here, in one line, not as a traceback at startup
     model_location(recipe.model)
@@ -74,30 +81,3 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, api_key_file: 
         model_location(fallback_recipe.model)
     app = create_app(lambda: load_served(target, overrides), keys, recipe.serve)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-
-
-def vllm_command(model_dir: Path, name: str, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", name, "--host", host, "--port", str(port)]
-
-
-def serve_vllm(target: str, name: str, host: str, port: int, keys: list[str], is_run: bool) -> None:
-    """Hand the merged model to vLLM's OpenAI server (CUDA only); keys go by environment."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
-        raise ConfigError("--engine vllm needs a CUDA GPU and `pip install vllm`; this machine has "
-                          f"{'no CUDA GPU' if not torch.cuda.is_available() else 'no vllm package'}. "
-                          "Serve with the default engine, or export the model for a GPU host: "
-                          f"tunesmith export {target} merged/")
-    from tunesmith.rundir import RunDir
-    from tunesmith.serve.export import export_merged
-
-    merged = RunDir(Path(target)).work / "merged" if is_run else Path(target)  # else a model or hub id
-    if is_run and not (merged / "config.json").exists():
-        export_merged(target, merged)
-    env = {**os.environ, **({"VLLM_API_KEY": keys[0]} if keys else {})}
-    command = vllm_command(merged, name, host, port)
-    os.execvpe(command[0], command, env)

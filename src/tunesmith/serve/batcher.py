@@ -43,6 +43,8 @@ class Batcher:
         self.sizes: list[int] = []
         """Requests per batch, the most recent last (bounded)."""
         self.busy = False
+        self.in_flight = 0
+        """Requests handed to an engine that batches by itself, not answered yet."""
 
     @property
     def depth(self) -> int:
@@ -60,7 +62,7 @@ class Batcher:
 
     async def submit(self, request: GenRequest, use_base: bool = False) -> GenResult:
         """The answer to `request`; QueueFull when the queue is full."""
-        if len(self._waiting) >= self.queue_size:
+        if len(self._waiting) + self.in_flight >= self.queue_size:
             raise QueueFull()
         job = _Job(request, use_base, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
@@ -83,6 +85,8 @@ class Batcher:
         return [j for j in batch if not j.request.cancelled]
 
     async def _run(self) -> None:
+        if getattr(self.engine, "continuous", False):
+            return await self._hand_over()
         while True:
             while not self._waiting:
                 self._arrived.clear()
@@ -97,6 +101,25 @@ class Batcher:
             batch = self._take()
             if batch:
                 await self._generate(batch)
+
+    async def _hand_over(self) -> None:
+        """An engine that batches by itself (an upstream server): each request goes at once, up to
+        `queue_size` in flight (more get 429), each answered as soon as it is done."""
+        tasks: set[asyncio.Task] = set()
+        while True:
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            job = self._waiting.pop(0)
+            if job.request.cancelled:
+                continue
+            self.in_flight += 1
+            task = asyncio.create_task(self._generate([job]))
+            tasks.add(task)
+            task.add_done_callback(lambda done: (tasks.discard(done), self._landed()))
+
+    def _landed(self) -> None:
+        self.in_flight -= 1
 
     async def _generate(self, batch: list[_Job]) -> None:
         self.busy, started = True, time.monotonic()

@@ -71,6 +71,8 @@ class CompletionRequest(_Request):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
+    stream_options: dict[str, Any] | None = None
+    """{"include_usage": true}: a last event carries the usage (streamed completions)."""
 
 
 class FeedbackRequest(BaseModel):

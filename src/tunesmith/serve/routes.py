@@ -231,8 +231,11 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
     prompt_tokens = served.engine.count_tokens(body.prompt)
     max_tokens = _max_tokens(served, body, prompt_tokens)
     if body.stream:
-        raise ServeError(400, "stream is supported on /v1/chat/completions only.", "input",
-                         "unsupported_parameter", "stream")
+        if body.echo:
+            raise ServeError(400, "echo cannot be streamed; ask without stream.", "input",
+                             "unsupported_parameter", "echo")
+        refusal = await out_of_scope(served, request, body.prompt)
+        return _completion_stream(served, body, max_tokens, request, refusal)
     key, hit = _cached(served, "completions", body)
     if hit is not None:
         note(request, cached=True, prompt=body.prompt, user_text=body.prompt,
@@ -258,6 +261,61 @@ async def _completion(served: Served, body: protocol.CompletionRequest, request:
     if key is not None and result.fallback_reason is None:
         served.cache.put(key, (payload, result.model))
     return _answered(payload, result.model, request)
+
+
+def _completion_stream(served: Served, body: protocol.CompletionRequest, max_tokens: int, request: Request,
+                       refusal: str | None) -> StreamingResponse:
+    """Server-sent events of a raw completion (what vLLM sends, and what a tunesmith server in
+    front of this one forwards): each choice's text as it is made, its finish reason, the usage
+    when stream_options.include_usage asks, then [DONE]."""
+    loop, request_id = asyncio.get_running_loop(), request.state.request_id
+    pieces: asyncio.Queue = asyncio.Queue()
+    senders = None if served.guards.output_filter else \
+        [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text)) for i in range(body.n)]
+
+    def make(engine: Engine) -> list[GenRequest]:
+        return _rows(body.prompt, body, max_tokens, body.logprobs, on_text=senders)
+
+    def event(model: str, index: int, text: str, finish: str | None = None,
+              logprobs: protocol.Logprobs | None = None) -> str:
+        return _sse({"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
+                     "model": model, "choices": [{"index": index, "text": text, "finish_reason": finish,
+                                                  "logprobs": logprobs.model_dump() if logprobs else None}]})
+
+    async def events() -> AsyncIterator[str]:
+        work = asyncio.ensure_future(answer(served, make, request_id, refusal=refusal))
+        first = None
+        try:
+            while not (work.done() and pieces.empty()):
+                try:
+                    index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
+                except TimeoutError:
+                    continue
+                if first is None:
+                    first = time.monotonic() - request.state.started
+                    note(request, first_token=first)
+                yield event(served.name, index, text)
+            result = work.result()
+        except ServeError as error:
+            record(error, request_id, "/v1/completions")
+            yield _sse(error.body())
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            work.cancel()
+        text = result.results[0].text if result.results else ""
+        _note_answer(request, body.prompt, body.prompt, result, text)
+        for index, row in enumerate(result.results):
+            whole = result.fallback_reason is not None or senders is None  # not streamed: sent whole
+            yield event(result.model, index, row.text if whole else "", _finish(row.finish_reason),
+                        _logprobs(body, None, row.token_logprobs))
+        if (body.stream_options or {}).get("include_usage"):
+            yield _sse({"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
+                        "model": result.model, "choices": [], "usage": _usage(result).model_dump()})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"X-Request-Id": request_id, "Cache-Control": "no-cache"})
 
 
 def _empty(prompt_tokens: int) -> GenResult:

@@ -8,8 +8,6 @@ with (system prompt, chat template, output check, limits), and who answers when 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +15,7 @@ from typing import Any
 
 from tunesmith.errors import ConfigError
 from tunesmith.events import event
-from tunesmith.models.cpu_bf16 import to_cpu_bf16
-from tunesmith.models.device import cpu_native_bf16, generation_bf16, resolve_device
-from tunesmith.models.families import family_for
-from tunesmith.models.generation import Engine, HFEngine
+from tunesmith.models.generation import Engine
 from tunesmith.models.loading import cache_dir
 from tunesmith.monitor.embed import load_encoder
 from tunesmith.monitor.live import Monitor, Reference
@@ -28,6 +23,7 @@ from tunesmith.monitor.metrics import Metrics
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
+from tunesmith.serve import engines
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.cache import ResponseCache
 from tunesmith.serve.guards import Guards
@@ -62,6 +58,9 @@ class Served:
             await self.fallback.served.stop()
         if self.monitor is not None:
             await asyncio.to_thread(self.monitor.close)
+        close = getattr(self.engine, "close", None)
+        if close is not None:  # an upstream's connections; a vLLM tunesmith started
+            await asyncio.to_thread(close)
 
 
 @dataclass
@@ -74,45 +73,6 @@ class Fallback:
     answer: str | None = None
     """kind fixed: the answer."""
     on_invalid_output: bool = False
-
-
-def _precision(recipe: Recipe, device: str) -> bool:
-    cfg = recipe.serve.precision
-    return generation_bf16(recipe, device) if cfg == "auto" else cfg == "bf16"
-
-
-def _engine(recipe: Recipe, model_dir: Path | None) -> HFEngine:
-    """The run's model (adapter on its base), or, without a run, the model itself."""
-    from tunesmith.models.loading import load_model, load_run_model, load_tokenizer
-
-    family, device = family_for(recipe.model), resolve_device(recipe.model)
-    bf16 = _precision(recipe, device)
-    if model_dir is not None:
-        run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
-        model, tokenizer, as_base = run_model.model, run_model.tokenizer, run_model.as_base
-        if _merge(recipe, bf16):
-            model, as_base = model.merge_and_unload(), _no_base
-    else:
-        model, tokenizer = load_model(recipe.model), load_tokenizer(recipe.model)
-        as_base = functools.partial(contextlib.nullcontext, model)  # the model is its own base
-    if bf16 and device == "cpu":  # bf16 weights, not autocast: see models/cpu_bf16.py
-        if not cpu_native_bf16():
-            event("warning", message="serve.precision is bf16 but this CPU emulates bf16 (no AMX or "
-                  "AVX512-BF16): expect generation many times slower than fp32. Use serve.precision=fp32.")
-        model, bf16 = to_cpu_bf16(model), False
-    return HFEngine(model, tokenizer, family, as_base, bf16, recipe.serve.prefix_cache)
-
-
-def _merge(recipe: Recipe, bf16: bool) -> bool:
-    """Serve the LoRA adapter merged into its base (one matmul a layer instead of three: 15% faster
-    in bf16 here) when nothing needs the base back: in bf16 (answers already differ from the fp32
-    evaluation's), without a `base` fallback. In fp32 the adapter stays separate, so that the
-    served model answers exactly as it scored (merging gained nothing measurable in fp32)."""
-    return recipe.train.adapter == "lora" and bf16 and recipe.serve.fallback.kind != "base"
-
-
-def _no_base() -> contextlib.AbstractContextManager:
-    raise RuntimeError("the adapter is merged into the served model; its base is not kept")
 
 
 def resolve_target(target: str, overrides: list[str] | None = None) -> tuple[Recipe, Path | None, str]:
@@ -135,7 +95,7 @@ def load_served(target: str, overrides: list[str] | None = None, with_fallback: 
         raise ConfigError(f"{target}: model.family {recipe.model.family}; tunesmith serve runs decoders "
                           f"(causal_lm) only. Load its model/ directory with transformers' {use} pipeline.")
     cfg = recipe.serve
-    engine = _engine(recipe, model_dir)
+    engine = engines.build(recipe, model_dir, name)
     metrics = Metrics()
     run = RunDir(Path(target)) if model_dir is not None else None
     served = Served(name, recipe, engine, Batcher(engine, cfg, metrics),
