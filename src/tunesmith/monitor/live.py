@@ -28,6 +28,7 @@ from tunesmith.monitor.embed import load_encoder
 from tunesmith.monitor.metrics import Metrics
 from tunesmith.monitor.reference import answer_label
 from tunesmith.monitor.store import Store
+from tunesmith.monitor.threads import background_priority
 from tunesmith.recipe import MonitorConfig
 
 ANSWER_ROUTES = ("/v1/chat/completions", "/v1/completions")
@@ -60,22 +61,6 @@ class Observation:
 class Reference:
     stats: DriftReference
     embeddings: np.ndarray | None
-
-
-def background_priority() -> None:
-    """Judge windows on spare CPU: the lowest scheduling priority for this thread (Linux; elsewhere
-    unchanged) and one torch thread (per thread with OpenMP). Measured on the 2-core demo server
-    (bench/serve.py, bf16): a window's MiniLM encoding and MMD (0.37 s for 50 prompts) competing at
-    equal priority with two threads held serving at 11.1 req/s (p99 2.0 s); niced, 12.6 (p99 1.3 s)."""
-    import contextlib
-    import os
-
-    with contextlib.suppress(AttributeError, OSError, PermissionError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    with contextlib.suppress(ImportError):
-        import torch
-
-        torch.set_num_threads(1)
 
 
 def online_accuracy(rated: list[dict[str, Any]]) -> dict[str, Any]:

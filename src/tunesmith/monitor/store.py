@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tunesmith.errors import ConfigError
 from tunesmith.events import event
+from tunesmith.monitor.threads import background_priority
 
 metadata = MetaData()
 
@@ -176,7 +177,6 @@ class Store:
         self._writer.join(timeout=10)
 
     def _write_loop(self) -> None:
-        from tunesmith.monitor.live import background_priority
 
         background_priority()
         while True:

@@ -86,16 +86,13 @@ def check(recipe: Recipe) -> None:
     import importlib.util
 
     if recipe.serve.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(VLLM_MISSING)
+        from tunesmith.serve.vllm import MISSING
+
+        raise ConfigError(MISSING)
     upstream = recipe.serve.engine == "upstream"
     if upstream and recipe.serve.fallback.kind == "base" and not recipe.serve.upstream.base_model:
         raise ConfigError("serve.fallback.kind base with serve.engine upstream needs "
                           "serve.upstream.base_model: the name the upstream serves the base model under.")
-
-
-VLLM_MISSING = ("serve.engine vllm needs vLLM on a CUDA machine: pip install vllm. Or serve with "
-                "serve.engine builtin, or put tunesmith in front of a vLLM you run yourself: "
-                "serve.engine upstream, serve.upstream.url.")
 
 
 def build(recipe: Recipe, model_dir: Path | None, name: str) -> Engine:

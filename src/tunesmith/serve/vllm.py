@@ -29,6 +29,10 @@ from tunesmith.events import event
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.serve.upstream import UpstreamEngine
 
+MISSING = ("serve.engine vllm needs vLLM on a CUDA machine: pip install vllm. Or serve with "
+           "serve.engine builtin, or put tunesmith in front of a vLLM you run yourself: "
+           "serve.engine upstream, serve.upstream.url.")
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -99,9 +103,7 @@ def start(recipe: Recipe, model_dir: Path | None, name: str) -> VLLMEngine:
     from tunesmith.train.distributed import die_with_parent
 
     if importlib.util.find_spec("vllm") is None:
-        from tunesmith.serve.engines import VLLM_MISSING
-
-        raise ConfigError(VLLM_MISSING)
+        raise ConfigError(MISSING)
     cfg = recipe.serve.vllm
     key = secrets.token_urlsafe(24)  # vLLM's own key: only tunesmith calls it
     command = vllm_command(recipe, model_dir, name, model_location(recipe.model))
