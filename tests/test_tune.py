@@ -260,3 +260,53 @@ def test_a_killed_workers_trial_is_reaped_and_retried(tmp_path, tiny_model_dir, 
     failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
     retried = next(t for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert retried.params == failed.params
+
+
+def test_two_local_workers_share_the_study_each_on_its_device(tmp_path, tiny_model_dir, chat_files):
+    """`tune --processes 2`: two worker processes on this machine (tune.devices: both the CPU
+    here; on GPUs each its own, through CUDA_VISIBLE_DEVICES) split the trials of one study."""
+    from tunesmith.tune.workers import pinned, shares
+
+    recipe_file = tmp_path / "tune.yaml"
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.trials=4",
+                         "tune.pruner=none", "tune.devices=[cpu, cpu]")
+    recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "tune", str(recipe_file), "--processes", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((recipe.run_dir / "tune" / "trials.csv").open()))
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert len({r["user_attrs_worker"] for r in rows}) == 2  # both workers trained
+    assert {r["user_attrs_device"] for r in rows} == {"cpu"}
+    assert len({r["params_train.lr"] for r in rows}) == 4  # each worker samples from its own seed
+    assert read_json(recipe.run_dir / "tune" / "summary.json")["completed"] == 4
+    assert shares(5, 2) == [3, 2] and shares(None, 3) == [None] * 3
+    assert pinned("cuda:3") == {"CUDA_VISIBLE_DEVICES": "3"} and pinned("cpu") == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_a_trial_that_does_not_fit_memory_is_recorded_with_its_fix(tmp_path, tiny_model_dir, chat_files,
+                                                                   monkeypatch):
+    """train.fit refuses the big-batch trial before loading: it is recorded failed (out_of_memory)
+    with the settings that would fit, and the study goes on to the trial that fits."""
+    from tunesmith.train import fit
+    from tunesmith.tune.objective import _is_oom
+
+    recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=grid", "tune.trials=2",
+                         "tune.pruner=none", "train.max_length=1024", "train.gradient_checkpointing=true",
+                         "tune.space={train.batch_size: {type: categorical, choices: [1, 4096]}}")
+    from tunesmith.models.memory import training_memory
+
+    entry = fit.model_entry(recipe, str(tiny_model_dir))
+    # room for one row of 1,024 tokens: the trials' rows are ~30 tokens, so batch 1 fits and 4,096 not
+    between = training_memory(entry, fit.step_for(recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"batch_size": 1})}), entry, "cpu")).total
+    monkeypatch.setattr(fit, "free_memory", lambda device: between)
+    result = tune.run(recipe, open_run(recipe))
+    rows = {int(float(r["params_train.batch_size"])): r
+            for r in csv.DictReader((recipe.run_dir / "tune" / "trials.csv").open())}
+    assert rows[1]["state"] == "COMPLETE" and result.best_params == {"train.batch_size": 1}
+    assert rows[4096]["state"] == "FAIL" and rows[4096]["user_attrs_failure"] == "out_of_memory"
+    assert "Settings that fit" in rows[4096]["user_attrs_fix"]
+    import torch
+
+    assert _is_oom(torch.OutOfMemoryError("CUDA out of memory")) and not _is_oom(ValueError("x"))

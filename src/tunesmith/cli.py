@@ -135,11 +135,13 @@ def tune_command(
     storage: str | None = typer.Option(None, help="Optuna storage URL, e.g. postgresql://user@host/db."),
     study: str | None = typer.Option(None, help="Study name shared by all workers."),
     trials: int | None = typer.Option(None, min=1, help="Trials for this worker (default tune.trials)."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Tuning workers on this machine sharing "
+                                  "the study, each on its own device (tune.devices)."),
 ) -> None:
     """Search hyperparameters (tune.space); writes tune/trials.csv and tune/best.yaml."""
     pipeline = _pipeline()
     parsed = _recipe(recipe, overrides)
-    result = pipeline.search(parsed, storage=storage, study_name=study, trials=trials)
+    result = pipeline.search(parsed, storage=storage, study_name=study, trials=trials, processes=processes)
     out.print(f"{result.trials} trials ({result.pruned} pruned); best validation loss "
               f"{result.best_value} with {result.best_params}")
     out.print(f"replay the best: tunesmith run {result.best_recipe}")

@@ -81,12 +81,12 @@ def evaluate_run(recipe: Recipe, launch: Launch | None = None) -> evaluate.EvalR
 
 
 def search(recipe: Recipe, storage: str | None = None, study_name: str | None = None,
-           trials: int | None = None) -> tune.TuneResult:
+           trials: int | None = None, processes: int = 1) -> tune.TuneResult:
     """The tune stage; the model card of a trained run is rebuilt with it, to show the search."""
     check_license(recipe)
     run_dir = open_run(recipe)
     return tune.run(recipe, run_dir, storage=storage, study_name=study_name, trials=trials,
-                    after=report.run if run_dir.has_model() else None)
+                    after=report.run if run_dir.has_model() else None, processes=processes)
 
 
 def retrain_best(best_path: Path) -> RunDir:

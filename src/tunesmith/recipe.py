@@ -537,6 +537,9 @@ class TuneConfig(_Section):
     workers on many machines share one study."""
     study: str | None = None
     """Study name (shared by workers); defaults to the recipe name."""
+    devices: Literal["auto"] | list[str] = "auto"
+    """Where `tunesmith tune --processes N` runs its workers, one device each, round robin
+    (cuda:0, cuda:1, ... or cpu); auto: every visible GPU, or the CPU."""
     heartbeat_seconds: int = Field(30, gt=0)
     """Workers beat this often; a trial whose worker stops beating is failed and retried."""
     retries: int = Field(1, ge=0)

@@ -181,11 +181,15 @@ def fit_to_memory(recipe: Recipe, device: str, location: str, seq: int | None = 
               "train.fit=auto to apply the first." if fits else
               "No setting of this model fits: choose a smaller one (`tunesmith models recommend "
               f"--memory {free / GB:.0f}GB`), or train on more memory.")
-    raise ConfigError(
+    raise MemoryFitError(
         f"train: {entry.name} with this recipe needs ~{need.total / GB:.1f} GiB to train "
         f"({need.describe()}; batch {recipe.train.batch_size} x {step_for(recipe, entry, device, seq).seq} "
         f"tokens), but {where} has {free / GB:.1f} GiB free. Nothing was loaded. {advice} "
         "(train.fit=off skips this check.)")
+
+
+class MemoryFitError(ConfigError):
+    """train.fit check: the recipe's step does not fit the device's memory (the message has the fixes)."""
 
 
 def world_size() -> int:

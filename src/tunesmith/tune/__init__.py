@@ -22,6 +22,7 @@ complete recipe that replays the best trial: `tunesmith run tune/best.yaml`), fi
     budget.py     the study's compute budget in optimizer steps
     storage.py    SQLite, or a shared PostgreSQL study for many workers
     outputs.py    trials.csv, best.yaml, figures, summary.json
+    workers.py    --processes N: N workers on this machine, each pinned to a device (tune.devices)
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ __all__ = ["StepBudget", "TuneResult", "cv_folds", "pruner", "repeat_of", "repor
 
 
 def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name: str | None = None,
-        trials: int | None = None, after: Callable[[RunDir], Any] | None = None) -> TuneResult:
+        trials: int | None = None, after: Callable[[RunDir], Any] | None = None,
+        processes: int = 1) -> TuneResult:
     """The search, as one transaction on the run (data re-prepared, tune/ written); `after(view)`
-    runs inside it (the CLI rebuilds the model card there, so it shows the search)."""
+    runs inside it (the CLI rebuilds the model card there, so it shows the search). `processes`
+    > 1: that many workers on this machine share the study, each on its device (workers.py)."""
     import optuna
 
     cfg = recipe.tune
@@ -71,13 +74,18 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
         # workers sharing a study each sample from their own seed: with the recipe's seed in every
         # worker they proposed the same points, and the repeats were answered without training
         seed_offset = 0 if storage is None else worker_seed_offset()
-        study = optuna.create_study(storage=open_storage(cfg, view, storage),
+        url = storage or cfg.storage or f"sqlite:///{view.study_db.resolve()}"
+        study = optuna.create_study(storage=open_storage(cfg, view, url),
                                     sampler=sampler(cfg, seed_offset), pruner=pruner(cfg),
                                     study_name=study_name or cfg.study or recipe.name,
                                     direction=cfg.direction, load_if_exists=True)
         started = time.time()
         budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
-        if budget.fits(study):
+        if processes > 1:  # workers.py: N processes on this machine, each on its own device
+            from tunesmith.tune.workers import run_workers
+
+            run_workers(recipe, view, url, study.study_name, n_trials, processes)
+        elif budget.fits(study):
             study.optimize(objective(recipe, view, splits), n_trials=n_trials,
                            timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
                            catch=(RuntimeError,), callbacks=[budget])

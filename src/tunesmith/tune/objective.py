@@ -15,6 +15,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.files import write_text
 from tunesmith.recipe import Recipe, dump_recipe
 from tunesmith.rundir import RunDir
+from tunesmith.train.fit import MemoryFitError
 from tunesmith.tune.space import repeat_of, suggest, trial_recipe
 
 
@@ -83,6 +84,43 @@ def _validated(trial: Any, candidate: Recipe, trial_dir: RunDir, splits: dict[st
     return result.final_eval_loss
 
 
+class TrialOutOfMemory(RuntimeError):
+    """A trial that did not fit: recorded as failed (failure: out_of_memory, fix), the study goes on."""
+
+
+def _out_of_memory(trial: Any, fix: str) -> TrialOutOfMemory:
+    trial.set_user_attr("failure", "out_of_memory")
+    trial.set_user_attr("fix", fix)
+    return TrialOutOfMemory(fix)
+
+
+def _is_oom(error: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, MPS), or the CPU allocator's failure."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(error).lower()
+
+
+def _fixes(recipe: Recipe) -> str:
+    from tunesmith.train.fit import candidate_fixes
+
+    found = ["; ".join(f"{k}={v}" for k, v in fix.items()) for fix in candidate_fixes(recipe)[:3]]
+    return " | ".join(found) or "a smaller model or more memory"
+
+
+def free_memory() -> None:
+    """Between trials: what the last trial's model, optimizer and trainer held, returned (their
+    reference cycles collected, the CUDA caching allocator emptied), so the next trial starts
+    with the device's whole memory."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
     """The Optuna objective: a trial's values -> its (mean) validation loss."""
     cfg = recipe.tune
@@ -90,6 +128,7 @@ def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
     def score(trial: Any) -> float:
         params = suggest(trial, cfg)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        trial.set_user_attr("device", os.environ.get("TUNESMITH_TUNE_DEVICE", "default"))
         if (done := repeat_of(trial, params)) is not None:
             trial.set_user_attr("duplicate_of", done.number)
             trial.set_user_attr("steps", 0)
@@ -103,8 +142,16 @@ def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
             if cfg.cv_folds >= 2:
                 return _cross_validated(trial, recipe, candidate, trial_dir, splits["train"])
             return _validated(trial, candidate, trial_dir, splits)
+        except MemoryFitError as error:  # train.fit refused the trial's values before loading
+            raise _out_of_memory(trial, str(error)) from None
+        except Exception as error:
+            if not _is_oom(error):
+                raise
+            raise _out_of_memory(trial, f"{type(error).__name__} while training; settings that need "
+                                 f"less: {_fixes(candidate)}") from None
         finally:  # keep the trial's recipe, logs and summary; weights and checkpoints are large
             shutil.rmtree(trial_dir.model, ignore_errors=True)
             shutil.rmtree(trial_dir.work, ignore_errors=True)
+            free_memory()
 
     return score
