@@ -138,3 +138,27 @@ def test_fsdp2_on_two_processes_trains_saves_and_resumes_to_the_ddp_adapter(tmp_
 def run_cli(recipe: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tunesmith", "train", recipe, *extra],
                           capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_eval_in_two_processes_gives_the_same_predictions(tmp_path, tiny_model_dir, chat_files):
+    """`eval --processes 2`: generation shared out to two workers, each with its own copy of the
+    run's model; every answer (fine-tuned and base, test set and probes) as one process gives."""
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(
+        f"name: ev\nmodel: {{name: {tiny_model_dir}}}\ndata: {{train: {chat_files['train']}, "
+        f"test: {chat_files['test']}}}\ntrain: {{max_steps: 20, lr: 0.01, batch_size: 4}}\n"
+        f"eval: {{max_new_tokens: 6, bias: {{enabled: false}}}}\n"
+        f"monitor: {{enabled: false}}\noutput: {{dir: {tmp_path / 'runs'}}}\n")
+    run = tmp_path / "runs" / "ev"
+    assert subprocess.run([sys.executable, "-m", "tunesmith", "run", str(recipe)], capture_output=True,
+                          timeout=600).returncode == 0
+    one = (run / "eval" / "predictions.jsonl").read_text()
+    summary_one = json.loads((run / "eval" / "summary.json").read_text())
+    two = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(recipe), "--processes", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (run / "eval" / "predictions.jsonl").read_text() == one
+    summary_two = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary_two["sets"] == summary_one["sets"]
+    assert summary_two["forgetting"] == summary_one["forgetting"]
+    assert (summary_one["generation_processes"], summary_two["generation_processes"]) == (1, 2)

@@ -265,7 +265,8 @@ def test_a_killed_workers_trial_is_reaped_and_retried(tmp_path, tiny_model_dir, 
 def test_two_local_workers_share_the_study_each_on_its_device(tmp_path, tiny_model_dir, chat_files):
     """`tune --processes 2`: two worker processes on this machine (tune.devices: both the CPU
     here; on GPUs each its own, through CUDA_VISIBLE_DEVICES) split the trials of one study."""
-    from tunesmith.tune.workers import pinned, shares
+    from tunesmith.models.device import pinned
+    from tunesmith.tune.workers import shares
 
     recipe_file = tmp_path / "tune.yaml"
     recipe = tune_recipe(tmp_path, tiny_model_dir, chat_files, "tune.strategy=random", "tune.trials=4",

@@ -202,6 +202,8 @@ class EvalSummary(Schema):
     """Per evaluation set: test, and each data.eval_sets entry (e.g. ood)."""
     validation: Validation = Field(default_factory=Validation)
     generation_examples_per_second: float | None = None
+    generation_processes: int = 1
+    """Worker processes that generated the answers (`eval --processes N`)."""
     generalisation: Generalisation | None = None
     """Loss curves and their final gap (from train/log.jsonl), and the memorisation probe."""
     forgetting: Forgetting | None = None

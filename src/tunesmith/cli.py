@@ -150,9 +150,11 @@ def tune_command(
 
 
 @app.command("eval")
-def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg) -> None:
+def eval_command(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
+                 processes: int = typer.Option(1, "--processes", min=1, help="Generate in N worker processes "
+                                               "on this machine, one GPU each (decoders).")) -> None:
     """Score the base and fine-tuned models on the same test / eval-set examples."""
-    _pipeline().evaluate_run(_recipe(recipe, overrides))
+    _pipeline().evaluate_run(_recipe(recipe, overrides), _launch(processes, None))
 
 
 @app.command("report")

@@ -72,7 +72,7 @@ def fine_tune(recipe: Recipe, resume: bool = False, launch: Launch | None = None
 def evaluate_run(recipe: Recipe, launch: Launch | None = None) -> evaluate.EvalResult:
     run_dir = open_run(recipe)
     with run_dir.transaction(recipe, ("eval", "report")) as view:
-        result = evaluate.run(recipe, view)
+        result = evaluate.run(recipe, view, processes=launch.processes if launch else 1)
         report.run(view)
     print_summary(result.summary, run_dir)
     if result.gate_failure:  # every result is written first

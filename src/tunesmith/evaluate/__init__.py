@@ -17,6 +17,7 @@
 
     scoring.py     one scoring function per kind of set, each returning a typed result
     generation.py  batched greedy generation (the Generator protocol; tests pass a fake)
+    parallel.py    --processes N: that generation in N worker processes, one device each
     metrics.py, stats.py, analysis.py, bias.py   metrics, CIs and tests, error analysis, lexicon
     table.py       the before/after table printed at the end
 """
@@ -49,11 +50,15 @@ class EvalResult:
 
 
 def _evaluation(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]],
-                generator_factory: Any) -> Evaluation:
+                generator_factory: Any, pool: Any = None) -> Evaluation:
     cfg = recipe.eval
     run_model = load_run_model(recipe.model, recipe.train.method, run_dir.model)
     family = family_for(recipe.model)
     bf16 = generation_bf16(recipe, resolve_device(recipe.model))
+    if pool is not None:  # parallel.py: generation in the pool's workers, the rest here
+        labels = bool(cfg.label_field) or "label" in (splits.get("train") or [{}])[0]
+        return Evaluation(recipe, run_model, family, lambda model: pool.generator(base=False), labels,
+                          cfg.label_field, base_generator_for=lambda base: pool.generator(base=True))
 
     def generator_for(model: Any) -> Generator:
         if generator_factory is not None:
@@ -120,14 +125,28 @@ def _bias_warnings(summary: EvalSummary, max_gap: float) -> None:
                 + ", ".join(f"{g} {v:.3f}" for g, v in result.per_group.items()) + ")")
 
 
-def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalResult:
-    """Evaluate the run's model; `generator_factory(model, tokenizer)` swaps in a fake for tests."""
+def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None, processes: int = 1) -> EvalResult:
+    """Evaluate the run's model; `generator_factory(model, tokenizer)` swaps in a fake for tests;
+    `processes` > 1 generates in that many worker processes (parallel.py; decoders)."""
+    pool = None
+    if processes > 1 and generator_factory is None and recipe.model.family == "causal_lm":
+        from tunesmith.evaluate.parallel import GenerationPool
+
+        pool = GenerationPool(recipe, run_dir.model, processes).start()
+    try:
+        return _run(recipe, run_dir, generator_factory, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(recipe: Recipe, run_dir: RunDir, generator_factory: Any, pool: Any) -> EvalResult:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     cfg = recipe.eval
     splits = load_splits(run_dir)
-    ev = _evaluation(recipe, run_dir, splits, generator_factory)
+    ev = _evaluation(recipe, run_dir, splits, generator_factory, pool)
     summary = EvalSummary(metric=cfg.metric)
     if not ev.family.generates:
         summary.baseline = f"k-NN (k={cfg.knn_neighbours}) over the frozen encoder's embeddings"
@@ -143,6 +162,7 @@ def run(recipe: Recipe, run_dir: RunDir, generator_factory: Any = None) -> EvalR
         if name == "test" or test_pairs is None:
             test_pairs = pairs
     summary.generation_examples_per_second = sum(ev.speeds) / len(ev.speeds) if ev.speeds else None
+    summary.generation_processes = len(pool.workers) if pool is not None else 1
     if run_dir.train_log.exists():
         summary.generalisation = analysis.loss_curves(load_rows(LogEntry, run_dir.train_log))
     if test_pairs is not None and splits.get("train") and ev.family.generates:

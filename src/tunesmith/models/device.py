@@ -139,3 +139,22 @@ def peak_memory(device: str) -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
+
+
+def visible_devices() -> list[str]:
+    """Every GPU this process can see (cuda:0 ... cuda:k-1), or the CPU: where local worker
+    processes (tune --processes, eval --processes) go, one device each, round robin."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def pinned(device: str) -> dict[str, str]:
+    """The environment that gives a worker process `device` alone: cuda:3 -> CUDA_VISIBLE_DEVICES=3
+    (inside it, "cuda" is that GPU); cpu -> no GPU at all."""
+    if device.startswith("cuda"):
+        return {"CUDA_VISIBLE_DEVICES": device.partition(":")[2] or "0"}
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    raise ModelError(f"{device!r} is not a device for a worker; give cpu or cuda:N.")

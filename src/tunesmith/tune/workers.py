@@ -21,29 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.errors import TunesmithError
+from tunesmith.models.device import pinned, visible_devices
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
 
 
 def devices(recipe: Recipe) -> list[str]:
     """tune.devices, with auto resolved: cuda:0..k-1 when GPUs are visible, else cpu."""
-    chosen = recipe.tune.devices
-    if chosen != "auto":
-        return list(chosen)
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
-
-
-def pinned(device: str) -> dict[str, str]:
-    """The environment that gives a worker `device` alone: cuda:3 -> CUDA_VISIBLE_DEVICES=3."""
-    if device.startswith("cuda"):
-        return {"CUDA_VISIBLE_DEVICES": device.partition(":")[2] or "0"}
-    if device == "cpu":
-        return {"CUDA_VISIBLE_DEVICES": ""}
-    raise ConfigError(f"tune.devices: {device!r} is not a device; give cpu or cuda:N.")
+    return visible_devices() if recipe.tune.devices == "auto" else list(recipe.tune.devices)
 
 
 def shares(trials: int | None, workers: int) -> list[int | None]:
