@@ -172,30 +172,20 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
     """Server-sent events: each choice's text as it is made, then its finish reason, then [DONE].
     With serve.guards.output_filter the text is sent whole at the end, masked (a piece already
     sent cannot be taken back)."""
-    loop, user_text = asyncio.get_running_loop(), _last_user(body)
-    pieces: asyncio.Queue = asyncio.Queue()
-    request_id = request.state.request_id
-    senders = None if served.guards.output_filter else \
-        [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text)) for i in range(body.n)]
+    user_text, request_id = _last_user(body), request.state.request_id
+    pieces, senders = _senders(served, body.n)
 
     def make(engine: Engine) -> list[GenRequest]:
         return _rows(render(engine), body, max_tokens, on_text=senders)
 
     async def events() -> AsyncIterator[str]:
         work = asyncio.ensure_future(answer(served, make, request_id, refusal=refusal))
-        completion_id, name, first = f"chatcmpl-{request_id}", served.name, None
+        completion_id, name = f"chatcmpl-{request_id}", served.name
         splitters = [ReasoningStream(opened) for _ in range(body.n)]
         for index in range(body.n):
             yield _sse(protocol.chunk(completion_id, name, index, {"role": "assistant", "content": ""}))
         try:
-            while not (work.done() and pieces.empty()):
-                try:
-                    index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
-                except TimeoutError:
-                    continue
-                if first is None:
-                    first = time.monotonic() - request.state.started
-                    note(request, first_token=first)
+            async for index, text in _streamed(work, pieces, request):
                 for field, delta in splitters[index].feed(text):
                     yield _sse(protocol.chunk(completion_id, name, index, {field: delta}))
             result = work.result()
@@ -221,6 +211,32 @@ def _stream(served: Served, body: protocol.ChatCompletionRequest, render: Callab
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"X-Request-Id": request_id, "Cache-Control": "no-cache"})
+
+
+def _senders(served: Served, n: int) -> tuple[asyncio.Queue, list[Callable[[str], None]] | None]:
+    """A queue of (choice, text) pieces and, per choice, the engine's callback that fills it from
+    its thread; no callbacks with serve.guards.output_filter (the text is sent whole, masked)."""
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    if served.guards.output_filter:
+        return pieces, None
+    return pieces, [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
+                    for i in range(n)]
+
+
+async def _streamed(work: asyncio.Future, pieces: asyncio.Queue,
+                    request: Request) -> AsyncIterator[tuple[int, str]]:
+    """The pieces as they come while `work` answers, then what is left; the first one's time is
+    the request's time to first token."""
+    first = None
+    while not (work.done() and pieces.empty()):
+        try:
+            index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
+        except TimeoutError:
+            continue
+        if first is None:
+            first = time.monotonic() - request.state.started
+            note(request, first_token=first)
+        yield index, text
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -268,10 +284,8 @@ def _completion_stream(served: Served, body: protocol.CompletionRequest, max_tok
     """Server-sent events of a raw completion (what vLLM sends, and what a tunesmith server in
     front of this one forwards): each choice's text as it is made, its finish reason, the usage
     when stream_options.include_usage asks, then [DONE]."""
-    loop, request_id = asyncio.get_running_loop(), request.state.request_id
-    pieces: asyncio.Queue = asyncio.Queue()
-    senders = None if served.guards.output_filter else \
-        [lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text)) for i in range(body.n)]
+    request_id = request.state.request_id
+    pieces, senders = _senders(served, body.n)
 
     def make(engine: Engine) -> list[GenRequest]:
         return _rows(body.prompt, body, max_tokens, body.logprobs, on_text=senders)
@@ -284,16 +298,8 @@ def _completion_stream(served: Served, body: protocol.CompletionRequest, max_tok
 
     async def events() -> AsyncIterator[str]:
         work = asyncio.ensure_future(answer(served, make, request_id, refusal=refusal))
-        first = None
         try:
-            while not (work.done() and pieces.empty()):
-                try:
-                    index, text = await asyncio.wait_for(pieces.get(), timeout=0.05)
-                except TimeoutError:
-                    continue
-                if first is None:
-                    first = time.monotonic() - request.state.started
-                    note(request, first_token=first)
+            async for index, text in _streamed(work, pieces, request):
                 yield event(served.name, index, text)
             result = work.result()
         except ServeError as error:
