@@ -641,6 +641,7 @@ class VLLMConfig(_Section):
     max_model_len: int | None = Field(None, gt=0)
     """Longest prompt + answer (vLLM's --max-model-len); default the model's context length."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """The share of each GPU's memory vLLM may take (its --gpu-memory-utilization)."""
     adapters: list[str] = Field(default_factory=list)
     """Other LoRA runs on the same base, served by the same vLLM (multi-LoRA), each under its
     run directory's name."""
@@ -658,7 +659,9 @@ class ServeConfig(_Section):
     server at serve.upstream.url), `vllm` (vLLM started by tunesmith, serve.vllm). tunesmith's
     guards, cache, fallback, metrics, drift, feedback, request log and canary work with each."""
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    """serve.engine upstream: the server that generates, and the names it serves the models under."""
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    """serve.engine vllm: how tunesmith starts vLLM (port, parallelism, adapters, extra arguments)."""
     max_batch_size: int = Field(16, gt=0)
     """Requests generated together (dynamic batching; 16 measured ~6x one at a time on the CPU)."""
     max_wait_ms: float = Field(50.0, ge=0)

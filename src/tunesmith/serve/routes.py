@@ -43,7 +43,8 @@ def add_routes(app: FastAPI) -> None:
     async def chat(body: protocol.ChatCompletionRequest, request: Request):
         return await _chat(request.app.state.served, body, request)
 
-    @app.post("/v1/completions", dependencies=GUARDED, response_model=protocol.Completion)
+    @app.post("/v1/completions", dependencies=GUARDED, response_model=protocol.Completion,
+              responses={200: {"content": {"text/event-stream": stream}}})
     async def completions(body: protocol.CompletionRequest, request: Request):
         return await _completion(request.app.state.served, body, request)
 
