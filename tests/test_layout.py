@@ -15,7 +15,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS = [
-    {"errors", "console", "files", "formatting", "events"},
+    {"errors", "console", "files", "formatting", "events", "interrupts"},
     {"recipe", "records", "artifacts", "render"},
     {"rundir"},
     {"models"},

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import typer
 
+from tunesmith import interrupts
 from tunesmith.console import out, problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -399,10 +400,6 @@ def demo_command(
     out.print(f"demo wall time: {time.time() - started:.0f} s")
 
 
-def _interrupt(number: int, _frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a command the way Ctrl-C does
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and enforce the error contract (see errors.py); exits with its code."""
     from tunesmith.errors import QualityGateError, TunesmithError
@@ -410,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers 5 renames (gradient -> activation checkpointing) that the user cannot act on
     warnings.filterwarnings("ignore", message=".*will be removed in v6.*", category=FutureWarning)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
+    interrupts.install()  # SIGTERM ends a command the way Ctrl-C does; neither is ever lost
     code = 0
     try:
         returned = app(args=argv, prog_name="tunesmith", standalone_mode=False)

@@ -23,6 +23,7 @@ from rich.progress import (
 from transformers import TrainerCallback
 
 from tunesmith.artifacts import LogEntry
+from tunesmith.interrupts import check
 from tunesmith.train.guards import OverfittingGuards
 
 
@@ -104,3 +105,13 @@ class EvalLossHook(TrainerCallback):
         value = (metrics or {}).get("eval_loss")
         if value is not None and self.hook(state.global_step, state.max_steps, value):
             control.should_training_stop = True
+
+
+class Interrupts(TrainerCallback):
+    """Between steps and evaluation batches: a Ctrl-C / SIGTERM that Python lost (it landed in a
+    finalizer; see tunesmith.interrupts) stops training here."""
+
+    def _check(self, *args: object, **kwargs: object) -> None:
+        check()
+
+    on_step_begin = on_step_end = on_substep_end = on_prediction_step = _check
