@@ -9,6 +9,7 @@ which raises it again.
 
     install()      in the CLI's main: SIGINT and SIGTERM raise KeyboardInterrupt and are recorded
     check()        raise KeyboardInterrupt if a signal came and its first one was lost
+    die_with_parent()  a child process (workers, vLLM) killed when tunesmith is
 """
 
 from __future__ import annotations
@@ -49,3 +50,13 @@ def check() -> None:
     """Raise the interrupt again if one came (it may have been swallowed where it landed)."""
     if received:
         raise KeyboardInterrupt
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies. torchrun starts the workers in sessions
+    of their own, so a `kill -9` of tunesmith would leave them training (and writing checkpoints
+    into a run that is being resumed); with this, the launcher and the workers go with it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

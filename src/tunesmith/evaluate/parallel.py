@@ -38,7 +38,7 @@ class GenerationPool:
     devices: list[str] = field(default_factory=list)
 
     def start(self) -> GenerationPool:
-        from tunesmith.train.distributed import die_with_parent
+        from tunesmith.interrupts import die_with_parent
 
         places = visible_devices()
         self._tmp = tempfile.TemporaryDirectory(prefix="tunesmith-eval-")
@@ -137,7 +137,7 @@ def worker(payload_path: str) -> None:
 
 
 if __name__ == "__main__":
-    from tunesmith.train.distributed import die_with_parent
+    from tunesmith.interrupts import die_with_parent
 
     die_with_parent()
     worker(sys.argv[1])

@@ -99,8 +99,8 @@ class VLLMEngine(UpstreamEngine):
 
 def start(recipe: Recipe, model_dir: Path | None, name: str) -> VLLMEngine:
     """vLLM started and answering, and the engine that forwards to it."""
+    from tunesmith.interrupts import die_with_parent
     from tunesmith.models.loading import model_location
-    from tunesmith.train.distributed import die_with_parent
 
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(MISSING)

@@ -33,6 +33,7 @@ from typing import Any
 
 from tunesmith.artifacts import TrainSummary, load
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.interrupts import die_with_parent
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
 
@@ -126,17 +127,6 @@ def launch(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None, launch: Lau
     summary = load(TrainSummary, run_dir.train_summary)
     return TrainResult(run_dir.model, summary.steps, summary.train_loss, summary.tokens_per_second,
                        summary.runtime_seconds, summary.final_eval_loss, summary.guards)
-
-
-def die_with_parent() -> None:
-    """Linux: this process is killed when its parent dies. torchrun starts the workers in sessions
-    of their own, so a `kill -9` of tunesmith would leave them training (and writing checkpoints
-    into a run that is being resumed); with this, the launcher and the workers go with it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def worker_failure(stderr: str, lines: int = 12) -> list[str]:

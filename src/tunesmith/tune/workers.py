@@ -55,7 +55,7 @@ def run_workers(recipe: Recipe, view: RunDir, storage: str, study_name: str, tri
                 "study": study_name, "trials": share}))
             device = places[index % len(places)]
             env = {**os.environ, **pinned(device), "TUNESMITH_TUNE_DEVICE": device}
-            from tunesmith.train.distributed import die_with_parent
+            from tunesmith.interrupts import die_with_parent
 
             started.append((device, subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.tune.workers", str(payload)], env=env,
@@ -99,7 +99,7 @@ def worker(payload_path: str) -> None:
 
 def main(argv: list[str]) -> Any:
     try:
-        from tunesmith.train.distributed import die_with_parent
+        from tunesmith.interrupts import die_with_parent
 
         die_with_parent()
         worker(argv[0])
