@@ -51,8 +51,11 @@ class ScriptedEngine:
         tokens = self.count_tokens(answer)
         return [GenResult(answer, "stop", self.count_tokens(r.prompt), tokens) for r in batch]
 
-    def prompt_logprobs(self, text: str) -> list[dict]:
-        return [{"token": w, "logprob": None if i == 0 else -1.0} for i, w in enumerate(text.split(" "))]
+    def prompt_logprobs(self, text: str, top: int = 0, next_token: bool = False) -> list[dict]:
+        steps = [{"token": w, "logprob": None if i == 0 else -1.0, "top_logprobs": {w: -1.0} if top else None}
+                 for i, w in enumerate(text.split(" "))]
+        return steps + ([{"token": " end", "logprob": -0.5, "top_logprobs": {" end": -0.5}, "eos": False}]
+                        if next_token else [])
 
 
 def scripted(engine: ScriptedEngine | None = None, fallback: Fallback | None = None,

@@ -168,6 +168,79 @@ class Forgetting(Schema):
     finetuned: float
     base: float | None = None
     paired: Paired | None = None
+    source: str = "probe"
+    """What measured it: the bundled 20-question probe, or `benchmarks` (their items pooled)."""
+    tasks: list[str] = Field(default_factory=list)
+    """The benchmark tasks pooled, when source is benchmarks."""
+
+
+class Benchmark(Schema):
+    """One lm-evaluation-harness task (or group, its subtasks' items pooled), both models on the
+    same items with the same settings."""
+    task: str
+    metric: str
+    """The task's first metric (acc for multiple choice, exact_match for gsm8k), per item."""
+    examples: int
+    num_fewshot: int | None = None
+    finetuned: Interval
+    base: Interval | None = None
+    paired: Paired | None = None
+    subtasks: list[str] = Field(default_factory=list)
+    items: list[str] = Field(default_factory=list)
+    """Item ids (subtask:doc_id), in the order of `scores`."""
+    scores: dict[str, list[float]] = Field(default_factory=dict)
+    """Per model (base, finetuned), each item's metric: what compare pairs across runs."""
+
+
+class Benchmarks(Schema):
+    harness: str
+    """The harness and its version, e.g. lm-evaluation-harness 0.4.13."""
+    limit: int | None = None
+    apply_chat_template: bool = False
+    tasks: dict[str, Benchmark] = Field(default_factory=dict)
+
+
+class JudgeGrade(Schema):
+    """One judged example (eval/judge.jsonl)."""
+    id: str
+    """set:index, as the predictions and the review labels name it."""
+    finetuned: int | None
+    base: int | None = None
+    preference: float | None = None
+    """Fine-tuned vs base, position bias cancelled: 1 fine-tuned better in both orders, 0 base
+    better in both, 0.5 a tie or a flip between the orders."""
+    first_position_wins: int = 0
+    """Of the two pairwise orders, how many the answer shown first won (0-2)."""
+
+
+class JudgeSet(Schema):
+    examples: int
+    finetuned: Interval
+    """Mean grade, with its bootstrap CI."""
+    finetuned_pass: Interval
+    """Share of answers graded at or above pass_grade."""
+    base: Interval | None = None
+    base_pass: Interval | None = None
+    paired: Paired | None = None
+    """Fine-tuned minus base grade, over the same examples."""
+    win_rate: Interval | None = None
+    """Pairwise: the fine-tuned answer's mean preference (ties count half)."""
+    position_bias: float | None = None
+    """Share of pairwise verdicts that went to the answer shown first (0.5: none)."""
+    unparsed: int = 0
+    """Judge answers with no grade or verdict in them (left out of the scores)."""
+
+
+class Judge(Schema):
+    url: str
+    model: str
+    scale: int
+    pass_grade: int
+    min_kappa: float
+    sets: dict[str, JudgeSet] = Field(default_factory=dict)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class BiasDimension(Schema):
@@ -209,6 +282,10 @@ class EvalSummary(Schema):
     forgetting: Forgetting | None = None
     """The general-question probe: what fine-tuning cost outside the task."""
     bias: Bias | None = None
+    benchmarks: Benchmarks | None = None
+    """eval.benchmarks: lm-evaluation-harness tasks, base and fine-tuned paired per item."""
+    judge: Judge | None = None
+    """eval.judge: an LLM judge's grades and pairwise verdicts (per example in eval/judge.jsonl)."""
     warnings: list[str] = Field(default_factory=list)
     """Bias gaps over eval.bias.max_gap, and anything else a reader of the numbers must know."""
 

@@ -6,7 +6,7 @@ Layout of `runs/<run>/`:
     data/                 canonical train/val/test/<eval set> JSONL + report.json/html
     model/                adapter (or full weights) + tokenizer
     train/                log.jsonl, summary.json
-    eval/                 summary.json, predictions.jsonl
+    eval/                 summary.json, predictions.jsonl, judge.jsonl
     tune/                 study, trials.csv, best.yaml, summary.json, figures
     README.md, report.html  model card and run report
     comparison.json       with `tunesmith report RUN --against OTHER`: paired deltas against OTHER
@@ -186,6 +186,10 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.eval / "predictions.jsonl"
+
+    @property
+    def judge_grades(self) -> Path:
+        return self.eval / "judge.jsonl"
 
     @property
     def tune(self) -> Path:

@@ -11,11 +11,13 @@
   label metrics and a confusion matrix where answers are labels; per-`meta.group` slices;
 - error analysis: an error class for every fine-tuned answer, the worst examples, top confusions;
 - generalisation: train/validation loss curves and their final gap, and a memorisation probe;
-- forgetting: a bundled general-question probe scored for both models;
+- forgetting: a bundled general-question probe scored for both models, or the benchmarks' items;
+- benchmarks (eval.benchmarks): lm-evaluation-harness tasks, base and fine-tuned paired per item;
 - bias: counterfactual prompts with demographic terms swapped, metric per group, the largest
   gap and the share of answers that changed; a gap over `eval.bias.max_gap` warns or fails.
 
     scoring.py     one scoring function per kind of set, each returning a typed result
+    benchmarks.py  lm-evaluation-harness tasks on both models, paired per item
     generation.py  batched greedy generation (the Generator protocol; tests pass a fake)
     parallel.py    --processes N: that generation in N worker processes, one device each
     metrics.py, stats.py, analysis.py, bias.py   metrics, CIs and tests, error analysis, lexicon
@@ -29,7 +31,7 @@ from typing import Any
 
 from tunesmith.artifacts import EvalSummary, LogEntry, Prediction, load_rows, save, save_rows
 from tunesmith.data import load_splits
-from tunesmith.evaluate import analysis
+from tunesmith.evaluate import analysis, benchmarks
 from tunesmith.evaluate.generation import Generator, HFGenerator, Seq2SeqGenerator
 from tunesmith.evaluate.scoring import Evaluation, bias_probes, forgetting, score_set, validation
 from tunesmith.models.device import generation_bf16, resolve_device
@@ -167,7 +169,11 @@ def _run(recipe: Recipe, run_dir: RunDir, generator_factory: Any, pool: Any) -> 
         summary.generalisation = analysis.loss_curves(load_rows(LogEntry, run_dir.train_log))
     if test_pairs is not None and splits.get("train") and ev.family.generates:
         _memorisation(summary, predictions, splits["train"])
-    if cfg.forgetting_probe and ev.family.generates:  # a classifier has no general knowledge to probe
+    if cfg.benchmarks.tasks and ev.family.generates:
+        summary.benchmarks = benchmarks.run(ev)
+    if summary.benchmarks is not None and cfg.benchmarks.forgetting:
+        summary.forgetting = benchmarks.forgetting(summary.benchmarks)
+    elif cfg.forgetting_probe and ev.family.generates:  # a classifier has no general knowledge to probe
         summary.forgetting = forgetting(ev)
     if cfg.bias.enabled and test_pairs is not None and cfg.metric != "none":
         summary.bias = bias_probes(ev, test_pairs)

@@ -66,8 +66,11 @@ class Engine(Protocol):
 
     def generate(self, batch: list[GenRequest], use_base: bool = False) -> list[GenResult]: ...
 
-    def prompt_logprobs(self, text: str) -> list[dict[str, Any]]:
-        """Logprob of every token of `text` given the ones before it (completions with echo)."""
+    def prompt_logprobs(self, prompt: str | list[int], top: int = 0,
+                        next_token: bool = False) -> list[dict[str, Any]]:
+        """Logprob of every token of `prompt` (text or token ids) given the ones before it, with
+        the `top` likeliest tokens at each position; with `next_token`, one more step: the greedy
+        next token (`"eos": True` when it ends the answer). What completions with echo answer."""
         ...
 
 
@@ -262,17 +265,31 @@ class HFEngine:
                               for v, i in zip(best.values, best.indices, strict=True)}})
         return steps
 
-    def prompt_logprobs(self, text: str) -> list[dict[str, Any]]:
+    def prompt_logprobs(self, prompt: str | list[int], top: int = 0,
+                        next_token: bool = False) -> list[dict[str, Any]]:
         import torch
 
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = (list(prompt) if isinstance(prompt, list)
+               else self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(device)).logits[0].float()
+            logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
         scores = torch.log_softmax(logits, dim=-1)
-        out = [{"token": self.tokenizer.decode([int(ids[0, 0])]), "logprob": None}]
-        for position in range(1, ids.shape[1]):
-            token = int(ids[0, position])
-            logprob = float(scores[position - 1, token])
-            out.append({"token": self.tokenizer.decode([token]), "logprob": logprob})
+        out = [{"token": self.tokenizer.decode([ids[0]]), "logprob": None, "top_logprobs": None}]
+        for position in range(1, len(ids)):
+            out.append(self._step(scores[position - 1], ids[position], top))
+        if next_token:
+            chosen = int(scores[-1].argmax())
+            out.append({**self._step(scores[-1], chosen, top), "eos": chosen == self.tokenizer.eos_token_id})
         return out
+
+    def _step(self, scores: Any, token: int, top: int) -> dict[str, Any]:
+        import torch
+
+        tops = None
+        if top:
+            best = torch.topk(scores, top)
+            tops = {self.tokenizer.decode([int(i)]): float(v) for v, i in zip(best.values, best.indices,
+                                                                              strict=True)}
+        return {"token": self.tokenizer.decode([token]), "logprob": float(scores[token]),
+                "top_logprobs": tops}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,6 +25,69 @@ class BiasConfig(_Section):
     @classmethod
     def _lexicon_terms(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
         return _terms_given(value)
+
+
+class BenchmarksConfig(_Section):
+    """lm-evaluation-harness tasks run on the base and the fine-tuned model with the same settings
+    (`pip install 'tunesmith[benchmarks]'`). A list is shorthand for `tasks`."""
+    tasks: list[str] = Field(default_factory=list)
+    """Harness task or group names (mmlu, arc_challenge, hellaswag, gsm8k, ...) or paths of local
+    task YAML files (their `task:` name is used). The hub's datasets are fetched by the harness
+    unless cached; a local task reads local files."""
+    num_fewshot: int | None = Field(None, ge=0)
+    """Few-shot examples per prompt; None: each task's own default."""
+    limit: int | None = Field(None, gt=0)
+    """At most this many items per task (the same items for both models); None: all."""
+    batch_size: int | None = Field(None, gt=0)
+    """Requests per forward pass; None: eval.batch_size."""
+    apply_chat_template: bool = False
+    """Wrap prompts in the model's chat template (the harness's --apply_chat_template)."""
+    forgetting: bool = True
+    """Measure forgetting with these tasks (pooled items) in place of the bundled 20-question probe."""
+
+
+DEFAULT_RUBRIC = (
+    "Grade the ANSWER to the PROMPT against the REFERENCE answer. 5: as correct and complete as the "
+    "reference; 4: correct with a minor flaw; 3: partly correct; 2: mostly wrong; 1: wrong, empty "
+    "or harmful.")
+
+
+class JudgeConfig(_Section):
+    """An LLM judge on any OpenAI-compatible endpoint: grades answers against the reference on a
+    rubric, and compares base and fine-tuned answers in both orders."""
+    url: str | None = None
+    """Base URL of the judge's OpenAI-compatible API (e.g. http://127.0.0.1:8001/v1, or a hosted
+    one); None: no judge."""
+    model: str = "judge"
+    """The model name sent to the endpoint."""
+    api_key_env: str = "TUNESMITH_JUDGE_API_KEY"
+    """The environment variable that holds the endpoint's key (never the recipe; never logged)."""
+    rubric: str = DEFAULT_RUBRIC
+    """What a grade means; the judge answers with one integer grade from 1 to `scale`."""
+    scale: int = Field(5, ge=2, le=10)
+    """The highest grade."""
+    pass_grade: int = Field(4, ge=1)
+    """A grade at or above this counts as acceptable: the judge's pass rate, and its yes/no that
+    is compared with people's review labels (correct vs wrong/harmful)."""
+    pairwise: bool = True
+    """Also ask which of the base and the fine-tuned answer is better, once in each order."""
+    sets: list[str] = Field(default_factory=lambda: ["test"])
+    """The evaluation sets judged."""
+    max_examples: int | None = Field(50, gt=0)
+    """Judge at most this many examples per set (each costs 1 request, 3 with pairwise)."""
+    min_kappa: float = Field(0.4, ge=-1.0, le=1.0)
+    """The judge's agreement with review labels (Cohen's kappa) below this flags it as not to be
+    trusted on this task (0.4: 'moderate' agreement, by Landis and Koch's scale)."""
+    max_tokens: int = Field(16, gt=0)
+    """The judge's answer budget (a grade, or A / B)."""
+    timeout_seconds: float = Field(60.0, gt=0)
+    """Per request; a judge that does not answer in time fails the evaluation with that error."""
+
+    @model_validator(mode="after")
+    def _pass_on_scale(self) -> JudgeConfig:
+        if self.pass_grade > self.scale:
+            raise ValueError(f"pass_grade {self.pass_grade} is above the scale's top grade {self.scale}")
+        return self
 
 
 class EvalConfig(_Section):
@@ -59,6 +122,15 @@ class EvalConfig(_Section):
     encoder's embeddings (its new classification head starts random, so is no baseline)."""
     bias: BiasConfig = Field(default_factory=BiasConfig)
     """Counterfactual bias probes and their threshold."""
+    benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)
+    """The field's benchmarks (lm-evaluation-harness) beside the task, base and fine-tuned paired."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """An LLM judge for open-ended answers, measured against people's review labels."""
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _task_list(cls, value: Any) -> Any:
+        return {"tasks": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _fields_for_json_metric(self) -> EvalConfig:

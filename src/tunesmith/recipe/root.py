@@ -57,6 +57,13 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
+    def _benchmarks_generate(self) -> Recipe:
+        if self.eval.benchmarks.tasks and self.model.family == "encoder":
+            raise ValueError("eval.benchmarks scores language models (model.family causal_lm or seq2seq); "
+                             "an encoder answers only its labels: remove eval.benchmarks")
+        return self
+
+    @model_validator(mode="after")
     def _reweight_applies(self) -> Recipe:
         if "reweight" in self.data.bias.mitigate and (
                 self.train.preference or self.model.family != "causal_lm" or self.train.backend == "trl"):

@@ -5,7 +5,7 @@ publishes them in its OpenAPI schema, which the schema fuzzing test runs against
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -66,13 +66,40 @@ class ChatCompletionRequest(_Request):
     response_format: ResponseFormat | None = None
 
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
+MAX_PROMPTS = 64
+"""Prompts in one /v1/completions request (a batch of a log-likelihood evaluator)."""
+
+
 class CompletionRequest(_Request):
-    prompt: str = Field(..., min_length=1)
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    """One prompt or a batch of them, as text or token ids (OpenAI's API and vLLM take both;
+    lm-evaluation-harness sends token ids). Prompt i's choices are indexed i * n + j."""
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
     stream_options: dict[str, Any] | None = None
     """{"include_usage": true}: a last event carries the usage (streamed completions)."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts_given(cls, value: Any) -> Any:
+        prompts = _prompt_list(value)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("give a prompt (text or token ids); an empty one has nothing to complete")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"{len(prompts)} prompts in one request; send at most {MAX_PROMPTS}")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        return _prompt_list(self.prompt)
+
+
+def _prompt_list(value: Any) -> list[Any]:
+    """A prompt, a list of texts, a list of token ids, or a list of those: as a list of prompts."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        return [value]
+    return list(value)
 
 
 class FeedbackRequest(BaseModel):

@@ -158,18 +158,24 @@ class UpstreamEngine:
                          int(usage.get("completion_tokens") or self.count_tokens(text)),
                          steps if request.logprobs is not None else None)
 
-    def prompt_logprobs(self, text: str) -> list[dict[str, Any]]:
-        """The upstream's logprob of every prompt token (completions with echo, no new token)."""
+    def prompt_logprobs(self, prompt: str | list[int], top: int = 0,
+                        next_token: bool = False) -> list[dict[str, Any]]:
+        """The upstream's logprob of every prompt token (completions with echo), and with
+        `next_token` its greedy next one."""
         import httpx
 
-        body = {"model": self.model, "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 0}
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1 if next_token else 0, "echo": True,
+                "logprobs": top, "temperature": 0}
         try:
             response = self.client.post("/v1/completions", json=body)
             _check(response)
         except httpx.HTTPError as error:
             raise UpstreamError(f"{self.url}: {type(error).__name__}: {error}") from None
-        steps = _steps(response.json()["choices"][0].get("logprobs")) or []
-        return [{"token": s["token"], "logprob": s["logprob"]} for s in steps]
+        choice = response.json()["choices"][0]
+        steps = _steps(choice.get("logprobs")) or []
+        if next_token and steps:
+            steps[-1]["eos"] = choice.get("finish_reason") == "stop"
+        return steps
 
 
 def _check(response: Any) -> None:
