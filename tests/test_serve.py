@@ -493,3 +493,29 @@ def test_the_canary_replays_the_test_set_and_alerts_on_a_drop(served_run, monkey
         while "canary_drop>0" not in served.monitor.alerts.firing and time.monotonic() < deadline:
             time.sleep(0.1)
     assert "canary_drop>0" in served.monitor.alerts.firing
+
+
+def test_dropped_connections_leave_no_stray_cancelled_error_in_the_log(caplog):
+    """A client that goes away mid-answer (lm-evaluation-harness after a crash) cancels its rows;
+    the server logs no 'exception was never retrieved' CancelledError traceback for it."""
+    import gc
+    import logging
+    import socket
+
+    served = scripted(ScriptedEngine(delay=0.6))
+    bodies = [("/v1/completions", {"prompt": "hello there", "max_tokens": 3}),
+              ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]
+    with caplog.at_level(logging.ERROR, logger="asyncio"), running(create_app(lambda: served)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for path, body in bodies:
+            data = json.dumps(body).encode()
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while served.engine.cancelled < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gc.collect()
+    assert served.engine.cancelled == len(bodies)  # the rows were stopped, not answered
+    assert not [r for r in caplog.records if "CancelledError" in (r.getMessage() + str(r.exc_info))]

@@ -25,6 +25,11 @@ def pct(value: float | None, ci: Sequence[float] | None = None) -> str:
     return text
 
 
+def interval(value: Any) -> str:
+    """An `Interval` (value and bootstrap CI) as a percentage; '-' for None."""
+    return "-" if value is None else pct(value.value, (value.ci_low, value.ci_high))
+
+
 def points(value: float, sign: bool = False) -> str:
     """A difference of two rates, in percentage points."""
     return f"{100 * value:{'+' if sign else ''}.{DIGITS}f} pts"

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.artifacts import EvalSummary
-from tunesmith.formatting import delta, number, pct, points
+from tunesmith.formatting import delta, interval, number, pct, points
 from tunesmith.rundir import RunDir
 
 
@@ -30,8 +30,12 @@ def print_summary(summary: EvalSummary, run_dir: RunDir, console: Console | None
                       pct(row.finetuned.value, row.finetuned.ci), delta(row.paired))
     forgetting = summary.forgetting
     if forgetting:
-        table.add_row("general probe", str(forgetting.examples), pct(forgetting.base),
-                      pct(forgetting.finetuned), delta(forgetting.paired))
+        table.add_row("general probe" if forgetting.source == "probe" else "forgetting (benchmarks)",
+                      str(forgetting.examples), pct(forgetting.base), pct(forgetting.finetuned),
+                      delta(forgetting.paired))
+    for name, bench in (summary.benchmarks.tasks.items() if summary.benchmarks else []):
+        table.add_row(f"{name} ({bench.metric})", str(bench.examples), interval(bench.base),
+                      interval(bench.finetuned), delta(bench.paired))
     validation = summary.validation
     if validation.finetuned:
         table.add_row("val perplexity", "", *([""] if classifier else []),

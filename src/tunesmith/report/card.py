@@ -10,13 +10,15 @@ import yaml
 
 from tunesmith.artifacts import Bias, DataReport, EvalSummary
 from tunesmith.files import sha256_file
-from tunesmith.formatting import delta, gap_text, number, pct
+from tunesmith.formatting import delta, gap_text, interval, number, pct
 from tunesmith.models.families import family_for
 from tunesmith.models.license import license_terms
 from tunesmith.render import render
 from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
+
+HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 
 LIMITATIONS = [
     "Scores are measured on the held-out and out-of-domain sets listed above only; other "
@@ -137,12 +139,45 @@ def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files
     model_index = [{"name": recipe.name, "results": [
         {"task": {"type": tag}, "dataset": {"name": name, "type": "custom"},
          "metrics": [{"type": metric, "value": round(row.finetuned.value or 0.0, 4)}]}
-        for name, row in sets.items()]}]
+        for name, row in sets.items()] + _benchmark_index(evaluation, tag)}]
     front = {"base_model": base_model, "license": license_name, "pipeline_tag": tag,
              "library_name": "peft" if recipe.train.adapter == "lora" else "transformers",
              "datasets": [f["path"] for f in data_files], "tags": ["tunesmith", recipe.train.method, tag],
              "model-index": model_index}
     return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+
+
+def _benchmark_index(evaluation: EvalSummary | None, tag: str) -> list[dict[str, Any]]:
+    """model-index entries of eval.benchmarks, named by the harness's task names as the hub's
+    cards carry them."""
+    if evaluation is None or evaluation.benchmarks is None:
+        return []
+    source = {"name": evaluation.benchmarks.harness, "url": HARNESS_URL}
+    return [{"task": {"type": tag}, "dataset": {"name": name, "type": name},
+             "metrics": [{"type": bench.metric, "value": round(bench.finetuned.value, 4),
+                          "name": f"{bench.metric} ({'default' if bench.num_fewshot is None else bench.num_fewshot}"
+                                  "-shot)"}],
+             "source": source} for name, bench in evaluation.benchmarks.tasks.items()]
+
+
+def benchmark_rows(evaluation: EvalSummary) -> list[dict[str, Any]]:
+    if evaluation.benchmarks is None:
+        return []
+    return [{"task": name, "metric": bench.metric, "examples": bench.examples,
+             "shots": "default" if bench.num_fewshot is None else bench.num_fewshot,
+             "base": interval(bench.base), "finetuned": interval(bench.finetuned), "delta": delta(bench.paired)}
+            for name, bench in evaluation.benchmarks.tasks.items()]
+
+
+def forgetting_text(forgetting: Any) -> str:
+    if forgetting is None:
+        return ""
+    what = (f"General-question probe ({forgetting.examples} questions: a 95% CI of about +-20 points "
+            "per model and +-25 for the delta, so it catches only large losses; eval.benchmarks measures "
+            "finer)" if forgetting.source == "probe" else
+            f"The benchmarks' {forgetting.examples} items pooled ({', '.join(forgetting.tasks)})")
+    return (f"{what}: base {pct(forgetting.base)}, fine-tuned {pct(forgetting.finetuned)}, "
+            f"delta {delta(forgetting.paired)}.")
 
 
 def _training(run: RunRecord) -> dict[str, Any]:
@@ -166,7 +201,7 @@ def _training(run: RunRecord) -> dict[str, Any]:
 def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
     if evaluation is None:
         return {"eval_rows": [], "baseline": "", "validation": None, "generalisation": "", "forgetting": "",
-                "bias": _bias_text(None)}
+                "benchmarks": [], "harness": "", "bias": _bias_text(None)}
     rows = [{"set": name, "examples": row.examples,
              "base": pct(row.base.value, row.base.ci) if row.base else "-",
              "finetuned": pct(row.finetuned.value, row.finetuned.ci), "delta": delta(row.paired)}
@@ -192,10 +227,9 @@ def _evaluation_texts(evaluation: EvalSummary | None) -> dict[str, Any]:
                        "finetuned": number(validation.finetuned.perplexity)}
         if validation.finetuned else None,
         "generalisation": "; ".join(gen_parts) + "." if gen_parts else "",
-        "forgetting": (f"General-question probe ({forgetting.examples} questions): base "
-                       f"{pct(forgetting.base)}, fine-tuned {pct(forgetting.finetuned)}, "
-                       f"delta {delta(forgetting.paired)}.")
-        if forgetting else "",
+        "forgetting": forgetting_text(forgetting),
+        "benchmarks": benchmark_rows(evaluation),
+        "harness": evaluation.benchmarks.harness if evaluation.benchmarks else "",
         "bias": _bias_text(evaluation.bias),
     }
 

@@ -113,7 +113,19 @@ def _tables(run: RunRecord) -> dict[str, Any]:
         "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
         "human_review": summary_text(summarise(run)),
         "comparison": _comparison(run.run_dir),
+        **_benchmark_tables(run.evaluation),
     }
+
+
+def _benchmark_tables(evaluation: Any) -> dict[str, Any]:
+    from tunesmith.report.card import benchmark_rows, forgetting_text
+
+    if evaluation is None:
+        return {"benchmarks": [], "harness": "", "forgetting": ""}
+    rows = [[r["task"], r["metric"], r["examples"], r["shots"], r["base"], r["finetuned"], r["delta"]]
+            for r in benchmark_rows(evaluation)]
+    return {"benchmarks": rows, "harness": evaluation.benchmarks.harness if evaluation.benchmarks else "",
+            "forgetting": forgetting_text(evaluation.forgetting)}
 
 
 def _comparison(run_dir: Any) -> dict[str, Any] | None:

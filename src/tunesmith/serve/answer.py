@@ -47,6 +47,9 @@ async def _generate(served: Served, make: MakeRequests, timeout: float,
     rows = make(served.engine)
     try:
         submitted = asyncio.gather(*(served.batcher.submit(r, use_base) for r in rows))
+        # a client that went away cancels its rows after this request stopped waiting: their
+        # CancelledError is expected, not a traceback for the log
+        submitted.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.wait_for(submitted, timeout)
     except QueueFull:
         retry = max(1, round(served.batcher.depth / served.batcher.max_batch_size))
