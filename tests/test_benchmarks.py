@@ -32,7 +32,8 @@ def project(tmp_path_factory, tiny_model_dir):
     (root / "train.jsonl").write_text("\n".join(line for line in train[:60]) + "\n")
     recipe = load_recipe(None, [
         f"model.name={tiny_model_dir}", f"data.train={root / 'train.jsonl'}",
-        f"data.test={root / 'data' / 'demo' / 'test.jsonl'}", "data.on_invalid=skip", f"output.dir={root / 'runs'}",
+        f"data.test={root / 'data' / 'demo' / 'test.jsonl'}", "data.on_invalid=skip",
+        f"output.dir={root / 'runs'}",
         "name=bench", "train.max_steps=12", "train.batch_size=4", "train.lr=5e-3", "eval.max_new_tokens=2",
         "eval.max_examples=4", "eval.bias.enabled=false", "data.val_fraction=0.1", "data.dedup.near=false",
         "eval.benchmarks.tasks=[tickets_category.yaml]", f"eval.benchmarks.limit={LIMIT}",
@@ -92,8 +93,9 @@ def test_local_benchmark_pairs_base_and_finetuned_item_by_item(project):
     assert result.finetuned.value == pytest.approx(sum(tuned) / LIMIT)
     assert result.finetuned.ci_low <= result.finetuned.value <= result.finetuned.ci_high
     assert result.paired.delta == pytest.approx((sum(tuned) - sum(base_scores)) / LIMIT)
-    assert result.paired.mcnemar.tuned_only_right == sum(t > b for t, b in zip(tuned, base_scores, strict=True))
-    assert result.paired.mcnemar.base_only_right == sum(b > t for t, b in zip(tuned, base_scores, strict=True))
+    pairs = list(zip(tuned, base_scores, strict=True))
+    assert result.paired.mcnemar.tuned_only_right == sum(t > b for t, b in pairs)
+    assert result.paired.mcnemar.base_only_right == sum(b > t for t, b in pairs)
     # forgetting is measured on the benchmark's items, in place of the bundled probe
     assert summary.forgetting.source == "benchmarks" and summary.forgetting.tasks == ["tickets_category"]
     assert summary.forgetting.examples == LIMIT
@@ -110,6 +112,11 @@ def test_card_carries_the_benchmark_in_its_model_index(project):
     assert metric["type"] == "acc" and 0.0 <= metric["value"] <= 1.0
     assert "lm-evaluation-harness" in entries["tickets_category"]["source"]["name"]
     assert "tickets_category" in card.split("---", 2)[2]  # and in the card's text
+    # compare pairs a benchmark's items across runs like a set's examples
+    from tunesmith.report.compare import compare
+
+    entries = compare([run_dir.root, run_dir.root]).sets["benchmark tickets_category"]
+    assert entries[1].paired is not None and entries[1].paired.delta == 0.0
 
 
 def test_unknown_task_and_missing_file_are_located_errors(tmp_path):
@@ -142,9 +149,10 @@ def test_served_run_gives_the_harness_the_same_log_likelihoods_as_its_hf_backend
     manager = benchmarks.task_manager(names, folders, local_only=True)
 
     def samples(lm) -> list:
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=6, log_samples=True,
-                                      bootstrap_iters=0)
-        return [s["filtered_resps"] for s in sorted(out["samples"]["tickets_category"], key=lambda s: s["doc_id"])]
+        out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=6,
+                                      log_samples=True, bootstrap_iters=0)
+        rows = sorted(out["samples"]["tickets_category"], key=lambda s: s["doc_id"])
+        return [s["filtered_resps"] for s in rows]
 
     run_model = load_run_model(recipe.model, recipe.train.method, run_dir.model)
     local = samples(HFLM(pretrained=run_model.model, tokenizer=run_model.tokenizer, batch_size=4))

@@ -155,17 +155,20 @@ def _benchmark_index(evaluation: EvalSummary | None, tag: str) -> list[dict[str,
     source = {"name": evaluation.benchmarks.harness, "url": HARNESS_URL}
     return [{"task": {"type": tag}, "dataset": {"name": name, "type": name},
              "metrics": [{"type": bench.metric, "value": round(bench.finetuned.value, 4),
-                          "name": f"{bench.metric} ({'default' if bench.num_fewshot is None else bench.num_fewshot}"
-                                  "-shot)"}],
+                          "name": f"{bench.metric} ({_shots(bench)}-shot)"}],
              "source": source} for name, bench in evaluation.benchmarks.tasks.items()]
+
+
+def _shots(bench: Any) -> str:
+    return "default" if bench.num_fewshot is None else str(bench.num_fewshot)
 
 
 def benchmark_rows(evaluation: EvalSummary) -> list[dict[str, Any]]:
     if evaluation.benchmarks is None:
         return []
     return [{"task": name, "metric": bench.metric, "examples": bench.examples,
-             "shots": "default" if bench.num_fewshot is None else bench.num_fewshot,
-             "base": interval(bench.base), "finetuned": interval(bench.finetuned), "delta": delta(bench.paired)}
+             "shots": _shots(bench), "base": interval(bench.base), "finetuned": interval(bench.finetuned),
+             "delta": delta(bench.paired)}
             for name, bench in evaluation.benchmarks.tasks.items()]
 
 

@@ -103,6 +103,29 @@ def _bias_entries(runs: list[RunRecord], names: list[str], dimension: str) -> li
     return entries
 
 
+def _benchmark_entries(runs: list[RunRecord], names: list[str], task: str) -> list[Entry]:
+    """A benchmark (eval.benchmarks) as one more set: paired when both runs scored the same items."""
+    def score(run: RunRecord) -> Any:
+        found = run.evaluation.benchmarks
+        return found.tasks.get(task) if found else None
+
+    first = score(runs[0])
+    entries = [Entry(names[0], first.finetuned.value, (first.finetuned.ci_low, first.finetuned.ci_high))]
+    for run, name in zip(runs[1:], names[1:], strict=True):
+        other = score(run)
+        if other is None:
+            entries.append(Entry(name, missing=True))
+            continue
+        entry = Entry(name, other.finetuned.value, (other.finetuned.ci_low, other.finetuned.ci_high))
+        if other.items == first.items:
+            entry.paired = Paired.model_validate(paired_bootstrap(first.scores["finetuned"],
+                                                                  other.scores["finetuned"]))
+        else:
+            entry.unpaired_delta = other.finetuned.value - first.finetuned.value
+        entries.append(entry)
+    return entries
+
+
 def compare(paths: list[str | Path]) -> Comparison:
     if len(paths) < 2:
         raise ConfigError("compare needs at least two run directories.")
@@ -115,6 +138,8 @@ def compare(paths: list[str | Path]) -> Comparison:
     result = Comparison(names, runs[0].evaluation.metric, diff)
     for set_name in runs[0].evaluation.sets:
         result.sets[set_name] = _entries(runs, names, set_name)
+    for task in (runs[0].evaluation.benchmarks.tasks if runs[0].evaluation.benchmarks else {}):
+        result.sets[f"benchmark {task}"] = _benchmark_entries(runs, names, task)
     probed = runs[0].evaluation.bias.dimensions if runs[0].evaluation.bias else {}
     for dimension in [d for d, r in probed.items() if r.prompts]:
         result.bias[dimension] = _bias_entries(runs, names, dimension)
