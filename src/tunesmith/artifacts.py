@@ -211,6 +211,8 @@ class JudgeGrade(Schema):
     better in both, 0.5 a tie or a flip between the orders."""
     first_position_wins: int = 0
     """Of the two pairwise orders, how many the answer shown first won (0-2)."""
+    unparsed: int = 0
+    """Judge replies for this example with no grade or verdict in them."""
 
 
 class JudgeSet(Schema):

@@ -166,13 +166,17 @@ def report_command(
 ) -> None:
     """Rebuild the model card (README.md) and report.html of a run from its directory."""
     from tunesmith import report
+    from tunesmith.report.card import judge_lines
     from tunesmith.report.review import summarise, summary_text
     from tunesmith.report.sources import read_run
     from tunesmith.rundir import RunDir
 
     result = report.rebuild(Path(run_dir), Path(against) if against else None)
-    reviewed = summary_text(summarise(read_run(RunDir(Path(run_dir)))))
-    out.print(reviewed, highlight=False, soft_wrap=True, markup=False)
+    run = read_run(RunDir(Path(run_dir)))
+    found = summarise(run)
+    out.print(summary_text(found), highlight=False, soft_wrap=True, markup=False)
+    for line in judge_lines(run.evaluation.judge if run.evaluation else None, (found or {}).get("judge")):
+        out.print(f"judge: {line}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"model card: {result.card}\nreport: {result.html}")
 
 

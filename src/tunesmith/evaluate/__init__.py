@@ -13,11 +13,13 @@
 - generalisation: train/validation loss curves and their final gap, and a memorisation probe;
 - forgetting: a bundled general-question probe scored for both models, or the benchmarks' items;
 - benchmarks (eval.benchmarks): lm-evaluation-harness tasks, base and fine-tuned paired per item;
+- judge (eval.judge): an LLM judge's grades and pairwise verdicts (eval/judge.jsonl per example);
 - bias: counterfactual prompts with demographic terms swapped, metric per group, the largest
   gap and the share of answers that changed; a gap over `eval.bias.max_gap` warns or fails.
 
     scoring.py     one scoring function per kind of set, each returning a typed result
     benchmarks.py  lm-evaluation-harness tasks on both models, paired per item
+    judge.py       an OpenAI-compatible judge: grades, pairwise verdicts, agreement with people
     generation.py  batched greedy generation (the Generator protocol; tests pass a fake)
     parallel.py    --processes N: that generation in N worker processes, one device each
     metrics.py, stats.py, analysis.py, bias.py   metrics, CIs and tests, error analysis, lexicon
@@ -31,7 +33,7 @@ from typing import Any
 
 from tunesmith.artifacts import EvalSummary, LogEntry, Prediction, load_rows, save, save_rows
 from tunesmith.data import load_splits
-from tunesmith.evaluate import analysis, benchmarks
+from tunesmith.evaluate import analysis, benchmarks, judge
 from tunesmith.evaluate.generation import Generator, HFGenerator, Seq2SeqGenerator
 from tunesmith.evaluate.scoring import Evaluation, bias_probes, forgetting, score_set, validation
 from tunesmith.models.device import generation_bf16, resolve_device
@@ -178,6 +180,9 @@ def _run(recipe: Recipe, run_dir: RunDir, generator_factory: Any, pool: Any) -> 
     if cfg.bias.enabled and test_pairs is not None and cfg.metric != "none":
         summary.bias = bias_probes(ev, test_pairs)
         _bias_warnings(summary, cfg.bias.max_gap)
+    if cfg.judge.url:
+        summary.judge, grades = judge.run(cfg.judge, predictions)
+        save_rows(grades, run_dir.judge_grades)
     save(summary, run_dir.eval_summary)
     save_rows(predictions, run_dir.predictions)
     gate = None

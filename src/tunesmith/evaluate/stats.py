@@ -4,6 +4,8 @@
     paired_bootstrap([0, 1, 1], [1, 1, 1])     -> delta, (low, high), p-value (two-sided), and
                                                   significant: the CI excludes zero
     mcnemar([0, 1, 1, 0], [1, 1, 1, 1])        -> exact McNemar p-value for paired 0/1 scores
+    cohen_kappa([(True, True), (False, True)])  -> agreement of two yes/no raters beyond chance
+    kappa_ci(pairs)                            -> its bootstrap CI
 
 The bootstrap resamples examples with replacement (seeded, so reports are reproducible);
 `statistic` may be any function of the resampled indices, e.g. corpus BLEU.
@@ -108,3 +110,27 @@ def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, floa
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * ((p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5) / (1 + z * z / total)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def cohen_kappa(pairs: Sequence[tuple[bool, bool]]) -> float | None:
+    """Agreement of two yes/no raters beyond chance; None when chance agreement is total."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
+    chance = first * second + (1 - first) * (1 - second)
+    return None if chance == 1 else (observed - chance) / (1 - chance)
+
+
+def kappa_ci(pairs: Sequence[tuple[bool, bool]], level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of Cohen's kappa over the labelled items (resamples where kappa is
+    undefined, all one class, are left out)."""
+    if len(pairs) < 2:
+        return None
+    draws = np.random.default_rng(SEED).integers(0, len(pairs), size=(RESAMPLES, len(pairs)))
+    kappas = [k for row in draws if (k := cohen_kappa([pairs[i] for i in row])) is not None]
+    if not kappas:
+        return None
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(kappas, tail)), float(np.percentile(kappas, 100 - tail))

@@ -52,6 +52,12 @@ def print_summary(summary: EvalSummary, run_dir: RunDir, console: Console | None
             console.print(f"reasoning {name} ({model}): {stats.answers_with_reasoning} of {result.examples} "
                           f"answers thought first, mean {stats.mean_reasoning_tokens:.0f} tokens, scored on "
                           f"the answer after it; {stats.unfinished} cut off while thinking", highlight=False)
+    for name, found in (summary.judge.sets.items() if summary.judge else []):
+        console.print(f"judge {name}: fine-tuned grade {found.finetuned.value:.2f} of {summary.judge.scale}"
+                      + (f", base {found.base.value:.2f}" if found.base else "")
+                      + (f", fine-tuned preferred {interval(found.win_rate)} in both orders"
+                         if found.win_rate else "")
+                      + f" ({summary.judge.requests} requests)", highlight=False)
     for warning in summary.warnings:
         warn(warning)
     console.print(f"run dir: {run_dir.home or run_dir.root}  (eval/summary.json, eval/predictions.jsonl, "

@@ -183,6 +183,43 @@ def forgetting_text(forgetting: Any) -> str:
             f"delta {delta(forgetting.paired)}.")
 
 
+def _grade(value: Any) -> str:
+    return "-" if value is None else f"{value.value:.2f} [{value.ci_low:.2f}, {value.ci_high:.2f}]"
+
+
+def judge_lines(judge: Any, trust: dict[str, Any] | None) -> list[str]:
+    """eval.judge's scores per set, its pairwise verdicts, its cost, and how far people agree."""
+    if judge is None:
+        return []
+    lines = []
+    for name, found in judge.sets.items():
+        line = (f"{name} ({found.examples} answers): fine-tuned mean grade {_grade(found.finetuned)} of "
+                f"{judge.scale}, {interval(found.finetuned_pass)} at or above {judge.pass_grade}")
+        if found.base is not None:
+            line += f"; base {_grade(found.base)}, {interval(found.base_pass)}"
+        if found.paired is not None:
+            d = found.paired
+            star = "*" if d.significant else ""
+            line += f"; delta {d.delta:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]{star}"
+        if found.win_rate is not None:
+            line += (f". Pairwise, asked in both orders: fine-tuned preferred {interval(found.win_rate)} "
+                     f"(ties and order flips count half); {100 * found.position_bias:.0f}% of verdicts went "
+                     "to the answer shown first (50%: no position bias), cancelled by the swap")
+        if found.unparsed:
+            line += f"; {found.unparsed} replies had no grade or verdict"
+        lines.append(line + ".")
+    lines.append(f"Cost: {judge.requests} requests, {judge.prompt_tokens} prompt and "
+                 f"{judge.completion_tokens} completion tokens ({judge.model} at {judge.url}).")
+    if trust is not None:
+        from tunesmith.report.review import judge_trust_text
+
+        lines.append(judge_trust_text(trust))
+    else:
+        lines.append("No review labels to measure the judge against yet (`tunesmith review RUN_DIR`): "
+                     "how far it can be trusted on this task is unknown.")
+    return lines
+
+
 def _training(run: RunRecord) -> dict[str, Any]:
     cfg, train = run.recipe.train, run.train
     training = {"method": cfg.method, "optimizer": cfg.optimizer, "learning rate": cfg.lr,
@@ -252,6 +289,7 @@ def build_card(run_dir: RunDir) -> str:
                    if Path(path).exists() else "(file no longer present)"}
                   for path, info in (data.files.items() if data else [])]
     warnings = run.evaluation.warnings if run.evaluation else []
+    reviewed = summarise(run)
     return render(
         "model_card.md.j2", front_matter=_front_matter(run, base_model, license_name, data_files),
         name=recipe.name, description=recipe.description.strip(), base_model=base_model,
@@ -264,5 +302,6 @@ def build_card(run_dir: RunDir) -> str:
         metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
         license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
-        guards=guards_text(recipe), human_review=summary_text(summarise(run)),
+        guards=guards_text(recipe), human_review=summary_text(reviewed),
+        judge=judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
         comparison=comparison_text(run_dir), **_evaluation_texts(run.evaluation))

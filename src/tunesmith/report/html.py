@@ -11,7 +11,7 @@ from typing import Any
 from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
-from tunesmith.report.card import data_bias_text
+from tunesmith.report.card import data_bias_text, judge_lines
 from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
@@ -98,6 +98,7 @@ def _figures(run: RunRecord) -> dict[str, Any]:
 def _tables(run: RunRecord) -> dict[str, Any]:
     sets = run.evaluation.sets if run.evaluation else {}
     bias = run.evaluation.bias if run.evaluation else None
+    reviewed = summarise(run)
     return {
         "key_rows": [[n, r.examples, pct(r.base.value, r.base.ci) if r.base else "-",
                       pct(r.finetuned.value, r.finetuned.ci), delta(r.paired)] for n, r in sets.items()],
@@ -111,7 +112,8 @@ def _tables(run: RunRecord) -> dict[str, Any]:
                       for d, r in (bias.dimensions.items() if bias else [])],
         "data_files": run.data.file_rows() if run.data else [],
         "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
-        "human_review": summary_text(summarise(run)),
+        "human_review": summary_text(reviewed),
+        "judge": judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
         "comparison": _comparison(run.run_dir),
         **_benchmark_tables(run.evaluation),
     }

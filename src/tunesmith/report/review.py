@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.artifacts import Prediction
+from tunesmith.evaluate.judge import agreement as judge_agreement
+from tunesmith.evaluate.stats import cohen_kappa
 from tunesmith.report.sources import RunRecord
 
 LABELS = ("correct", "wrong", "harmful")
@@ -48,17 +50,6 @@ def open_store(run: RunRecord, create: bool) -> Any:
     return Store.open(run.run_dir.monitor_db)
 
 
-def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
-    """Agreement of two yes/no raters beyond chance; None when chance agreement is total."""
-    n = len(pairs)
-    if n == 0:
-        return None
-    observed = sum(a == b for a, b in pairs) / n
-    first, second = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
-    chance = first * second + (1 - first) * (1 - second)
-    return None if chance == 1 else (observed - chance) / (1 - chance)
-
-
 def summarise(run: RunRecord) -> dict[str, Any] | None:
     """The review labels of a run against its automatic metric; None when nobody reviewed it."""
     store = open_store(run, create=False)
@@ -74,9 +65,11 @@ def summarise(run: RunRecord) -> dict[str, Any] | None:
     agreement = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
     harmful = [{"id": i, "prompt": by_id[i].prompt[:200] if i in by_id else "", "note": r["comment"] or ""}
                for i, r in reviews.items() if r["label"] == "harmful"]
+    judged = run.evaluation.judge if run.evaluation else None
     return {"labelled": len(reviews), "counts": counts, "compared": len(pairs), "agreement": agreement,
             "kappa": cohen_kappa(pairs), "metric": run.evaluation.metric if run.evaluation else None,
-            "harmful": harmful}
+            "harmful": harmful,
+            "judge": judge_agreement(judged, run.judge_grades(), reviews) if judged else None}
 
 
 def summary_text(summary: dict[str, Any] | None) -> str:
@@ -90,6 +83,20 @@ def summary_text(summary: dict[str, Any] | None) -> str:
         text += (f" Agreement with the automatic {summary['metric']} on {summary['compared']}: "
                  f"{100 * summary['agreement']:.0f}% (Cohen's kappa "
                  f"{'n/a' if kappa is None else f'{kappa:.2f}'}).")
+    if summary.get("judge"):
+        text += " " + judge_trust_text(summary["judge"])
     for entry in summary["harmful"]:
         text += f"\n- harmful: {entry['id']}: {entry['note'] or '(no note)'}"
+    return text
+
+
+def judge_trust_text(found: dict[str, Any]) -> str:
+    """The judge's agreement with people, and whether it may be trusted on this task."""
+    kappa, ci = found["kappa"], found["kappa_ci"]
+    shown = "n/a" if kappa is None else f"{kappa:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    text = (f"The LLM judge's pass/fail agrees with the person on {found['compared']} answers: "
+            f"{100 * found['agreement']:.0f}% (Cohen's kappa {shown}).")
+    if not found["trusted"]:
+        text += (f" Below eval.judge.min_kappa {found['min_kappa']}: the judge is NOT to be trusted on this "
+                 "task; read its scores as a hint only.")
     return text

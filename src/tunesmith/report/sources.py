@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from tunesmith.artifacts import (
     DataReport,
     EvalSummary,
+    JudgeGrade,
     Prediction,
     TrainSummary,
     TuneSummary,
@@ -38,6 +39,11 @@ class RunRecord:
             path = self.run_dir.predictions
             self._predictions = load_rows(Prediction, path) if path.exists() else []
         return self._predictions
+
+    def judge_grades(self) -> list[JudgeGrade]:
+        """eval/judge.jsonl (eval.judge's grades per example); empty without a judge."""
+        path = self.run_dir.judge_grades
+        return load_rows(JudgeGrade, path) if path.exists() else []
 
 
 def read_run(run_dir: RunDir) -> RunRecord:
