@@ -25,6 +25,7 @@ LAYERS = [
     {"monitor"},
     {"report", "serve"},
     {"pipeline"},
+    {"curve"},
     {"demo"},
     {"cli"},
     {"__main__"},

@@ -365,6 +365,51 @@ class TuneBudget(Schema):
     max_training_steps: int | None
 
 
+class CurvePoint(Schema):
+    """One run of `tunesmith curve`: the recipe trained on a share of its training split."""
+    fraction: float
+    seed: int
+    train_examples: int
+    value: float
+    ci_low: float
+    ci_high: float
+    run: str
+    scores: list[float] = Field(default_factory=list)
+    """Each test example's score, in test order: what the forecast's bootstrap resamples."""
+
+
+class CurveFit(Schema):
+    """score(n) = ceiling - scale * (n / N)^(-exponent), N the full training split."""
+    ceiling: float
+    scale: float
+    exponent: float
+
+
+class CurveForecast(Schema):
+    multiple: float
+    """Times the full training split (2x, 10x)."""
+    train_examples: int
+    value: float
+    ci_low: float
+    ci_high: float
+    gain: float
+    """value minus the full split's observed score."""
+
+
+class CurveSummary(Schema):
+    """`tunesmith curve`: the learning curve of the user's task and what more data would buy
+    (curve.json in the full-data run's directory)."""
+    metric: str
+    set: str = "test"
+    examples: int = 0
+    """Examples in the scored set."""
+    points: list[CurvePoint] = Field(default_factory=list)
+    fit: CurveFit | None = None
+    forecasts: list[CurveForecast] = Field(default_factory=list)
+    flattened: bool | None = None
+    verdict: str = ""
+
+
 class TuneSummary(Schema):
     strategy: str
     pruner: str
@@ -440,6 +485,9 @@ class Privacy(Schema):
 class Split(Schema):
     stratified_by: str = "none"
     seed: int = 0
+    train_fraction: float = 1.0
+    """data.train_fraction: the share of the training split kept (a learning curve's point)."""
+    train_rows_before_fraction: int | None = None
 
 
 class Balance(Schema):

@@ -359,6 +359,27 @@ def run_command(recipe: str = RecipeArg, overrides: list[str] | None = Overrides
     _pipeline().run(_recipe(recipe, overrides), resume=resume, launch=launch)
 
 
+@app.command("curve")
+def curve_command(
+    recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
+    fractions: str = typer.Option("0.125,0.25,0.5,1", "--fractions", help="Shares of the training split, "
+                                  "each a nested subset of the next."),
+    seeds: int = typer.Option(1, "--seeds", help="Runs per share, seeds train.seed, train.seed+1, ..."),
+) -> None:
+    """Train the recipe on growing shares of its training data, fit the learning curve, and say
+    what 2x and 10x the data would likely give (or that the curve has flattened)."""
+    from tunesmith import curve
+    from tunesmith.errors import ConfigError
+
+    try:
+        shares = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--fractions {fractions}: give numbers separated by commas, e.g. "
+                          "0.25,0.5,1") from None
+    summary, where = curve.run(_recipe(recipe, overrides), shares, seeds)
+    curve.print_curve(summary, where)
+
+
 @app.command("demo")
 def demo_command(
     data_dir: str = typer.Option("data/demo", help="Where to write the generated demo data."),

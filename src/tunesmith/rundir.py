@@ -6,7 +6,7 @@ Layout of `runs/<run>/`:
     data/                 canonical train/val/test/<eval set> JSONL + report.json/html
     model/                adapter (or full weights) + tokenizer
     train/                log.jsonl, summary.json
-    eval/                 summary.json, predictions.jsonl, judge.jsonl
+    eval/                 summary.json, predictions.jsonl, judge.jsonl, curve.json
     tune/                 study, trials.csv, best.yaml, summary.json, figures
     README.md, report.html  model card and run report
     comparison.json       with `tunesmith report RUN --against OTHER`: paired deltas against OTHER
@@ -190,6 +190,11 @@ class RunDir:
     @property
     def judge_grades(self) -> Path:
         return self.eval / "judge.jsonl"
+
+    @property
+    def curve(self) -> Path:
+        """`tunesmith curve`'s result, in the run trained on the whole training split."""
+        return self.eval / "curve.json"
 
     @property
     def tune(self) -> Path:

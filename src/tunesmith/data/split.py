@@ -1,5 +1,5 @@
 """The data stage's split step: validation and test shares held out of train (when not given as
-files) with a seeded split stratified by `data.balance.by`."""
+files) with a seeded split stratified by `data.balance.by`; then data.train_fraction of the rest."""
 
 from __future__ import annotations
 
@@ -27,5 +27,18 @@ def run(train: list[dict[str, Any]], recipe: Recipe, strata: str) -> tuple[dict[
                             f"{name}; add data, or give data.{name} as a file.")
         splits[name] = [train[i] for i in held]
         train = [train[i] for i in kept]
-    splits["train"] = train
-    return splits, Split(stratified_by=strata, seed=cfg.seed)
+    splits["train"] = nested_share(train, cfg.train_fraction, cfg.seed)
+    return splits, Split(stratified_by=strata, seed=cfg.seed, train_fraction=cfg.train_fraction,
+                         train_rows_before_fraction=len(train))
+
+
+def nested_share(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """The first `fraction` of one seeded shuffle of `rows`, in their original order: the share
+    for 1/8 is inside the share for 1/4, and so on (a learning curve's nested subsets)."""
+    if fraction >= 1.0 or not rows:
+        return rows
+    import numpy as np
+
+    order = np.random.default_rng(seed + 2).permutation(len(rows))
+    kept = sorted(order[: max(1, round(fraction * len(rows)))].tolist())
+    return [rows[i] for i in kept]

@@ -156,6 +156,10 @@ class DataConfig(_Section):
     """Share of train held out for validation when `val` is not given."""
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of train held out for testing when `test` is not given."""
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    """Train on this share of the training split (after val / test are held out): the first rows
+    of one shuffle seeded by `seed`, so a smaller share is inside every larger one. `tunesmith
+    curve` sets it; the validation and test sets stay the same."""
     system_prompt: str | None = None
     """System message added to conversations that have none (training and evaluation alike)."""
     max_rows: int | None = Field(None, gt=0)

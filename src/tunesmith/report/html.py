@@ -92,7 +92,38 @@ def _figures(run: RunRecord) -> dict[str, Any]:
         "bias": _bias_figure(evaluation.bias) if evaluation and evaluation.bias and any(
             r.per_group for r in evaluation.bias.dimensions.values()) else None,
         "tune": [(f, base64.b64encode(p.read_bytes()).decode()) for f, p in tune_pngs if p.exists()],
+        "curve": _curve_figure(run.curve) if run.curve else None,
     }
+
+
+def _curve_figure(curve: Any) -> str:
+    """`tunesmith curve`: each point with its CI, the fitted law, and the 2x / 10x forecasts."""
+    import numpy as np
+
+    from tunesmith.evaluate.curve import law
+
+    def draw(axis: Any) -> None:
+        full = max(p.train_examples for p in curve.points)
+        axis.errorbar([p.train_examples for p in curve.points], [100 * p.value for p in curve.points],
+                      yerr=[[100 * (p.value - p.ci_low) for p in curve.points],
+                            [100 * (p.ci_high - p.value) for p in curve.points]], fmt="o", capsize=3,
+                      label="measured (95% CI)")
+        if curve.fit is not None:
+            sizes = np.geomspace(min(p.train_examples for p in curve.points), 10 * full, 100)
+            fit = curve.fit
+            axis.plot(sizes, 100 * law(sizes / full, fit.ceiling, fit.scale, fit.exponent), "--",
+                      label="saturating power law")
+            ahead = curve.forecasts
+            axis.errorbar([f.train_examples for f in ahead], [100 * f.value for f in ahead],
+                          yerr=[[100 * (f.value - f.ci_low) for f in ahead],
+                                [100 * (f.ci_high - f.value) for f in ahead]],
+                          fmt="s", capsize=3, label="forecast 2x, 10x (95%)")
+        axis.set_xscale("log")
+        axis.set_xlabel("training examples")
+        axis.set_ylabel(f"{curve.metric} (%)")
+        axis.legend(fontsize=8)
+
+    return figure_png(draw, (7, 3.5))
 
 
 def _tables(run: RunRecord) -> dict[str, Any]:
@@ -116,6 +147,7 @@ def _tables(run: RunRecord) -> dict[str, Any]:
         "judge": judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
         "comparison": _comparison(run.run_dir),
         **_benchmark_tables(run.evaluation),
+        "curve_verdict": run.curve.verdict if run.curve else "",
     }
 
 

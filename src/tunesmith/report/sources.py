@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunesmith.artifacts import (
+    CurveSummary,
     DataReport,
     EvalSummary,
     JudgeGrade,
@@ -39,6 +40,11 @@ class RunRecord:
             path = self.run_dir.predictions
             self._predictions = load_rows(Prediction, path) if path.exists() else []
         return self._predictions
+
+    @property
+    def curve(self) -> CurveSummary | None:
+        """eval/curve.json: `tunesmith curve`'s result, kept in the full-data run."""
+        return load_optional(CurveSummary, self.run_dir.curve)
 
     def judge_grades(self) -> list[JudgeGrade]:
         """eval/judge.jsonl (eval.judge's grades per example); empty without a judge."""
