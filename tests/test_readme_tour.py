@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -70,6 +71,11 @@ RULES = [
     Rule(r"tunesmith train recipes/demo\.yaml --processes 2 train\.batch_size=2$", TINY, ["trained 2 steps"]),
     Rule(r"tunesmith eval recipes/demo\.yaml$", TINY, ["base vs fine-tuned", "ood"],
          files=["runs/demo/eval/summary.json", "runs/demo/README.md", "runs/demo/report.html"]),
+    Rule(r"tunesmith eval recipes/demo\.yaml "
+         r"'eval\.benchmarks\.tasks=\[recipes/tasks/tickets_category\.yaml\]' eval\.benchmarks\.limit=40$",
+         TINY, ["tickets_category (acc)", "forgetting (benchmarks)"], files=["runs/demo/eval/summary.json"]),
+    Rule(r"tunesmith curve recipes/demo\.yaml --fractions 0\.25,0\.5,1$", TINY, ["learning curve", "kept in"],
+         files=["runs/demo-curve-1-s42/eval/curve.json", "runs/demo-curve-1-s42/report.html"]),
     Rule(r"tunesmith run recipes/demo\.yaml train\.lr=5e-4 name=demo-lr5e-4$", TINY, ["base vs fine-tuned"],
          files=["runs/demo-lr5e-4/eval/summary.json"]),
     Rule(r"tunesmith tune recipes/demo\.yaml train\.max_steps=20$", [*TINY, "tune.trials=2"], ["best"],
@@ -203,7 +209,7 @@ def test_the_tour_runs(project, tiny_model_dir, tiny_encoder_dir):
     for command in tour_commands():
         started = time.monotonic()
         rule = rule_for(command)
-        argv = command.split() + [o.format(**fill) for o in rule.overrides]
+        argv = shlex.split(command) + [o.format(**fill) for o in rule.overrides]  # as a shell splits it
         if rule.server:
             _serve(argv, rule, project)
             continue

@@ -519,3 +519,30 @@ def test_dropped_connections_leave_no_stray_cancelled_error_in_the_log(caplog):
         gc.collect()
     assert served.engine.cancelled == len(bodies)  # the rows were stopped, not answered
     assert not [r for r in caplog.records if "CancelledError" in (r.getMessage() + str(r.exc_info))]
+
+
+def test_completions_take_a_batch_and_score_echoed_prompts_in_one_pass():
+    """A batch of prompts: choice i * n + j answers prompt i; echo + logprobs with max_tokens 1
+    is scored (the engine's prompt logprobs and greedy next token, with top_logprobs), as
+    lm-evaluation-harness asks; token ids need an engine with a tokenizer."""
+    served = scripted()
+    with running(create_app(lambda: served)) as url:
+        def post(**body):
+            return httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+
+        batch = post(prompt=["one two", "three"], n=2, max_tokens=5, temperature=0).json()
+        assert [c["index"] for c in batch["choices"]] == [0, 1, 2, 3]
+        assert batch["usage"]["prompt_tokens"] == 3  # the scripted engine counts words: 2 + 1
+        scored = post(prompt=["a b c", "d e"], echo=True, logprobs=1, max_tokens=1, temperature=0).json()
+        first, second = scored["choices"]
+        assert first["logprobs"]["tokens"] == ["a", "b", "c", " end"] and first["text"] == "a b c end"
+        assert first["logprobs"]["top_logprobs"][1] == {"b": -1.0}
+        assert first["logprobs"]["token_logprobs"][0] is None
+        assert second["logprobs"]["tokens"] == ["d", "e", " end"] and second["finish_reason"] == "length"
+        assert served.engine.batches == [4]  # only the batch was generated; scoring generates nothing
+        ids = post(prompt=[[1, 2], [3]])
+        assert ids.status_code == 400 and "takes text prompts" in ids.json()["error"]["message"]
+        streamed = post(prompt=["a", "b"], stream=True)
+        assert streamed.status_code == 400 and "takes one prompt" in streamed.json()["error"]["message"]
+        empty = post(prompt=[[]])
+        assert empty.status_code == 422

@@ -149,6 +149,11 @@ def _run(recipe: Recipe, run_dir: RunDir, generator_factory: Any, pool: Any) -> 
 
     hf_logging.set_verbosity_error()
     cfg = recipe.eval
+    if cfg.benchmarks.tasks:  # before any generation: a wrong task file or name fails at once
+        benchmarks.harness_version()
+        benchmarks.resolve(cfg.benchmarks.tasks)
+    if cfg.judge.url:
+        judge.check_reachable(cfg.judge)
     splits = load_splits(run_dir)
     ev = _evaluation(recipe, run_dir, splits, generator_factory, pool)
     summary = EvalSummary(metric=cfg.metric)

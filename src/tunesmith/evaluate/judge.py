@@ -61,9 +61,7 @@ class JudgeClient:
         try:
             response = self.client.post("/chat/completions", json=body)
         except httpx.HTTPError as error:
-            raise ConfigError(f"eval.judge.url {self.cfg.url}: {type(error).__name__}: {error}. Start the "
-                              "judge there, or fix the URL (the base of an OpenAI-compatible API, ending "
-                              "/v1).") from None
+            raise unreachable(self.cfg, error) from None
         if response.status_code != 200:
             raise ConfigError(f"eval.judge.url {self.cfg.url}: the judge answered {response.status_code}: "
                               f"{response.text[:200]} (a key goes in ${self.cfg.api_key_env})")
@@ -77,6 +75,22 @@ class JudgeClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+def check_reachable(cfg: Any) -> None:
+    """Before any answer is generated: the judge's endpoint accepts connections (any HTTP answer
+    to GET /models will do; a refused connection or a timeout is the recipe's error)."""
+    import httpx
+
+    try:
+        httpx.get(cfg.url.rstrip("/") + "/models", timeout=min(cfg.timeout_seconds, 10.0))
+    except httpx.HTTPError as error:
+        raise unreachable(cfg, error) from None
+
+
+def unreachable(cfg: Any, error: Exception) -> ConfigError:
+    return ConfigError(f"eval.judge.url {cfg.url}: {type(error).__name__}: {error}. Start the judge there, "
+                       "or fix the URL (the base of an OpenAI-compatible API, ending /v1).")
 
 
 def parse_grade(text: str, scale: int) -> int | None:
