@@ -166,3 +166,52 @@ def test_served_run_gives_the_harness_the_same_log_likelihoods_as_its_hf_backend
     for mine, theirs in zip(remote, local, strict=True):
         assert [g for _, g in mine] == [g for _, g in theirs]
         assert [ll for ll, _ in mine] == pytest.approx([ll for ll, _ in theirs], abs=1e-4)
+
+
+GENERATE_TASK = """task: tickets_reply
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/demo/test.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{messages[0].content}}"
+doc_to_target: "{{messages[-1].content}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_served_run_answers_the_harness_chat_client(project, monkeypatch):
+    """lm-evaluation-harness's local-chat-completions client (generation tasks) against `tunesmith
+    serve`: each answer it records is the served model's own greedy answer to the same message."""
+    import lm_eval
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    from tunesmith.models.generation import GenRequest
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.background import running
+    from tunesmith.serve.state import load_served
+
+    root, _, run_dir = project
+    monkeypatch.chdir(root)
+    (root / "chat_tasks").mkdir(exist_ok=True)
+    (root / "chat_tasks" / "tickets_reply.yaml").write_text(GENERATE_TASK)
+    manager = benchmarks.task_manager(["tickets_reply"], [str(root / "chat_tasks")], local_only=True)
+    served = load_served(str(run_dir.root), with_fallback=False)
+    with running(create_app(lambda: served)) as url:
+        client = LocalChatCompletion(base_url=f"{url}/v1/chat/completions", model=served.name,
+                                     tokenizer_backend=None, max_retries=1)
+        out = lm_eval.simple_evaluate(model=client, tasks=["tickets_reply"], task_manager=manager, limit=3,
+                                      log_samples=True, bootstrap_iters=0, apply_chat_template=True)
+    samples = sorted(out["samples"]["tickets_reply"], key=lambda s: s["doc_id"])
+    assert len(samples) == 3 and any(s["resps"][0][0] for s in samples)  # answers, not empty strings
+    for sample in samples:
+        messages = [{"role": "user", "content": sample["doc"]["messages"][0]["content"]}]
+        own = served.engine.generate([GenRequest(served.engine.render(messages), 6, temperature=0.0,
+                                                 stop=["\n"])])[0].text
+        assert sample["resps"][0][0] == own.strip()
