@@ -60,6 +60,19 @@ def test_a_flat_curve_is_called_flattened():
     assert abs(summary.forecasts[-1].gain) < 0.01
 
 
+def test_curve_refuses_what_it_cannot_score_before_training():
+    from tunesmith.curve import check
+    from tunesmith.errors import ConfigError
+    from tunesmith.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match="give data.test"):
+        check(load_recipe(None, ["data.train=x.jsonl"]), [0.5, 1.0], 1)
+    with pytest.raises(ConfigError, match="set one"):
+        check(load_recipe(None, ["data.test=t.jsonl", "eval.metric=none"]), [1.0], 1)
+    with pytest.raises(ConfigError, match="--seeds"):
+        check(load_recipe(None, ["data.test=t.jsonl"]), [1.0], 0)
+
+
 def test_two_sizes_are_no_curve():
     summary = forecast(_points({100: 0.5, 200: 0.6}), "exact_match")
     assert summary.fit is None and not summary.forecasts and "Fewer than 3" in summary.verdict

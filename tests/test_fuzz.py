@@ -76,7 +76,7 @@ ALL = cases()
 
 
 def test_the_suite_is_large_enough():
-    assert len(ALL) >= 60 and len({c.family for c in ALL}) == 6
+    assert len(ALL) >= 60 and len({c.family for c in ALL}) == 7
 
 
 @pytest.mark.parametrize("case", [c for c in ALL if c.signal is None], ids=lambda c: f"{c.family}:{c.id}")

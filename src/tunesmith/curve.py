@@ -56,6 +56,9 @@ def check(recipe: Recipe, fractions: list[float], seeds: int) -> None:
                           "split in (0, 1], e.g. 0.125,0.25,0.5,1")
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+    if not recipe.data.test and recipe.data.test_fraction <= 0:
+        raise ConfigError("tunesmith curve scores each point on the test set: give data.test (a file) or "
+                          "data.test_fraction (a share held out of train).")
 
 
 def run(recipe: Recipe, fractions: list[float] | None = None, seeds: int = 1) -> tuple[CurveSummary, Path]:
@@ -90,9 +93,7 @@ def _point(recipe: Recipe, fraction: float, seed: int) -> CurvePoint:
     if not _done(recipe):
         pipeline.run(recipe)
     run_dir = open_run(recipe)
-    test = load(EvalSummary, run_dir.eval_summary).sets.get("test")
-    if test is None:
-        raise ConfigError("tunesmith curve scores the test set: give data.test or data.test_fraction.")
+    test = load(EvalSummary, run_dir.eval_summary).sets["test"]
     rows = sorted((p for p in load_rows(Prediction, run_dir.predictions) if p.set == "test"),
                   key=lambda p: p.index)
     train_rows = load(DataReport, run_dir.data_report).splits.get("train", 0)
