@@ -3,6 +3,7 @@ base and the fine-tuned tiny model, paired per item, checked against log-likelih
 hand; the card's model-index; and `tunesmith serve` as the harness's local-completions backend,
 item for item the same log-likelihoods as the harness's own HF backend."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -40,8 +41,6 @@ def project(tmp_path_factory, tiny_model_dir):
         "eval.benchmarks.batch_size=4"])
     cwd = Path.cwd()
     try:
-        import os
-
         os.chdir(root)  # the task file's data path is relative to the project, as a user runs it
         pipeline.fine_tune(recipe)
         run_dir = open_run(recipe)

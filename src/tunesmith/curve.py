@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith import pipeline
+from tunesmith import pipeline, report
 from tunesmith.artifacts import (
     CurvePoint,
     CurveSummary,
@@ -72,8 +72,6 @@ def run(recipe: Recipe, fractions: list[float] | None = None, seeds: int = 1) ->
     summary = forecast(points, recipe.eval.metric)
     largest = open_run(point_recipe(recipe, fractions[-1], recipe.train.seed))
     save(summary, largest.curve)
-    from tunesmith import report
-
     report.rebuild(largest.root)  # the report of the largest run shows the curve
     return summary, largest.curve
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
-from tunesmith.artifacts import Benchmark, Benchmarks, Forgetting, Interval
+from tunesmith.artifacts import Benchmark, Benchmarks, Forgetting, Paired
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from tunesmith.evaluate.scoring import interval
+from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
 
 INSTALL_HINT = "Install the harness: pip install 'tunesmith[benchmarks]' (lm-eval)."
 
@@ -144,14 +145,8 @@ def _leaves(name: str, groups: dict[str, list[str]]) -> list[str]:
     return [leaf for child in groups[name] for leaf in _leaves(child, groups)]
 
 
-def _interval(values: list[float]) -> Interval:
-    low, high = bootstrap_ci(values)
-    return Interval(value=sum(values) / len(values), ci_low=low, ci_high=high)
-
-
-def _paired(base: list[float], tuned: list[float]) -> Any:
-    from tunesmith.artifacts import Paired
-
+def _paired(base: list[float], tuned: list[float]) -> Paired:
+    """Paired bootstrap of the delta, and McNemar's test where every item is right or wrong."""
     result = Paired.model_validate(paired_bootstrap(base, tuned))
     if all(v in (0.0, 1.0) for v in base + tuned):
         result.mcnemar = mcnemar(base, tuned)
@@ -170,9 +165,9 @@ def benchmark(name: str, runs: dict[str, dict[str, Any]]) -> Benchmark:
     result = Benchmark(task=name, metric="/".join(metrics), examples=len(ids),
                        num_fewshot=shots.pop() if len(shots) == 1 else None,
                        subtasks=leaves if leaves != [name] else [], items=ids, scores=scores,
-                       finetuned=_interval(scores["finetuned"]))
+                       finetuned=interval(scores["finetuned"]))
     if "base" in scores:
-        result.base = _interval(scores["base"])
+        result.base = interval(scores["base"])
         result.paired = _paired(scores["base"], scores["finetuned"])
     return result
 

@@ -20,23 +20,19 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from tunesmith.artifacts import Interval, Judge, JudgeGrade, JudgeSet, Paired, Prediction
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.stats import bootstrap_ci, cohen_kappa, kappa_ci, paired_bootstrap
+from tunesmith.evaluate.scoring import interval
+from tunesmith.evaluate.stats import cohen_kappa, kappa_ci, paired_bootstrap
 
 GRADE = ("{rubric}\n\nPROMPT:\n{prompt}\n\nREFERENCE:\n{reference}\n\nANSWER:\n{answer}\n\n"
          "Reply with the grade only: one integer from 1 to {scale}.")
 PAIR = ("Which answer to the PROMPT is better, judged against the REFERENCE? {rubric}\n\nPROMPT:\n{prompt}"
         "\n\nREFERENCE:\n{reference}\n\nANSWER A:\n{first}\n\nANSWER B:\n{second}\n\n"
         "Reply with one letter only: A or B.")
-CONCURRENCY = 4
-"""Requests in flight to the judge at once."""
 
 
 class JudgeClient:
@@ -135,29 +131,22 @@ def judge_example(client: JudgeClient, row: Prediction) -> JudgeGrade:
     return result
 
 
-def _interval(values: Sequence[float]) -> Interval | None:
-    if not values:
-        return None
-    low, high = bootstrap_ci(values)
-    return Interval(value=float(np.mean(values)), ci_low=low, ci_high=high)
-
-
 def summarise_set(grades: list[JudgeGrade], pass_grade: int) -> JudgeSet:
     tuned = [g.finetuned for g in grades if g.finetuned is not None]
     both = [(g.base, g.finetuned) for g in grades if g.base is not None and g.finetuned is not None]
     preferences = [g.preference for g in grades if g.preference is not None]
     nothing = Interval(value=0, ci_low=0, ci_high=0)  # every reply unparsed: counted in `unparsed`
-    result = JudgeSet(examples=len(grades), finetuned=_interval(tuned) or nothing,
-                      finetuned_pass=_interval([float(g >= pass_grade) for g in tuned]) or nothing,
+    result = JudgeSet(examples=len(grades), finetuned=interval(tuned) or nothing,
+                      finetuned_pass=interval([float(g >= pass_grade) for g in tuned]) or nothing,
                       unparsed=sum(g.unparsed for g in grades))
     base = [g.base for g in grades if g.base is not None]
     if base:
-        result.base = _interval(base)
-        result.base_pass = _interval([float(g >= pass_grade) for g in base])
+        result.base = interval(base)
+        result.base_pass = interval([float(g >= pass_grade) for g in base])
     if both:
         result.paired = Paired.model_validate(paired_bootstrap([b for b, _ in both], [t for _, t in both]))
     if preferences:
-        result.win_rate = _interval(preferences)
+        result.win_rate = interval(preferences)
         judged = [g for g in grades if g.preference is not None]
         result.position_bias = sum(g.first_position_wins for g in judged) / (2 * len(judged))
     return result
@@ -175,7 +164,7 @@ def run(cfg: Any, predictions: list[Prediction]) -> tuple[Judge, list[JudgeGrade
             rows = rows[: cfg.max_examples]
             if not rows:
                 continue
-            with ThreadPoolExecutor(CONCURRENCY) as pool:
+            with ThreadPoolExecutor(cfg.concurrency) as pool:
                 grades = list(pool.map(lambda row: judge_example(client, row), rows))
             summary.sets[name] = summarise_set(grades, cfg.pass_grade)
             every += grades

@@ -20,6 +20,7 @@ from tunesmith.artifacts import (
     Bias,
     BiasDimension,
     Forgetting,
+    Interval,
     Loss,
     Paired,
     Prediction,
@@ -31,7 +32,7 @@ from tunesmith.artifacts import (
 from tunesmith.evaluate import analysis, bias
 from tunesmith.evaluate.generation import Generator
 from tunesmith.evaluate.metrics import score, set_scores
-from tunesmith.evaluate.stats import mcnemar, paired_bootstrap
+from tunesmith.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap
 from tunesmith.models.chat import opens_thinking, prompt_and_reference, training_rows
 from tunesmith.models.classifier import majority_accuracy
 from tunesmith.models.families import Family
@@ -80,6 +81,14 @@ class Evaluation:
                 out["base"] = (self.base_generator_for or self.generator_for)(base).generate(
                     prompts, f"{label} (base)")
         return out
+
+
+def interval(values: list[float]) -> Interval | None:
+    """The mean of `values` with its bootstrap 95% CI; None for no values."""
+    if not values:
+        return None
+    low, high = bootstrap_ci(values)
+    return Interval(value=sum(values) / len(values), ci_low=low, ci_high=high)
 
 
 def paired(metric: str, base: list[float], tuned: list[float]) -> Paired:

@@ -82,6 +82,8 @@ class JudgeConfig(_Section):
     """The judge's answer budget (a grade, or A / B)."""
     timeout_seconds: float = Field(60.0, gt=0)
     """Per request; a judge that does not answer in time fails the evaluation with that error."""
+    concurrency: int = Field(4, gt=0)
+    """Requests in flight to the judge at once."""
 
     @model_validator(mode="after")
     def _pass_on_scale(self) -> JudgeConfig:

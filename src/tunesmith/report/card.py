@@ -14,7 +14,7 @@ from tunesmith.formatting import delta, gap_text, interval, number, pct
 from tunesmith.models.families import family_for
 from tunesmith.models.license import license_terms
 from tunesmith.render import render
-from tunesmith.report.review import summarise, summary_text
+from tunesmith.report.review import judge_trust_text, summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
 
@@ -211,8 +211,6 @@ def judge_lines(judge: Any, trust: dict[str, Any] | None) -> list[str]:
     lines.append(f"Cost: {judge.requests} requests, {judge.prompt_tokens} prompt and "
                  f"{judge.completion_tokens} completion tokens ({judge.model} at {judge.url}).")
     if trust is not None:
-        from tunesmith.report.review import judge_trust_text
-
         lines.append(judge_trust_text(trust))
     else:
         lines.append("No review labels to measure the judge against yet (`tunesmith review RUN_DIR`): "

@@ -11,7 +11,7 @@ from typing import Any
 from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
-from tunesmith.report.card import data_bias_text, judge_lines
+from tunesmith.report.card import benchmark_rows, data_bias_text, forgetting_text, judge_lines
 from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
@@ -152,8 +152,6 @@ def _tables(run: RunRecord) -> dict[str, Any]:
 
 
 def _benchmark_tables(evaluation: Any) -> dict[str, Any]:
-    from tunesmith.report.card import benchmark_rows, forgetting_text
-
     if evaluation is None:
         return {"benchmarks": [], "harness": "", "forgetting": ""}
     rows = [[r["task"], r["metric"], r["examples"], r["shots"], r["base"], r["finetuned"], r["delta"]]
