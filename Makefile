@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# llama-cpp-python ([gguf], in [dev]) compiles llama.cpp once (pip caches the wheel): a portable
+# build, since the native one (-march=native, AMX) crashed on this project's CI CPU
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 STAMP := $(VENV)/.tunesmith-installed
 
 .PHONY: demo test bench lint setup clean chromium gpu-check

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tunesmith import data, evaluate, report, train, tune
+from tunesmith import data, evaluate, report, track, train, tune
 from tunesmith.errors import QualityGateError
 from tunesmith.evaluate.table import print_summary
 from tunesmith.monitor import reference as drift_reference
@@ -74,6 +74,7 @@ def evaluate_run(recipe: Recipe, launch: Launch | None = None) -> evaluate.EvalR
     with run_dir.transaction(recipe, ("eval", "report")) as view:
         result = evaluate.run(recipe, view, processes=launch.processes if launch else 1)
         report.run(view)
+    track.evaluated(recipe, run_dir, result.summary)  # committed: the scores and documents to the trackers
     print_summary(result.summary, run_dir)
     if result.gate_failure:  # every result is written first
         raise QualityGateError(result.gate_failure)

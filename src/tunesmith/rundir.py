@@ -80,6 +80,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 """The recipe keys (dotted prefixes) whose values a stage's artifacts depend on."""
 
+NEUTRAL_KEYS = ("train.report_to",)
+"""Keys no artifact depends on (where a run is reported to): never a difference."""
+
 MERGED = {"tune"}
 """Stages whose outputs are merged into the run's, not replaced: workers sharing a study each
 add their trials."""
@@ -314,7 +317,8 @@ def _covered(key: str, prefixes: Iterable[str]) -> bool:
 def differences(old: dict[str, Any], new: dict[str, Any], *key_sets: tuple[str, ...]) -> list[str]:
     """`key: old -> new` for every flattened key covered by all `key_sets` whose value differs."""
     a, b = flatten(old), flatten(new)
-    keys = [k for k in sorted(set(a) | set(b)) if all(_covered(k, s) for s in key_sets)]
+    keys = [k for k in sorted(set(a) | set(b))
+            if all(_covered(k, s) for s in key_sets) and not _covered(k, NEUTRAL_KEYS)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 

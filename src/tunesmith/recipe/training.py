@@ -151,6 +151,22 @@ class TrainConfig(_Section):
     """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
     seed: int = 42
     """Seed for weight init of the adapter and data order."""
+    report_to: list[Literal["mlflow", "tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
+    """Experiment trackers that follow the run (tunesmith.track): the resolved recipe as
+    parameters, the training and validation curves with throughput and memory, the evaluation's
+    scores with their CI bounds, the card, report and eval summary as artifacts. MLflow writes to
+    `tracking/mlflow.db` in the run directory unless MLFLOW_TRACKING_URI names a server;
+    TensorBoard to `tracking/tensorboard/`; W&B and Trackio where their own settings say
+    (WANDB_*, TRACKIO_*). Credentials come from the environment only. A string is one tracker;
+    `none` or [] is none. Never makes an artifact stale."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        """`report_to: mlflow` is [mlflow]; `none` (or null) is []."""
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import track
 from tunesmith.artifacts import GuardEvent, TrainSummary, save
 from tunesmith.data import load_splits
 from tunesmith.errors import ConfigError, DataError
@@ -44,6 +45,7 @@ from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
 from tunesmith.recipe import Recipe, dump_recipe
 from tunesmith.rundir import RunDir
+from tunesmith.track import Tracking
 from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
 from tunesmith.train.fit import fit_to_memory, packs, world_size
@@ -170,7 +172,7 @@ def prepare_checkpoints(recipe: Recipe, run_dir: RunDir, resume: bool) -> Path |
 
 
 def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_from: Path | None,
-         on_eval_loss: Callable[[int, int, float], bool] | None) -> TrainJob:
+         on_eval_loss: Callable[[int, int, float], bool] | None, tracking: Tracking) -> TrainJob:
     import transformers
 
     location, family = model_location(recipe.model), family_for(recipe.model)
@@ -222,7 +224,7 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
                     precision, run_dir.checkpoints, resume_from,
                     run_dir.log_in_progress,
                     OverfittingGuards(recipe.train), on_eval_loss,
-                    class_weights(splits["train"], recipe, labels) if head else None)
+                    class_weights(splits["train"], recipe, labels) if head else None, tracking)
 
 
 def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
@@ -265,10 +267,11 @@ def is_main_process() -> bool:
 def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
         on_eval_loss: Callable[[int, int, float], bool] | None = None,
         splits: dict[str, list[dict]] | None = None, backend: Backend | None = None,
-        launch: Launch | None = None) -> TrainResult:
-    """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops) and
-    `splits` (e.g. a CV fold) let other stages reuse the same training path. A distributed
-    `launch` trains in worker processes (distributed.py) on the data this process prepared."""
+        launch: Launch | None = None, tracking: Tracking | None = None) -> TrainResult:
+    """Train; `on_eval_loss(step, max_steps, loss)` (the tune stage's pruning; True stops),
+    `splits` (e.g. a CV fold) and `tracking` (a tune trial's tracker runs, which its caller
+    finishes) let other stages reuse the same training path. A distributed `launch` trains in
+    worker processes (distributed.py) on the data this process prepared."""
     checkpoint = prepare_checkpoints(recipe, run_dir, resume)
     try:
         if launch is not None and launch.distributed:
@@ -276,7 +279,7 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
 
             result = distributed.launch(recipe, run_dir, checkpoint, launch)
         else:
-            result = train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend)
+            result = train_here(recipe, run_dir, checkpoint, on_eval_loss, splits, backend, tracking)
         if run_dir.model.exists():  # not on a machine of rank > 0: machine 0 writes the run
             merge(recipe, run_dir)
         return result
@@ -290,13 +293,23 @@ def run(recipe: Recipe, run_dir: RunDir, resume: bool = False,
 
 def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
                on_eval_loss: Callable[[int, int, float], bool] | None = None,
-               splits: dict[str, list[dict]] | None = None, backend: Backend | None = None) -> TrainResult:
-    """Train in this process (one of several when launched distributed: then only rank 0 writes)."""
+               splits: dict[str, list[dict]] | None = None, backend: Backend | None = None,
+               tracking: Tracking | None = None) -> TrainResult:
+    """Train in this process (one of several when launched distributed: then only rank 0 writes,
+    and reports to the trackers: new tracker runs unless `tracking` is given)."""
     _quiet()
     splits = splits if splits is not None else load_splits(run_dir)
-    job = _job(recipe, run_dir, splits, checkpoint, on_eval_loss)
-    started = time.time()
-    fitted = (backend or backend_for(job)).fit(job)
+    owned = tracking is None
+    if tracking is None:
+        tracking = track.start(recipe, run_dir) if is_main_process() else track.Tracking([])
+    try:
+        job = _job(recipe, run_dir, splits, checkpoint, on_eval_loss, tracking)
+        started = time.time()
+        fitted = (backend or backend_for(job)).fit(job)
+    except BaseException:
+        if owned:
+            tracking.finish("failed")
+        raise
     runtime = time.time() - started
     done = fitted.progress
     if not is_main_process():
@@ -312,5 +325,10 @@ def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
         guards=job.guards.events, peak_memory_bytes=peak_memory(job.device),
         processes=int(os.environ.get("WORLD_SIZE", "1")))
     save(summary, run_dir.train_summary)
+    tracking.summary({"train/runtime_seconds": runtime, "train/train_loss": done.train_loss,
+                      **({"train/final_eval_loss": done.final_eval_loss} if done.final_eval_loss else {})})
+    tracking.artifacts([run_dir.train_summary])
+    if owned:
+        tracking.finish()
     return TrainResult(run_dir.model, done.steps, done.train_loss, done.tokens_per_second, runtime,
                        done.final_eval_loss, job.guards.events)

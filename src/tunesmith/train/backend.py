@@ -43,6 +43,8 @@ class TrainJob:
     """After each validation: (step, max steps, loss) -> stop now (the tune stage's pruning)."""
     class_weights: list[float] | None = None
     """A classifier's loss weight per label (data.balance.strategy: class_weights), index order."""
+    tracking: Any = None
+    """The run's experiment trackers (tunesmith.track.Tracking; empty: none), on the first process."""
 
 
 @dataclass

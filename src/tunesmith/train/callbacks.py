@@ -4,6 +4,7 @@ Imported only when training starts (it imports transformers), so the CLI stays q
     ProgressLog      progress bar (or plain lines in logs), tokens/s, and train/log.jsonl
     GuardsCallback   feeds losses to `guards.OverfittingGuards`, stops training when it says so
     EvalLossHook     hands each validation loss to a function (the tune stage's pruning)
+    TrackerLog       every log, with throughput and memory, to the run's experiment trackers
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -24,6 +26,7 @@ from transformers import TrainerCallback
 
 from tunesmith.artifacts import LogEntry
 from tunesmith.interrupts import check
+from tunesmith.models.device import peak_memory
 from tunesmith.train.guards import OverfittingGuards
 
 
@@ -115,3 +118,23 @@ class Interrupts(TrainerCallback):
         check()
 
     on_step_begin = on_step_end = on_substep_end = on_prediction_step = _check
+
+
+class TrackerLog(TrainerCallback):
+    """Every log (train loss, learning rate, gradient norm, validation loss) with tokens/s and peak
+    memory to `train.report_to`'s trackers (tunesmith.track), at its optimizer step."""
+
+    def __init__(self, tracking: Any, progress: ProgressLog, device: str) -> None:
+        self.tracking, self.progress, self.device = tracking, progress, device
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        values = {(f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"): float(value)
+                  for key, value in logs.items()
+                  if isinstance(value, int | float) and not isinstance(value, bool)}
+        values["train/tokens_per_second"] = self.progress.tokens_per_second(state)
+        memory = peak_memory(self.device)
+        if memory is not None:
+            values["train/peak_memory_gib"] = memory / 2**30
+        self.tracking.metrics(values, state.global_step)

@@ -93,13 +93,16 @@ def fitted(trainer: Any, output: Any, progress: Any, adapter_only: bool = False)
 
 
 def callbacks(job: TrainJob) -> tuple[list[Any], Any]:
-    """tunesmith's callbacks (progress bar + log.jsonl, guards, the tune stage's hook) and the log."""
-    from tunesmith.train.callbacks import EvalLossHook, GuardsCallback, Interrupts, ProgressLog
+    """tunesmith's callbacks (progress bar + log.jsonl, guards, the tune stage's hook, the
+    experiment trackers) and the log."""
+    from tunesmith.train.callbacks import EvalLossHook, GuardsCallback, Interrupts, ProgressLog, TrackerLog
 
     progress = ProgressLog(job.log_path)
     hooks = [progress, GuardsCallback(job.guards), Interrupts()]
     if job.on_eval_loss:
         hooks.append(EvalLossHook(job.on_eval_loss))
+    if job.tracking:
+        hooks.append(TrackerLog(job.tracking, progress, job.device))
     return hooks, progress
 
 

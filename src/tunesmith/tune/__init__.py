@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from tunesmith import data
+from tunesmith import data, track
 from tunesmith.errors import ConfigError
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
@@ -80,16 +80,25 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
                                     study_name=study_name or cfg.study or recipe.name,
                                     direction=cfg.direction, load_if_exists=True)
         started = time.time()
+        study_run = track.for_study(recipe, view, study)
         budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
         if processes > 1:  # workers.py: N processes on this machine, each on its own device
             from tunesmith.tune.workers import run_workers
 
             run_workers(recipe, view, url, study.study_name, n_trials, processes)
         elif budget.fits(study):
-            study.optimize(objective(recipe, view, splits), n_trials=n_trials,
+            study.optimize(objective(recipe, view, splits, study_run), n_trials=n_trials,
                            timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
                            catch=(RuntimeError,), callbacks=[budget])
         result = write_outputs(recipe, view, study, time.time() - started)
+        _report_study(study_run, result, view)
         if after is not None:
             after(view)
     return replace(result, best_recipe=run_dir.best_recipe)
+
+
+def _report_study(study_run: track.Tracking, result: TuneResult, view: RunDir) -> None:
+    """The study's totals and outputs to its tracker run (its trials are its children)."""
+    study_run.summary({"best_value": result.best_value, "trials": result.trials, "pruned": result.pruned})
+    study_run.artifacts([view.tune_summary, view.best_recipe, view.trials_csv])
+    study_run.finish()

@@ -15,6 +15,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.files import write_text
 from tunesmith.recipe import Recipe, dump_recipe
 from tunesmith.rundir import RunDir
+from tunesmith.track import Tracking
 from tunesmith.train.fit import MemoryFitError
 from tunesmith.tune.space import repeat_of, suggest, trial_recipe
 
@@ -52,7 +53,9 @@ def _cross_validated(trial: Any, recipe: Recipe, candidate: Recipe, trial_dir: R
     losses, steps = [], 0
     folds = cv_folds(train_rows, cfg.cv_folds, strata, recipe.data.seed)
     for fold, (fold_train, fold_val) in enumerate(folds):
-        result = train.run(candidate, trial_dir, splits={"train": fold_train, "val": fold_val})
+        # the folds are not tracked one by one: the trial's child run gets their mean
+        result = train.run(candidate, trial_dir, splits={"train": fold_train, "val": fold_val},
+                           tracking=Tracking([]))
         losses.append(result.final_eval_loss)
         steps += result.steps
         if report(trial, statistics.fmean(losses), fold, cfg.cv_folds - 1):
@@ -64,7 +67,8 @@ def _cross_validated(trial: Any, recipe: Recipe, candidate: Recipe, trial_dir: R
     return statistics.fmean(losses)
 
 
-def _validated(trial: Any, candidate: Recipe, trial_dir: RunDir, splits: dict[str, list[dict]]) -> float:
+def _validated(trial: Any, candidate: Recipe, trial_dir: RunDir, splits: dict[str, list[dict]],
+               tracking: Tracking) -> float:
     """The final validation loss of one training run, reported at every evaluation for pruning."""
     import optuna
 
@@ -75,7 +79,7 @@ def _validated(trial: Any, candidate: Recipe, trial_dir: RunDir, splits: dict[st
             pruned.append(step)
         return bool(pruned)
 
-    result = train.run(candidate, trial_dir, on_eval_loss=prune, splits=splits)
+    result = train.run(candidate, trial_dir, on_eval_loss=prune, splits=splits, tracking=tracking)
     trial.set_user_attr("steps", result.steps)
     if pruned:
         raise optuna.TrialPruned()
@@ -121,12 +125,33 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
-    """The Optuna objective: a trial's values -> its (mean) validation loss."""
+def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]],
+              study_run: Tracking | None = None):
+    """The Optuna objective: a trial's values -> its (mean) validation loss. With the study's
+    tracker run (`study_run`), each trained trial is a child run of it, its state recorded."""
+    import optuna
+
     cfg = recipe.tune
 
-    def score(trial: Any) -> float:
+    def tracked(trial: Any) -> float:
         params = suggest(trial, cfg)
+        if repeat_of(trial, params) is not None or not study_run:
+            return score(trial, params)
+        child = study_run.child(f"trial-{trial.number}")
+        child.params({"trial": trial.number, **params})
+        try:
+            value = score(trial, params, child)
+        except optuna.TrialPruned:
+            child.finish("pruned")
+            raise
+        except BaseException:
+            child.finish("failed")
+            raise
+        child.summary({"objective": value})
+        child.finish()
+        return value
+
+    def score(trial: Any, params: dict[str, Any], tracking: Tracking | None = None) -> float:
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         trial.set_user_attr("device", os.environ.get("TUNESMITH_TUNE_DEVICE", "default"))
         if (done := repeat_of(trial, params)) is not None:
@@ -141,7 +166,7 @@ def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
         try:
             if cfg.cv_folds >= 2:
                 return _cross_validated(trial, recipe, candidate, trial_dir, splits["train"])
-            return _validated(trial, candidate, trial_dir, splits)
+            return _validated(trial, candidate, trial_dir, splits, tracking or Tracking([]))
         except MemoryFitError as error:  # train.fit refused the trial's values before loading
             raise _out_of_memory(trial, str(error)) from None
         except Exception as error:
@@ -154,4 +179,4 @@ def objective(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]]):
             shutil.rmtree(trial_dir.work, ignore_errors=True)
             free_memory()
 
-    return score
+    return tracked

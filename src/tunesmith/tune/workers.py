@@ -76,7 +76,7 @@ def worker(payload_path: str) -> None:
     """One worker: trials of the shared study on this process's device."""
     import optuna
 
-    from tunesmith import data
+    from tunesmith import data, track
     from tunesmith.tune.budget import StepBudget
     from tunesmith.tune.objective import objective
     from tunesmith.tune.space import pruner, sampler, worker_seed_offset
@@ -92,7 +92,8 @@ def worker(payload_path: str) -> None:
                               sampler=sampler(cfg, worker_seed_offset()), pruner=pruner(cfg))
     budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
     if budget.fits(study):
-        study.optimize(objective(recipe, view, data.load_splits(view)), n_trials=payload["trials"],
+        study_run = track.for_study(recipe, view, study)  # the parent's: the study records it
+        study.optimize(objective(recipe, view, data.load_splits(view), study_run), n_trials=payload["trials"],
                        timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
                        catch=(RuntimeError,), callbacks=[budget])
 
