@@ -77,6 +77,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_smol_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama, hidden size 64, with the embedded SmolLM2's real tokenizer (49,152 tokens,
+    ChatML): a model whose tokenizer llama.cpp's converter knows, for the GGUF export."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models.loading import embedded_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_path("embedded:smollm2-135m-instruct"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-smol")
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT, hidden size 16, saved as safetensors with the char tokenizer: the shape of
     a BERT-style checkpoint (an encoder without a head; fine-tuning adds the classifier)."""

@@ -107,8 +107,8 @@ def test_dequantized_merged_and_4bit_answer_alike(qlora_run):
 def test_qlora_evaluates_serves_and_exports(qlora_run):
     from fastapi.testclient import TestClient
 
+    from tunesmith.export.merged import check_export, export_merged
     from tunesmith.serve.app import create_app
-    from tunesmith.serve.export import check_export, export_merged
 
     recipe, run_dir, _, tmp = qlora_run
     tested = [p for p in load_rows(Prediction, run_dir.eval / "predictions.jsonl") if p.set == "test"]

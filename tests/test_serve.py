@@ -243,7 +243,7 @@ def test_the_export_answers_with_its_own_template_as_evaluation_did(served_run, 
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.serve.export import check_export, export_merged
+    from tunesmith.export.merged import check_export, export_merged
 
     recipe, run_dir, predictions = served_run
     merged = export_merged(run_dir.root, tmp_path / "fp32", dtype="float32")

@@ -4,7 +4,6 @@ own readers (MLflow's client, TensorBoard's event reader, Trackio's storage)."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -77,8 +76,9 @@ def test_a_tune_study_is_a_parent_run_with_its_trials_as_children_pruned_ones_ma
     from mlflow.tracking import MlflowClient
 
     recipe = load_recipe(None, [
-        f"model.name={tiny_model_dir}", f"data.train={chat_files['train']}", f"output.dir={tmp_path / 'runs'}",
-        "name=tiny-tune", "train.batch_size=4", "train.max_steps=16", "train.eval_steps=2",
+        f"model.name={tiny_model_dir}", f"data.train={chat_files['train']}",
+        f"output.dir={tmp_path / 'runs'}", "name=tiny-tune", "train.batch_size=4", "train.max_steps=16",
+        "train.eval_steps=2",
         "train.logging_steps=2", "train.save_steps=1000", "data.val_fraction=0.25",
         "tune.space={train.lr: {type: float, low: 1e-6, high: 0.05, grid: [0.05, 0.04, 1e-6, 2e-6]}}",
         "tune.strategy=grid", "tune.pruner=median", "tune.trials=4", "train.report_to=[mlflow]"])
@@ -107,7 +107,8 @@ def test_trackio_and_wandb_offline_follow_the_run(tmp_path, tiny_model_dir, chat
     logged = [e for e in read_jsonl(run / "train" / "log.jsonl") if "loss" in e]
     done = subprocess.run([sys.executable, "-c", "import sys, json, trackio\n"
                            "logs = trackio.SQLiteStorage.get_logs('tracked', 'tracked')\n"
-                           "print(json.dumps([[r['step'], r['train/loss']] for r in logs if 'train/loss' in r]))"],
+                           "print(json.dumps([[r['step'], r['train/loss']] for r in logs\n"
+                           "                  if 'train/loss' in r]))"],
                           capture_output=True, text=True, env={**os.environ, "TRACKIO_DIR": str(trackio_dir)})
     assert done.returncode == 0, done.stderr
     import json
@@ -142,14 +143,16 @@ def test_a_tracker_that_fails_is_dropped_and_the_others_go_on(capsys):
     tracking.metrics({"train/loss": 1.0}, 4)
     assert kept.seen == [(2, {"train/loss": 1.5}), (4, {"train/loss": 1.0})]
     assert [s.name for s in tracking.sinks] == ["kept"]
-    assert "broken: metrics failed (ConnectionError: server gone)" in " ".join(capsys.readouterr().err.split())
+    said = " ".join(capsys.readouterr().err.split())
+    assert "broken: metrics failed (ConnectionError: server gone)" in said
 
 
 def test_a_missing_tracker_library_is_named_before_training(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install mlflow-skinny"):
         track.check_installed(["tensorboard", "mlflow"])
 
@@ -157,7 +160,7 @@ def test_a_missing_tracker_library_is_named_before_training(monkeypatch):
 def test_report_to_never_makes_an_artifact_stale(tmp_path, tiny_model_dir, chat_files):
     from tunesmith.rundir import differences
 
-    before = load_recipe(None, [f"model.name={tiny_model_dir}", "train.report_to=mlflow"]).model_dump(mode="json")
-    after = load_recipe(None, [f"model.name={tiny_model_dir}", "train.report_to=none"]).model_dump(mode="json")
+    before = load_recipe(None, [f"model.name={tiny_model_dir}", "train.report_to=mlflow"]).model_dump()
+    after = load_recipe(None, [f"model.name={tiny_model_dir}", "train.report_to=none"]).model_dump()
     assert before["train"]["report_to"] == ["mlflow"] and after["train"]["report_to"] == []
     assert differences(before, after, ("train",)) == []

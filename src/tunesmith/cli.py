@@ -7,7 +7,8 @@
     tunesmith train RECIPE [key.sub=value ...] [--resume] [--processes N [--accelerate-config FILE]]
     tunesmith eval RECIPE [key.sub=value ...]
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
-    tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT
+    tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT [--format gguf]
+    tunesmith push RUN_DIR org/name
     tunesmith monitor RUN_DIR                 tunesmith feedback export RUN_DIR --out DIR
     tunesmith models list                     tunesmith models recommend --task T --memory 16GB
     tunesmith report RUN_DIR [--against OTHER_RUN]
@@ -243,28 +244,79 @@ def serve_command(
 @app.command("export")
 def export_command(
     run_dir: str = typer.Argument(..., help="A run directory, e.g. runs/demo."),
-    out_dir: str = typer.Argument(..., help="A new directory for the merged model."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights' dtype: bfloat16 (what serving engines "
-                              "expect), float16 or float32 (reproduces the evaluation's fp32 answers)."),
-    check: bool = typer.Option(False, "--check", help="Then answer the run's test prompts with the export in "
-                               "plain transformers (its own chat template) and print the agreement with "
-                               "`tunesmith eval`'s answers. On an existing export: only check it."),
+    out_dir: str = typer.Argument(..., help="A new directory for the export."),
+    format: str = typer.Option("hf", "--format", help="hf: the merged model (safetensors) for vLLM, TGI "
+                               "and transformers; gguf: one GGUF for llama.cpp and Ollama, with a "
+                               "Modelfile."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="hf: the weights' dtype: bfloat16 (what serving "
+                              "engines expect), float16 or float32 (reproduces the evaluation's fp32 "
+                              "answers)."),
+    quant: str = typer.Option("q4_k_m", "--quant", help="gguf: f16, q8_0 or q4_k_m (llama.cpp's "
+                              "quantizer)."),
+    check: bool = typer.Option(False, "--check", help="Then answer the run's test prompts with the export "
+                               "(plain transformers, or llama.cpp for a GGUF; its own chat template) and "
+                               "print the agreement with `tunesmith eval`'s answers. On an existing export: "
+                               "only check it."),
     check_examples: int = typer.Option(30, "--check-examples", min=1, help="Test prompts --check answers."),
 ) -> None:
-    """The run's model merged into one directory that vLLM, TGI and transformers load, answering as
-    the run was scored (system prompt in its chat template, greedy generation settings)."""
-    from tunesmith.serve.export import MANIFEST, check_export, export_merged
+    """The run's model as one export that answers as the run was scored (system prompt in its chat
+    template, greedy generation settings): merged safetensors, or a GGUF with an Ollama Modelfile."""
+    import json
 
-    if not (check and (Path(out_dir) / MANIFEST).exists()):
-        out.print(f"merged model: {export_merged(run_dir, out_dir, dtype)} ({dtype})")
-    if check:
-        agreement = check_export(run_dir, out_dir, check_examples)
-        out.print(f"export check: {agreement.same} of {agreement.examples} test answers "
-                  f"({100 * agreement.share:.1f}%) identical to tunesmith eval's, in plain transformers with "
-                  f"the export's own chat template ({agreement.dtype})")
-        for row in agreement.differing:
-            out.print(f"  differs: {row['prompt'][:80]!r}: eval {row['eval'][:60]!r}, "
-                      f"export {row['export'][:60]!r}")
+    from tunesmith.errors import ConfigError
+    from tunesmith.export.merged import MANIFEST
+
+    if format not in ("hf", "gguf"):
+        raise ConfigError(f"--format {format}: choose hf or gguf.")
+    existing = check and (Path(out_dir) / MANIFEST).exists()
+    if format == "gguf":
+        from tunesmith.export.gguf import check_gguf, export_gguf
+
+        if not existing:
+            written = export_gguf(run_dir, out_dir, quant)
+            said = json.loads((written.parent / MANIFEST).read_text())["quantizer"]
+            out.print(f"gguf: {written} (llama.cpp's converter{' and quantizer' if said else ''}; "
+                      f"Modelfile beside it)")
+            if said:
+                out.print(f"  llama.cpp's quantizer: {said.get('size', '?')}"
+                          + (f"; {said['fallback']}" if "fallback" in said else ""))
+        where = "in llama.cpp with the GGUF's own chat template"
+        agreement = check_gguf(run_dir, out_dir, check_examples) if check else None
+    else:
+        from tunesmith.export.merged import check_export, export_merged
+
+        if not existing:
+            out.print(f"merged model: {export_merged(run_dir, out_dir, dtype)} ({dtype})")
+        where = "in plain transformers with the export's own chat template"
+        agreement = check_export(run_dir, out_dir, check_examples) if check else None
+    if agreement is not None:
+        _print_agreement(agreement, where)
+
+
+def _print_agreement(agreement, where: str) -> None:
+    out.print(f"export check: {agreement.same} of {agreement.examples} test answers "
+              f"({100 * agreement.share:.1f}%) identical to tunesmith eval's, {where} ({agreement.dtype})")
+    if agreement.export_score is not None:
+        out.print(f"  {agreement.metric} on these prompts: export {100 * agreement.export_score:.1f}%, "
+                  f"tunesmith eval {100 * agreement.eval_score:.1f}%")
+    for row in agreement.differing:
+        out.print(f"  differs: {row['prompt'][:80]!r}: eval {row['eval'][:60]!r}, "
+                  f"export {row['export'][:60]!r}")
+
+
+@app.command("push")
+def push_command(
+    run_dir: str = typer.Argument(..., help="An evaluated run directory, e.g. runs/demo."),
+    repo_id: str = typer.Argument(..., help="The Hub repository, org/name (created if needed)."),
+    public: bool = typer.Option(False, "--public", help="A public repository (private by default)."),
+    merged: bool = typer.Option(False, "--merged", help="Upload the merged model (as `tunesmith export` "
+                                "writes it) instead of the adapter."),
+) -> None:
+    """Upload the run's model, model card and report to the Hugging Face Hub (token from HF_TOKEN)."""
+    from tunesmith.export.hub import push
+
+    url = push(run_dir, repo_id, public=public, merged=merged)
+    out.print(f"pushed {run_dir} to {repo_id} ({'public' if public else 'private'}): {url}")
 
 
 @models_app.command("list")

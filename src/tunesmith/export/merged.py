@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.recipe import Recipe, load_recipe
-from tunesmith.rundir import RunDir
+from tunesmith.export.check import Agreement, agreement, checked_run
+from tunesmith.recipe import Recipe
 
 DTYPES = ("bfloat16", "float16", "float32")
 MANIFEST = "tunesmith_export.json"
@@ -44,18 +43,6 @@ def template_with_system(template: str, system_prompt: str | None) -> str:
             "{%- endif %}" + template)
 
 
-def _checked_run(run_path: str | Path) -> tuple[RunDir, Recipe]:
-    run = RunDir(Path(run_path))
-    if not (run.recipe.is_file() and run.has_model()):
-        raise ConfigError(f"{run_path}: not a run directory with a trained model (recipe.yaml and model/). "
-                          "Point at a directory that `tunesmith train` or `tunesmith run` wrote.")
-    recipe = load_recipe(run.recipe)
-    if recipe.model.family != "causal_lm":
-        raise ConfigError(f"{run_path}: a {recipe.model.family} run; export writes decoders for vLLM / TGI. "
-                          "Its model/ directory already loads with transformers' pipelines.")
-    return run, recipe
-
-
 def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
     """Write the merged, servable model of a run into the new directory `out` (whole or not at all)."""
     import torch
@@ -64,7 +51,7 @@ def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16"
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: choose {', '.join(DTYPES)}.")
-    run, recipe = _checked_run(run_path)
+    run, recipe = checked_run(run_path)
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
@@ -108,21 +95,6 @@ def _generation_settings(model: Any, tokenizer: Any, recipe: Recipe) -> None:
     config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
 
 
-@dataclass
-class Agreement:
-    """How the export answered the run's test prompts, against `tunesmith eval`'s answers."""
-
-    examples: int
-    same: int
-    dtype: str
-    differing: list[dict[str, str]]
-    """Up to five: the prompt, the evaluation's answer and the export's."""
-
-    @property
-    def share(self) -> float:
-        return self.same / self.examples if self.examples else 0.0
-
-
 def check_export(run_path: str | Path, export: str | Path, limit: int = 30) -> Agreement:
     """Answer the run's first `limit` test prompts with the export in plain transformers (its own
     chat template, its generation_config, one prompt at a time and no system prompt from us) and
@@ -130,36 +102,19 @@ def check_export(run_path: str | Path, export: str | Path, limit: int = 30) -> A
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.artifacts import Prediction, load_rows
-    from tunesmith.files import read_jsonl
-    from tunesmith.models.chat import prompt_and_reference
-    from tunesmith.records import split_reasoning
-
-    run, _recipe = _checked_run(run_path)
-    predictions_path = run.eval / "predictions.jsonl"
-    if not predictions_path.exists() or not run.split("test").exists():
-        raise ConfigError(f"{run_path}: no evaluated test set to compare with. Run `tunesmith eval` first.")
-    tested = {p.index: p for p in load_rows(Prediction, predictions_path) if p.set == "test"}
-    records = read_jsonl(run.split("test"))[:limit]
+    run, recipe = checked_run(run_path)
     tokenizer = AutoTokenizer.from_pretrained(export)
     model = AutoModelForCausalLM.from_pretrained(export, dtype="auto")
     model.eval()
-    same, differing = 0, []
-    for index, record in enumerate(records):
-        prompt, _reference = prompt_and_reference(record, None)  # what a client sends: no system prompt
-        prompt = [{k: v for k, v in m.items() if k != "tools"} for m in prompt]
+
+    def answer(prompt: list[dict[str, Any]]) -> str:
         inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
                                                return_dict=True)
         with torch.inference_mode():
             output = model.generate(**inputs)
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        answer = split_reasoning(text)[1].strip()
-        expected = tested[index].finetuned_prediction.strip()
-        if answer == expected:
-            same += 1
-        elif len(differing) < 5:
-            differing.append({"prompt": prompt[-1]["content"][:200], "eval": expected, "export": answer})
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
     manifest = Path(export) / MANIFEST
     dtype = (json.loads(manifest.read_text())["dtype"] if manifest.exists()
              else str(model.dtype).removeprefix("torch."))
-    return Agreement(len(records), same, dtype, differing)
+    return agreement(run, recipe, answer, dtype, limit)
