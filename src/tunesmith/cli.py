@@ -4,7 +4,7 @@
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
-    tunesmith train RECIPE [key.sub=value ...] [--resume] [--processes N [--accelerate-config FILE]]
+    tunesmith train RECIPE [key.sub=value ...] [--resume] [--watch] [--processes N [--accelerate-config FILE]]
     tunesmith eval RECIPE [key.sub=value ...]
     tunesmith tune RECIPE [--storage URL --study NAME --trials N]
     tunesmith serve RUN_DIR [--port 8000]     tunesmith export RUN_DIR OUT [--format gguf]
@@ -23,11 +23,13 @@ run directory as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -48,6 +50,9 @@ RecipeArg = typer.Argument(..., help="Path of a YAML recipe.", show_default=Fals
 OverridesArg = typer.Argument(None, help="Overrides such as train.lr=3e-4 data.on_invalid=skip.",
                               show_default=False)
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted training.")
+WatchOpt = typer.Option(False, "--watch", help="Serve the live training report (loss curves, tokens/s, "
+                        "guards, ETA) on http://127.0.0.1 while training runs.")
+WatchPortOpt = typer.Option(8765, "--watch-port", min=0, max=65535, help="--watch's port (0: any free one).")
 ProcessesOpt = typer.Option(1, "--processes", min=1, help="Worker processes on this machine, one per GPU "
                             "(accelerate: DDP, gloo on CPUs, NCCL on GPUs).")
 AccelerateConfigOpt = typer.Option(None, "--accelerate-config",
@@ -110,15 +115,43 @@ def train_command(
     processes: int = ProcessesOpt, accelerate_config: str | None = AccelerateConfigOpt,
     machines: int | None = MachinesOpt, machine_rank: int | None = MachineRankOpt,
     main_address: str | None = MainAddressOpt, main_port: int | None = MainPortOpt,
+    watch: bool = WatchOpt, watch_port: int = WatchPortOpt,
 ) -> None:
     """Fine-tune (prepares the data first)."""
     launch = _launch(processes, accelerate_config, machines, machine_rank, main_address, main_port)
-    result = _pipeline().fine_tune(_recipe(recipe, overrides), resume=resume, launch=launch)
+    resolved = _recipe(recipe, overrides)
+    with _watching(resolved, watch, watch_port):
+        result = _pipeline().fine_tune(resolved, resume=resume, launch=launch)
     if not launch.writes_run:
         out.print(f"machine {launch.machine_rank}: training done; machine 0 writes the run")
         return
     out.print(f"trained {result.steps} steps, {result.tokens_per_second:.0f} tokens/s; "
               f"model in {result.model_dir}")
+
+
+@contextlib.contextmanager
+def _watching(recipe, watch: bool, port: int) -> Iterator[None]:
+    """With --watch: the live training report served on loopback while the command runs."""
+    if not watch:
+        yield
+        return
+    from tunesmith.console import note
+    from tunesmith.rundir import RunDir
+    from tunesmith.train.watch import PAGE, serve_live
+
+    try:
+        server, url = serve_live(RunDir(recipe.run_dir).checkpoints / PAGE, port)
+    except OSError as error:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"--watch-port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror}). "
+                          "Choose another port, or 0 for any free one.") from None
+    note(f"live report: {url}")
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _launch(processes: int, accelerate_config: str | None, machines: int | None = None,
@@ -404,11 +437,14 @@ def run_command(recipe: str = RecipeArg, overrides: list[str] | None = Overrides
                 resume: bool = ResumeOpt, processes: int = ProcessesOpt,
                 accelerate_config: str | None = AccelerateConfigOpt, machines: int | None = MachinesOpt,
                 machine_rank: int | None = MachineRankOpt, main_address: str | None = MainAddressOpt,
-                main_port: int | None = MainPortOpt) -> None:
+                main_port: int | None = MainPortOpt, watch: bool = WatchOpt,
+                watch_port: int = WatchPortOpt) -> None:
     """The whole pipeline: data -> train -> evaluate -> report (--processes: training and
     evaluation in that many worker processes)."""
     launch = _launch(processes, accelerate_config, machines, machine_rank, main_address, main_port)
-    _pipeline().run(_recipe(recipe, overrides), resume=resume, launch=launch)
+    resolved = _recipe(recipe, overrides)
+    with _watching(resolved, watch, watch_port):
+        _pipeline().run(resolved, resume=resume, launch=launch)
 
 
 @app.command("curve")

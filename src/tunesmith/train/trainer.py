@@ -93,12 +93,14 @@ def fitted(trainer: Any, output: Any, progress: Any, adapter_only: bool = False)
 
 
 def callbacks(job: TrainJob) -> tuple[list[Any], Any]:
-    """tunesmith's callbacks (progress bar + log.jsonl, guards, the tune stage's hook, the
-    experiment trackers) and the log."""
+    """tunesmith's callbacks (progress bar + log.jsonl, guards, the live page, the tune stage's
+    hook, the experiment trackers) and the log."""
     from tunesmith.train.callbacks import EvalLossHook, GuardsCallback, Interrupts, ProgressLog, TrackerLog
+    from tunesmith.train.watch import PAGE, LivePage
 
     progress = ProgressLog(job.log_path)
-    hooks = [progress, GuardsCallback(job.guards), Interrupts()]
+    live = LivePage(job.checkpoints / PAGE, job.recipe.name, job.guards, progress, job.device)
+    hooks = [progress, GuardsCallback(job.guards), Interrupts(), live]
     if job.on_eval_loss:
         hooks.append(EvalLossHook(job.on_eval_loss))
     if job.tracking:
