@@ -14,6 +14,7 @@ itself every few seconds. `tunesmith train --watch` (or `run --watch`) serves it
 
 from __future__ import annotations
 
+import functools
 import html
 import threading
 import time
@@ -134,25 +135,31 @@ class LivePage(TrainerCallback):
         write_text(self.path, page)
 
 
+class _PageHandler(BaseHTTPRequestHandler):
+    """GET / answers the live page (a waiting page until training writes it)."""
+
+    def __init__(self, *args: Any, page: Path, **kwargs: Any) -> None:
+        self.page = page
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, *args: Any) -> None:  # no access log on the training terminal
+        pass
+
+    def do_GET(self) -> None:
+        if self.path not in ("/", f"/{PAGE}"):
+            self.send_error(404)
+            return
+        waiting = b"<!doctype html><meta http-equiv='refresh' content='2'><p>Preparing data and model</p>"
+        body = self.page.read_bytes() if self.page.is_file() else waiting
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def serve_live(page: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
     """Serve `page` at http://127.0.0.1:PORT/ on a daemon thread (port 0: any free one)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # no access log on the training terminal
-            pass
-
-        def do_GET(self) -> None:
-            if self.path not in ("/", f"/{PAGE}"):
-                self.send_error(404)
-                return
-            waiting = b"<!doctype html><meta http-equiv='refresh' content='2'><p>Preparing data and model</p>"
-            body = page.read_bytes() if page.is_file() else waiting
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_PageHandler, page=page))
     threading.Thread(target=server.serve_forever, daemon=True, name="tunesmith-watch").start()
     return server, f"http://127.0.0.1:{server.server_port}/"
