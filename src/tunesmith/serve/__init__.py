@@ -7,7 +7,7 @@
                                                     # LoRA module, tunesmith's watched server in front
     tunesmith serve runs/demo serve.engine=upstream serve.upstream.url=http://gpu-host:8001
                                                     # in front of a vLLM / TGI / SGLang / llama.cpp server
-    tunesmith export runs/demo merged/              # the merged model for vLLM / TGI / transformers
+    tunesmith export runs/demo merged/              # the merged model for vLLM / TGI (tunesmith.export)
 
     engines.py   who generates (serve.engine): builtin (models/generation.py, evaluation's engine
                  too), upstream.py (an OpenAI-compatible server), vllm.py (vLLM started here)
@@ -16,7 +16,6 @@
     app.py       the FastAPI app: routes, errors in OpenAI's shape, API keys, body limit
     state.py     what is served: model, recipe, cache, fallback      cache.py   LRU + TTL
     protocol.py  the OpenAI request / response shapes                errors.py  classes, JSON log
-    export.py    the merged model directory
 """
 
 from __future__ import annotations
