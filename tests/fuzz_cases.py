@@ -72,6 +72,7 @@ class Case:
     """Sent to a subprocess once the command has started work: when `begun` exists in the run."""
     begun: str = ".staging"
     env: dict[str, str] = field(default_factory=dict)
+    """Set for the command (an empty value unsets the variable)."""
 
 
 GOOD = {"instruction": "code for red", "output": "RE"}
@@ -631,11 +632,38 @@ def _uncleaned_cases() -> list[Case]:
                  lambda w: ("t.jsonl:2: messages[0].content holds a lone surrogate", "or drop the row"))]
 
 
+def _share_cases() -> list[Case]:
+    """Where a run goes next: trackers, exports, the Hub."""
+    return [
+        Case("share", "report-to-unknown-tracker",
+             lambda w: ["train", str(w.recipe_file(output__run_name="tracked")), "train.report_to=[comet]"],
+             lambda w: ("train.report_to", "'mlflow', 'tensorboard', 'wandb' or 'trackio'")),
+        Case("share", "export-unknown-format",
+             lambda w: ["export", str(w.run), str(w.dir / "out"), "--format", "onnx"],
+             lambda w: ("--format onnx: choose hf or gguf",)),
+        Case("share", "export-unknown-quant",
+             lambda w: ["export", str(w.run), str(w.dir / "out"), "--format", "gguf", "--quant", "q2_k"],
+             lambda w: ("--quant q2_k: choose f16, q8_0, q4_k_m",)),
+        Case("share", "export-gguf-unknown-tokenizer",  # the tiny model's character tokenizer
+             lambda w: ["export", str(w.run), str(w.dir / "out"), "--format", "gguf", "--quant", "f16"],
+             lambda w: ("llama.cpp's converter could not convert this model", "--print-supported-models")),
+        Case("share", "export-gguf-into-a-full-directory",
+             lambda w: ["export", str(w.run), str(w.write("full/x.txt", "mine").parent), "--format", "gguf"],
+             lambda w: ("full: exists and is not empty", "nothing was written")),
+        Case("share", "push-bad-repo-id", lambda w: ["push", str(w.run), "just-a-name"],
+             lambda w: ("just-a-name: not a Hub repository id", "org/name")),
+        Case("share", "push-without-token", lambda w: ["push", str(w.run), "acme/tickets"],
+             lambda w: ("HF_TOKEN is not set", "export HF_TOKEN="), env={"HF_TOKEN": ""}),
+        Case("share", "push-not-a-run", lambda w: ["push", str(w.dir), "acme/tickets"],
+             lambda w: ("not a run directory with a trained model",), env={"HF_TOKEN": "hf_fuzz"}),
+    ]
+
+
 def cases() -> list[Case]:
     found = ([_data_case(*row) for row in DATA_FILES] + _uncleaned_cases()
              + [_recipe_case(*row) for row in RECIPES]
              + [_override_case(*row) for row in OVERRIDES] + [_model_case(*row) for row in MODELS]
-             + _run_cases() + _signal_cases())
+             + _run_cases() + _signal_cases() + _share_cases())
     ids = [c.id for c in found]
     assert len(ids) == len(set(ids)), "case ids are unique"
     return found

@@ -76,7 +76,7 @@ ALL = cases()
 
 
 def test_the_suite_is_large_enough():
-    assert len(ALL) >= 60 and len({c.family for c in ALL}) == 7
+    assert len(ALL) >= 60 and len({c.family for c in ALL}) == 8
 
 
 @pytest.mark.parametrize("case", [c for c in ALL if c.signal is None], ids=lambda c: f"{c.family}:{c.id}")
@@ -86,6 +86,11 @@ def test_bad_input_gets_one_located_line_and_changes_nothing(case: Case, tmp_pat
 
     workspace = _workspace(tmp_path, base_template, tiny_model_dir)
     monkeypatch.chdir(tmp_path)
+    for name, value in case.env.items():
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
     argv = case.argv(workspace)
     before = snapshot(workspace.dir / "runs")
     capsys.readouterr()
