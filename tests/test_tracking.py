@@ -164,3 +164,27 @@ def test_report_to_never_makes_an_artifact_stale(tmp_path, tiny_model_dir, chat_
     after = load_recipe(None, [f"model.name={tiny_model_dir}", "train.report_to=none"]).model_dump()
     assert before["train"]["report_to"] == ["mlflow"] and after["train"]["report_to"] == []
     assert differences(before, after, ("train",)) == []
+
+
+@pytest.mark.parametrize("backend", ["trl", "encoder"])
+def test_every_backend_reports_its_curve(tmp_path, tiny_model_dir, tiny_encoder_dir, chat_files, backend,
+                                         no_tracking_env):
+    """TRL's SFTTrainer and transformers' Trainer (an encoder) take the same tracker callback as
+    the default SFT loop (the tests above): TensorBoard's reader finds their loss curves."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tunesmith import pipeline
+
+    model = tiny_encoder_dir if backend == "encoder" else tiny_model_dir
+    extra = ["model.family=encoder"] if backend == "encoder" else ["train.backend=trl"]
+    recipe = load_recipe(None, [f"model.name={model}", f"data.train={chat_files['train']}",
+                                f"output.dir={tmp_path / 'runs'}", "name=each", *ARGS[:5],
+                                "train.report_to=tensorboard", *extra])
+    pipeline.fine_tune(recipe)
+    logged = [e for e in read_jsonl(recipe.run_dir / "train" / "log.jsonl") if "loss" in e]
+    ids = read_json(recipe.run_dir / "tracking" / "current.json")
+    events = EventAccumulator(str(recipe.run_dir / "tracking" / "tensorboard" / ids["tensorboard"]))
+    events.Reload()
+    assert logged and [(s.step, round(s.value, 5)) for s in events.Scalars("train/loss")] == \
+        [(e["step"], round(e["loss"], 5)) for e in logged]
+    assert [s.step for s in events.Scalars("eval/loss")] == [3, 6]
