@@ -168,7 +168,7 @@ class TrackioSink:
         self.run = trackio.init(project=project, name=resume or name, group=self.group,
                                 resume="allow" if resume else "never",
                                 space_id=os.environ.get("TRACKIO_SPACE_ID"))
-        self.run_id = resume or name
+        self.run_id = self.run.name  # Trackio resumes a run by name (it renames a clash)
         self.step = 0
 
     def params(self, params: dict[str, str]) -> None:
