@@ -6,7 +6,11 @@ run's metric on the same examples.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,38 @@ from typing import Any
 from tunesmith.errors import ConfigError
 from tunesmith.recipe import Recipe, load_recipe
 from tunesmith.rundir import RunDir
+
+
+def refuse_a_full_directory(out: str | Path) -> None:
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
+
+
+@contextlib.contextmanager
+def new_directory(out: str | Path) -> Iterator[Path]:
+    """A staging directory beside `out` that becomes `out` when the block succeeds: an export is
+    written whole or not at all."""
+    refuse_a_full_directory(out)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield staging
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def manifest(run: RunDir, recipe: Recipe, **fields: Any) -> str:
+    """tunesmith_export.json: the run, what was built in, the decoding it was evaluated with."""
+    return json.dumps({"run": str(run.root), "run_name": recipe.name, **fields,
+                       "system_prompt_in_template": recipe.data.system_prompt,
+                       "generation": {"do_sample": False, "max_new_tokens": recipe.eval.max_new_tokens}},
+                      indent=1) + "\n"
 
 
 def checked_run(run_path: str | Path) -> tuple[RunDir, Recipe]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tunesmith.console import note
 from tunesmith.errors import ConfigError
-from tunesmith.export.check import Agreement, agreement, checked_run
+from tunesmith.export.check import Agreement, agreement, checked_run, manifest, new_directory
 from tunesmith.export.merged import MANIFEST, export_merged
 from tunesmith.export.ollama import modelfile
 
@@ -154,14 +154,9 @@ def export_gguf(run_path: str | Path, out: str | Path, quant: str = "q4_k_m") ->
         raise ConfigError(f"--quant {quant}: choose {', '.join(QUANTS)}.")
     llama_cpp()  # before any work: a missing extra is named first
     run, recipe = checked_run(run_path)
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    name = f"{recipe.output.run_name or recipe.name}-{quant}.gguf"
+    with new_directory(out) as staging:
         merged = export_merged(run.root, staging / "merged", dtype="float32")
-        name = f"{recipe.output.run_name or recipe.name}-{quant}.gguf"
         f16 = staging / (name if quant == "f16" else "f16.gguf")
         convert(merged, f16, recipe.name)
         quantized = {}
@@ -170,18 +165,10 @@ def export_gguf(run_path: str | Path, out: str | Path, quant: str = "q4_k_m") ->
             f16.unlink()
         (staging / "Modelfile").write_text(modelfile(merged, name, recipe), encoding="utf-8")
         shutil.rmtree(merged)
-        manifest = {"run": str(run.root), "run_name": recipe.name, "format": "gguf", "quant": quant,
-                    "file": name, "llama_cpp_python": llama_cpp().__version__, "quantizer": quantized,
-                    "system_prompt_in_template": recipe.data.system_prompt,
-                    "generation": {"do_sample": False, "max_new_tokens": recipe.eval.max_new_tokens}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target / name
+        (staging / MANIFEST).write_text(manifest(run, recipe, format="gguf", quant=quant, file=name,
+                                                 llama_cpp_python=llama_cpp().__version__,
+                                                 quantizer=quantized))
+    return Path(out) / name
 
 
 def gguf_file(export: Path) -> Path:

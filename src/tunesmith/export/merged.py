@@ -19,13 +19,18 @@ many answers agree with `tunesmith eval`'s.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.export.check import Agreement, agreement, checked_run
+from tunesmith.export.check import (
+    Agreement,
+    agreement,
+    checked_run,
+    manifest,
+    new_directory,
+    refuse_a_full_directory,
+)
 from tunesmith.recipe import Recipe
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -52,9 +57,7 @@ def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16"
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: choose {', '.join(DTYPES)}.")
     run, recipe = checked_run(run_path)
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"{out}: exists and is not empty. Choose a new directory (nothing was written).")
+    refuse_a_full_directory(out)  # before the model is loaded
     run_model = load_run_model(recipe.model, recipe.train.method, run.model)
     model = run_model.model.merge_and_unload() if recipe.train.adapter == "lora" else run_model.model
     model = model.to(getattr(torch, dtype))
@@ -63,24 +66,13 @@ def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16"
     if isinstance(template, str):
         tokenizer.chat_template = template_with_system(template, recipe.data.system_prompt)
     _generation_settings(model, tokenizer, recipe)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:  # written whole or not at all
+    with new_directory(out) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        manifest = {"run": str(run.root), "run_name": recipe.name, "dtype": dtype,
-                    "adapter_merged": recipe.train.adapter == "lora",
-                    "system_prompt_in_template": recipe.data.system_prompt,
-                    "chat_template_from_recipe": recipe.model.chat_template is not None,
-                    "generation": {"do_sample": False, "max_new_tokens": recipe.eval.max_new_tokens}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+        (staging / MANIFEST).write_text(manifest(
+            run, recipe, dtype=dtype, adapter_merged=recipe.train.adapter == "lora",
+            chat_template_from_recipe=recipe.model.chat_template is not None))
+    return Path(out)
 
 
 def _generation_settings(model: Any, tokenizer: Any, recipe: Recipe) -> None:
