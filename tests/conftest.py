@@ -139,15 +139,19 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-@pytest.fixture
-def chat_files(tmp_path) -> dict[str, Path]:
-    """Small Alpaca-format train/test files of a trivially learnable task (echo a colour code)."""
+def colour_codes(root: Path) -> dict[str, Path]:
+    """Small Alpaca-format train/test files of a trivially learnable task (echo a colour code):
+    48 training rows, 6 test prompts."""
     colours = ["red", "blue", "green", "black", "white", "pink"]
     train = [{"instruction": f"code for {c} #{i}", "output": c[:2].upper()}
              for i in range(8) for c in colours]
     test = [{"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours]
-    return {"train": write_jsonl(tmp_path / "train.jsonl", train),
-            "test": write_jsonl(tmp_path / "test.jsonl", test)}
+    return {"train": write_jsonl(root / "train.jsonl", train), "test": write_jsonl(root / "test.jsonl", test)}
+
+
+@pytest.fixture
+def chat_files(tmp_path) -> dict[str, Path]:
+    return colour_codes(tmp_path)
 
 
 PG_URL = os.environ.get("TUNESMITH_TEST_PG_URL")

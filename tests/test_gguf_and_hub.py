@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import colour_codes
 from fake_hub import FakeHub
 from tunesmith import pipeline
 from tunesmith.errors import ConfigError
@@ -32,13 +32,9 @@ def tunesmith(*args, env=None):
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory, tiny_smol_dir):
     root = tmp_path_factory.mktemp("gguf")
-    colours = ["red", "blue", "green", "black", "white", "pink"]
-    train_file = write_jsonl(root / "train.jsonl", [
-        {"instruction": f"code for {c} #{i}", "output": c[:2].upper()} for i in range(8) for c in colours])
-    test_file = write_jsonl(root / "test.jsonl", [
-        {"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours])
-    recipe = load_recipe(None, [f"model.name={tiny_smol_dir}", f"data.train={train_file}",
-                                f"data.test={test_file}", f"data.system_prompt={SYSTEM}",
+    files = colour_codes(root)
+    recipe = load_recipe(None, [f"model.name={tiny_smol_dir}", f"data.train={files['train']}",
+                                f"data.test={files['test']}", f"data.system_prompt={SYSTEM}",
                                 # full weights: LoRA on a 64-wide random model with a 49k vocabulary
                                 # does not learn the codes in a test's budget; this does (6 of 6)
                                 "train.method=full", "train.max_steps=200", "train.lr=0.005",

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import write_jsonl
+from conftest import colour_codes
 from serve_helpers import ScriptedEngine, running, scripted
 from tunesmith import pipeline
 from tunesmith.recipe import load_recipe
@@ -27,13 +27,9 @@ from tunesmith.serve.state import Fallback, load_served
 def served_run(tmp_path_factory, tiny_model_dir):
     """A tiny trained and evaluated run (real model, real evaluation)."""
     root = tmp_path_factory.mktemp("served")
-    colours = ["red", "blue", "green", "black", "white", "pink"]
-    train_file = write_jsonl(root / "train.jsonl", [
-        {"instruction": f"code for {c} #{i}", "output": c[:2].upper()} for i in range(8) for c in colours])
-    test_file = write_jsonl(root / "test.jsonl", [
-        {"instruction": f"code for {c} now", "output": c[:2].upper()} for c in colours])
-    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={train_file}",
-                                f"data.test={test_file}", "data.system_prompt=Answer with the code.",
+    files = colour_codes(root)
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={files['train']}",
+                                f"data.test={files['test']}", "data.system_prompt=Answer with the code.",
                                 "train.max_steps=40", "train.lr=0.01", "train.batch_size=4",
                                 "eval.max_new_tokens=6", "eval.forgetting_probe=false",
                                 "eval.bias.enabled=false",
