@@ -638,6 +638,11 @@ def _share_cases() -> list[Case]:
         Case("share", "report-to-unknown-tracker",
              lambda w: ["train", str(w.recipe_file(output__run_name="tracked")), "train.report_to=[comet]"],
              lambda w: ("train.report_to", "'mlflow', 'tensorboard', 'wandb' or 'trackio'")),
+        Case("share", "report-to-mlflow-unreachable",  # port 9 (discard): nothing listens on loopback
+             lambda w: ["train", str(w.recipe_file(output__run_name="tracked")), "train.report_to=[mlflow]"],
+             lambda w: ("train.report_to: mlflow could not start a run", "Check MLFLOW_TRACKING_URI"),
+             env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}),
         Case("share", "export-unknown-format",
              lambda w: ["export", str(w.run), str(w.dir / "out"), "--format", "onnx"],
              lambda w: ("--format onnx: choose hf or gguf",)),

@@ -98,11 +98,23 @@ def _finite(values: dict[str, float | None]) -> dict[str, float]:
             if value is not None and math.isfinite(value)}
 
 
+SETTINGS = {"mlflow": "MLFLOW_TRACKING_URI", "tensorboard": "the run directory's permissions",
+            "wandb": "WANDB_API_KEY, WANDB_PROJECT or WANDB_MODE=offline",
+            "trackio": "TRACKIO_DIR or TRACKIO_SPACE_ID"}
+
+
 def _open(recipe: Recipe, store: Path, name: str, resume: dict[str, str]) -> Tracking:
+    """Each tracker's run; one that cannot start is a clear error before any training."""
     check_installed(recipe.train.report_to)
-    store.mkdir(parents=True, exist_ok=True)
-    sinks = [SINKS[tracker](store, recipe.name, name, resume.get(tracker), None)
-             for tracker in recipe.train.report_to]
+    sinks: list[Any] = []
+    for tracker in recipe.train.report_to:
+        try:
+            sinks.append(SINKS[tracker](store, recipe.name, name, resume.get(tracker), None))
+        except Exception as error:
+            Tracking(sinks).finish("failed")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"train.report_to: {tracker} could not start a run ({reason[:300]}). "
+                              f"Check {SETTINGS[tracker]}, or drop {tracker} from train.report_to.") from None
     return Tracking(sinks, store, recipe.name)
 
 

@@ -33,6 +33,8 @@ class MLflowSink:
         from mlflow.tracking import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            store.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(uri or f"sqlite:///{(store / 'mlflow.db').resolve()}")
         if resume is not None:
             self.run_id = resume
