@@ -301,7 +301,7 @@ def train_here(recipe: Recipe, run_dir: RunDir, checkpoint: Path | None,
     splits = splits if splits is not None else load_splits(run_dir)
     owned = tracking is None
     if tracking is None:
-        tracking = track.start(recipe, run_dir) if is_main_process() else track.Tracking([])
+        tracking = track.start(recipe, run_dir) if is_main_process() else Tracking([])
     try:
         job = _job(recipe, run_dir, splits, checkpoint, on_eval_loss, tracking)
         started = time.time()

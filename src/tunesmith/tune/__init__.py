@@ -81,20 +81,33 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
                                     direction=cfg.direction, load_if_exists=True)
         started = time.time()
         study_run = track.for_study(recipe, view, study)
-        budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
-        if processes > 1:  # workers.py: N processes on this machine, each on its own device
-            from tunesmith.tune.workers import run_workers
-
-            run_workers(recipe, view, url, study.study_name, n_trials, processes)
-        elif budget.fits(study):
-            study.optimize(objective(recipe, view, splits, study_run), n_trials=n_trials,
-                           timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
-                           catch=(RuntimeError,), callbacks=[budget])
-        result = write_outputs(recipe, view, study, time.time() - started)
+        try:
+            _search(recipe, view, study, splits, (url, n_trials, processes), study_run)
+            result = write_outputs(recipe, view, study, time.time() - started)
+        except BaseException:
+            study_run.finish("failed")
+            raise
         _report_study(study_run, result, view)
         if after is not None:
             after(view)
     return replace(result, best_recipe=run_dir.best_recipe)
+
+
+def _search(recipe: Recipe, view: RunDir, study: Any, splits: dict[str, list[dict]],
+            workers: tuple[str, int | None, int], study_run: track.Tracking) -> None:
+    """The trials, in this process or (`workers`: storage URL, trials, processes > 1) in workers
+    on this machine, each on its own device (workers.py), until the budget is spent."""
+    cfg = recipe.tune
+    url, n_trials, processes = workers
+    budget = StepBudget(cfg.max_training_steps, recipe.train.max_steps)
+    if processes > 1:
+        from tunesmith.tune.workers import run_workers
+
+        run_workers(recipe, view, url, study.study_name, n_trials, processes)
+    elif budget.fits(study):
+        study.optimize(objective(recipe, view, splits, study_run), n_trials=n_trials,
+                       timeout=cfg.timeout_minutes * 60 if cfg.timeout_minutes else None,
+                       catch=(RuntimeError,), callbacks=[budget])
 
 
 def _report_study(study_run: track.Tracking, result: TuneResult, view: RunDir) -> None:
