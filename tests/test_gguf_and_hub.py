@@ -152,3 +152,17 @@ def test_the_run_card_passes_the_hub_librarys_own_parser(smol_run):
     broken = text.replace("model-index:", "model-index: [", 1)
     with pytest.raises(ConfigError, match="not valid for the Hub"):
         validate_card(broken, "README.md")
+
+
+def test_push_merged_uploads_the_merged_export_of_a_lora_run(tmp_path, tiny_model_dir, chat_files):
+    recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={chat_files['train']}",
+                                f"data.test={chat_files['test']}", "train.max_steps=2", "train.batch_size=4",
+                                "eval.max_new_tokens=2", f"output.dir={tmp_path / 'runs'}", "name=lora"])
+    pipeline.run(recipe)
+    with FakeHub() as hub:
+        done = tunesmith("push", str(recipe.run_dir), "acme/merged", "--merged",
+                         env={"HF_TOKEN": "hf_test_secret", "HF_ENDPOINT": hub.url})
+        assert done.returncode == 0, done.stderr[-2000:]
+        files = set(hub.repos["acme/merged"]["files"])
+    assert {"model.safetensors", "generation_config.json", "tunesmith_export.json", "README.md"} <= files
+    assert not any(name.startswith("adapter_") for name in files)  # merged: no adapter beside it

@@ -33,7 +33,7 @@ from tunesmith.console import note
 from tunesmith.errors import ConfigError
 from tunesmith.export.check import Agreement, agreement, checked_run, manifest, new_directory
 from tunesmith.export.merged import MANIFEST, export_merged
-from tunesmith.export.ollama import modelfile
+from tunesmith.export.ollama import context_length, modelfile
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 CONVERTER = "convert_hf_to_gguf.py"
@@ -191,7 +191,7 @@ def check_gguf(run_path: str | Path, export: str | Path, limit: int = 30) -> Agr
     module = llama_cpp()
     run, recipe = checked_run(run_path)
     path = gguf_file(Path(export))
-    context = max(2048, recipe.train.max_length + recipe.eval.max_new_tokens)
+    context = context_length(recipe)
     model = module.Llama(model_path=str(path), n_ctx=context, n_threads=os.cpu_count() or 1, seed=0,
                          verbose=False)
 
@@ -200,5 +200,6 @@ def check_gguf(run_path: str | Path, export: str | Path, limit: int = 30) -> Agr
                                              max_tokens=recipe.eval.max_new_tokens)
         return reply["choices"][0]["message"]["content"] or ""
 
-    quant = path.stem.rsplit("-", 1)[-1]
-    return agreement(run, recipe, answer, quant if quant in QUANTS else "gguf", limit)
+    manifest_path = path.parent / MANIFEST
+    quant = json.loads(manifest_path.read_text()).get("quant") if manifest_path.is_file() else None
+    return agreement(run, recipe, answer, quant or "gguf", limit)

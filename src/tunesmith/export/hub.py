@@ -42,12 +42,9 @@ def _folder(run: RunDir, merged: bool, staging: Path) -> None:
     if merged:
         from tunesmith.export.merged import export_merged
 
-        export_merged(run.root, staging / "model")
+        export_merged(run.root, staging)  # an empty directory: the export takes its place
     else:
-        shutil.copytree(run.model, staging / "model", ignore=shutil.ignore_patterns("merged"))
-    for item in (staging / "model").iterdir():
-        item.rename(staging / item.name)
-    (staging / "model").rmdir()
+        shutil.copytree(run.model, staging, ignore=shutil.ignore_patterns("merged"), dirs_exist_ok=True)
     for document in (run.card, run.report_html, run.eval_summary, run.recipe):
         if document.is_file():
             target = staging / ("eval_summary.json" if document == run.eval_summary else document.name)

@@ -30,6 +30,12 @@ LAYOUTS = {
 """Family -> (marker in the Jinja template, Go template, the system block's pattern, stop tokens)."""
 
 
+def context_length(recipe: Recipe) -> int:
+    """The context llama.cpp and Ollama open: the longest training row plus evaluation's answer
+    budget, and no less than 2048 (llama.cpp's own default)."""
+    return max(2048, recipe.train.max_length + recipe.eval.max_new_tokens)
+
+
 def layout(template: str) -> str | None:
     return next((name for name, (marker, *_rest) in LAYOUTS.items() if marker in template), None)
 
@@ -62,5 +68,5 @@ def modelfile(merged: Path, gguf_name: str, recipe: Recipe) -> str:
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     lines += ["PARAMETER temperature 0", "PARAMETER top_k 1",
               f"PARAMETER num_predict {recipe.eval.max_new_tokens}",
-              f"PARAMETER num_ctx {max(2048, recipe.train.max_length + recipe.eval.max_new_tokens)}"]
+              f"PARAMETER num_ctx {context_length(recipe)}"]
     return "\n".join(lines) + "\n"
