@@ -664,11 +664,50 @@ def _share_cases() -> list[Case]:
     ]
 
 
+def _grpo_case(case_id: str, build: Callable[[Workspace], list[str]], expect: tuple[str, ...]) -> Case:
+    """`train` with train.method grpo and the overrides `build` gives (it may write files first)."""
+    return Case("recipe", f"grpo-{case_id}",
+                lambda w: ["train", str(w.recipe_file()), "train.method=grpo", *build(w)], lambda w: expect)
+
+
+def _reward_module(w: Workspace, name: str, returned: str) -> str:
+    """A user reward `name:score` in the working directory returning `returned`; its override."""
+    w.write(f"{name}.py", f"def score(prompts, completions, rows):\n    return {returned}\n")
+    return f"train.rl.rewards=[metric, {name}:score]"
+
+
+def _grpo_cases() -> list[Case]:
+    """Learning from rewards on data or rewards it cannot use."""
+    pair = {"prompt": "code for red", "chosen": "RE", "rejected": "BL"}
+    return [
+        _grpo_case("on-preference-pairs", lambda w: [f"data.train={w.rows('pairs.jsonl', [pair] * 8)}"],
+                   ("preference data", "train.method is grpo, which learns from prompts and rewards")),
+        _grpo_case("unknown-reward", lambda w: ["train.rl.rewards=[style]"],
+                   ("train.rl.rewards", "not one of format, metric, reasoning_format")),
+        _grpo_case("reward-module-missing", lambda w: ["train.rl.rewards=[fuzz_nowhere:score]"],
+                   ("cannot import fuzz_nowhere", "in the working directory")),
+        _grpo_case("reward-raises", lambda w: [_reward_module(w, "fuzz_boom", "[1 / 0]")],
+                   ("reward fuzz_boom.score raised ZeroDivisionError", "train.jsonl:", "may return None")),
+        _grpo_case("reward-not-a-number", lambda w: [_reward_module(w, "fuzz_words", "['good'] * len(rows)")],
+                   ("reward fuzz_words.score returned 'good' for row", "train.jsonl:", "a finite number")),
+        _grpo_case("format-without-a-format", lambda w: ["train.rl.rewards=[format]"],
+                   ("format rewards answers that pass serve.output_check", "serve.output_check: json")),
+        _grpo_case("batch-splits-groups", lambda w: ["train.batch_size=6"],
+                   ("multiple of train.rl.num_generations (4)", "train.batch_size=4")),
+        _grpo_case("vllm-on-the-cpu", lambda w: ["train.rl.rollouts=vllm"],
+                   ("train.rl.rollouts: vllm runs on CUDA", "train.rl.rollouts: auto")),
+        Case("recipe", "grpo-tuned", lambda w: ["tune", str(w.recipe_file()), "train.method=grpo"],
+             lambda w: ("train.method grpo does not compute", "train.init_adapter")),
+        _grpo_case("metric-reward-without-metric", lambda w: ["eval.metric=none"],
+                   ("metric scores answers with eval.metric, which is none", "set eval.metric")),
+    ]
+
+
 def cases() -> list[Case]:
     found = ([_data_case(*row) for row in DATA_FILES] + _uncleaned_cases()
              + [_recipe_case(*row) for row in RECIPES]
              + [_override_case(*row) for row in OVERRIDES] + [_model_case(*row) for row in MODELS]
-             + _run_cases() + _signal_cases() + _share_cases())
+             + _run_cases() + _signal_cases() + _share_cases() + _grpo_cases())
     ids = [c.id for c in found]
     assert len(ids) == len(set(ids)), "case ids are unique"
     return found

@@ -108,6 +108,9 @@ RULES = [
     Rule(r"tunesmith train recipes/demo\.yaml train\.method=kto data\.train=feedback/kto\.jsonl "
          r"name=demo-kto$",
          TINY, ["trained 2 steps"], files=["runs/demo-kto/model"]),
+    Rule(r"tunesmith train recipes/demo\.yaml train\.method=grpo train\.init_adapter=runs/demo/model "
+         r"name=demo-grpo$",  # a step holds whole groups: 4 answers to one ticket
+         [*TINY, "train.batch_size=4"], ["trained 2 steps"], files=["runs/demo-grpo/model"]),
     Rule(r"tunesmith demo --family encoder$", ["model.name={tiny_encoder}", *BUDGET], ["demo wall time"]),
     Rule(r"tunesmith demo --bias$", TINY, ["name_origin"]),
     Rule(r"tunesmith review runs/demo$", [], server="/"),

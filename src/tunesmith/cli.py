@@ -1,6 +1,6 @@
 """The command line: one command per stage, `run` for the whole pipeline, and `demo`.
 
-    tunesmith demo [--loop] [--family encoder] [--bias]
+    tunesmith demo [--loop] [--rl [--seeds 42,1,2]] [--family encoder] [--bias]
     tunesmith run RECIPE [key.sub=value ...] [--resume]
     tunesmith data inspect FILE [--recipe RECIPE]
     tunesmith data prepare RECIPE [key.sub=value ...]
@@ -477,6 +477,9 @@ def demo_command(
                                "encoder: MiniLM classifies the category, on the same tickets."),
     bias: bool = typer.Option(False, "--bias", help="The planted biased variant: train with and without "
                               "data.bias.mitigate: [counterfactual], and compare the probe gaps, paired."),
+    rl: bool = typer.Option(False, "--rl", help="After `tunesmith demo`: GRPO from its SFT adapter against "
+                            "SFT for the same extra steps, over --seeds, paired on test and ood."),
+    seeds: str = typer.Option("42,1,2", "--seeds", help="--rl: the seeds, separated by commas."),
     overrides: list[str] | None = OverridesArg,
 ) -> None:
     """Generate the ticket-triage data and run the demo recipe on the embedded SmolLM2 (or MiniLM)."""
@@ -489,6 +492,11 @@ def demo_command(
         from tunesmith.demo.loop import run_loop
 
         run_loop()
+        return
+    if rl:
+        from tunesmith.demo.rl import run_rl
+
+        run_rl(seeds=_seeds(seeds))
         return
     if bias:
         from tunesmith.demo.bias import run_bias_demo
@@ -511,6 +519,16 @@ def demo_command(
     out.print(f"demo data written to {target}/ ({', '.join(p.name for p in paths.values())})")
     _pipeline().run(recipe)
     out.print(f"demo wall time: {time.time() - started:.0f} s")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"--seeds {text}: give whole numbers separated by commas, e.g. 42,1,2") from None
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> None:

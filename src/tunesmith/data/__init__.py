@@ -153,8 +153,9 @@ def _check_objective(kind: str, recipe: Recipe, path: str, fmt: str) -> None:
     method = recipe.train.method
     if kind == "preference" and not recipe.train.preference:
         what = "chosen and rejected answers" if fmt == "dpo" else "answers labelled desirable or not"
+        learns = "prompts and rewards" if method == "grpo" else "demonstrations"
         raise DataError(f"{path}: preference data ({fmt}: a prompt with {what}), but train.method is "
-                        f"{method}, which learns from demonstrations. Set train.method: dpo (pairs) or kto "
+                        f"{method}, which learns from {learns}. Set train.method: dpo (pairs) or kto "
                         "(labelled answers), or train on chat / instruction data.")
     if kind != "preference" and recipe.train.preference:
         raise DataError(f"{path}: {kind} records, but train.method {method} learns from preference data: "

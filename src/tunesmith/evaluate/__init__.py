@@ -56,7 +56,7 @@ class EvalResult:
 def _evaluation(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]],
                 generator_factory: Any, pool: Any = None) -> Evaluation:
     cfg = recipe.eval
-    run_model = load_run_model(recipe.model, recipe.train.method, run_dir.model)
+    run_model = load_run_model(recipe.model, recipe.train.weights, run_dir.model)
     family = family_for(recipe.model)
     bf16 = generation_bf16(recipe, resolve_device(recipe.model))
     if pool is not None:  # parallel.py: generation in the pool's workers, the rest here

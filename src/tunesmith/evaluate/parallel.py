@@ -123,7 +123,7 @@ def worker(payload_path: str) -> None:
     hf_logging.set_verbosity_error()
     payload = json.loads(Path(payload_path).read_text())
     recipe = Recipe.model_validate(payload["recipe"])
-    run_model = load_run_model(recipe.model, recipe.train.method, Path(payload["model_dir"]))
+    run_model = load_run_model(recipe.model, recipe.train.weights, Path(payload["model_dir"]))
     bf16 = generation_bf16(recipe, resolve_device(recipe.model))
     cfg = recipe.eval
     for line in sys.stdin:

@@ -58,7 +58,7 @@ def export_merged(run_path: str | Path, out: str | Path, dtype: str = "bfloat16"
         raise ConfigError(f"--dtype {dtype}: choose {', '.join(DTYPES)}.")
     run, recipe = checked_run(run_path)
     refuse_a_full_directory(out)  # before the model is loaded
-    run_model = load_run_model(recipe.model, recipe.train.method, run.model)
+    run_model = load_run_model(recipe.model, recipe.train.weights, run.model)
     model = run_model.model.merge_and_unload() if recipe.train.adapter == "lora" else run_model.model
     model = model.to(getattr(torch, dtype))
     tokenizer = run_model.tokenizer

@@ -52,6 +52,8 @@ class GenResult:
     completion_tokens: int
     token_logprobs: list[dict[str, Any]] | None = None
     """Per generated token: its text, logprob and the top alternatives (when asked for)."""
+    token_ids: list[int] = field(default_factory=list)
+    """The generated tokens (the end-of-answer token not included)."""
 
 
 class Engine(Protocol):
@@ -248,7 +250,7 @@ class HFEngine:
             logprobs = (self._token_logprobs(output.logits, row, chosen, request.logprobs)
                         if request.logprobs is not None else None)
             results.append(GenResult(control.texts[row], control.reasons[row] or "length",
-                                     int(prompt_lengths[row]), control.lengths[row], logprobs))
+                                     int(prompt_lengths[row]), control.lengths[row], logprobs, chosen))
         return results
 
     def _token_logprobs(self, logits: tuple, row: int, chosen: list[int], top: int) -> list[dict[str, Any]]:

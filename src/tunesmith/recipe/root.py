@@ -47,13 +47,30 @@ class Recipe(_Section):
         if self.model.family != "causal_lm" and self.train.method == "qlora":
             raise ValueError(f"train.method qlora is built for decoders (model.family: causal_lm); a "
                              f"{self.model.family} model trains with train.method lora or full")
-        if self.train.packing is True and (self.model.family != "causal_lm" or self.train.preference):
+        decoder_sft = self.model.family == "causal_lm" and not self.train.learns_from_answers
+        if self.train.packing is True and not decoder_sft:
             raise ValueError("train.packing packs decoder demonstrations (train.method lora, qlora or "
                              "full with model.family causal_lm); set train.packing: auto or false")
-        if self.model.family != "causal_lm" and self.train.preference:
+        if self.model.family != "causal_lm" and self.train.learns_from_answers:
             raise ValueError(f"train.method {self.train.method} is built for decoders (model.family: "
                              f"causal_lm); a {self.model.family} model trains with train.method lora or "
                              "full")
+        return self
+
+    @model_validator(mode="after")
+    def _rewards_apply(self) -> Recipe:
+        """grpo's built-in rewards need what they score: a metric, reasoning kept."""
+        if self.train.method != "grpo":
+            return self
+        names = {r.fn for r in self.train.rl.rewards}
+        if "metric" in names and self.eval.metric == "none":
+            raise ValueError("train.rl.rewards: metric scores answers with eval.metric, which is none; "
+                             "set eval.metric (exact_match, json_fields, token_f1, ...) or drop the metric "
+                             "reward")
+        if "reasoning_format" in names and self.train.reasoning == "drop":
+            raise ValueError("train.rl.rewards: reasoning_format rewards a <think> block, but "
+                             "train.reasoning is drop; set train.reasoning: train, or drop the "
+                             "reasoning_format reward")
         return self
 
     @model_validator(mode="after")
@@ -65,8 +82,9 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _reweight_applies(self) -> Recipe:
-        if "reweight" in self.data.bias.mitigate and (
-                self.train.preference or self.model.family != "causal_lm" or self.train.backend == "trl"):
+        if "reweight" in self.data.bias.mitigate and (self.train.learns_from_answers
+                                                      or self.model.family != "causal_lm"
+                                                      or self.train.backend == "trl"):
             raise ValueError("data.bias.mitigate: reweight gives rows loss weights, which only decoder SFT "
                              "on train.backend: tunesmith applies; use mitigate: [counterfactual] here.")
         return self

@@ -53,6 +53,69 @@ class LoraConfig(_Section):
     """Module names to adapt, or `all-linear` for every linear layer but the output head."""
 
 
+class RewardSpec(_Section):
+    fn: str
+    """`format` (the answer passes serve.output_check, or parses as JSON when the references are
+    JSON), `metric` (eval.metric of the answer against the row's reference answer), `reasoning_format`
+    (a `<think>...</think>` block, then an answer), or a user function `module:function` (the module
+    importable from the working directory), called as fn(prompts, completions, rows) -> one number
+    (or None: not scored) per completion."""
+    weight: float = 1.0
+    """How much this reward counts in the sum whose group-relative advantage GRPO follows."""
+
+
+BUILT_IN_REWARDS = ("format", "metric", "reasoning_format")
+
+
+class RLConfig(_Section):
+    """Reinforcement learning from verifiable rewards (`train.method: grpo`, TRL's GRPOTrainer):
+    for each prompt of the training split the model writes `num_generations` answers, each is scored
+    by the rewards, and the adapter moves toward the answers that beat their group's mean."""
+    num_generations: int = Field(4, ge=2)
+    """Answers sampled per prompt (a group): advantages are rewards relative to the group's mean.
+    train.batch_size counts answers, so a step sees batch_size x grad_accum / num_generations
+    prompts."""
+    max_completion_length: int | None = Field(None, gt=0)
+    """Longest answer sampled, in tokens; None: eval.max_new_tokens."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the rollouts (a group needs varied answers to learn from)."""
+    kl: float = Field(0.0, ge=0)
+    """KL coefficient (TRL's beta) toward the reference: the base model, or with
+    train.init_adapter the adapter training started from. 0 (TRL's default) skips the reference's
+    forward pass."""
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(fn="metric"), RewardSpec(fn="format")])
+    """The rewards and their weights; a string is a reward of weight 1."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the rewards' std in the group (GRPO), the batch, or not at all (Dr. GRPO)."""
+    qlora: bool = False
+    """Train the GRPO adapter on a base stored in 4-bit NF4 (as train.method: qlora)."""
+    rollouts: Literal["auto", "tunesmith", "trl", "vllm"] = "auto"
+    """Who writes the answers: `tunesmith` (the batched engine evaluation and serving use, with the
+    LoRA adapter merged for the rollout), `trl` (TRL's own generate), `vllm` (TRL's vLLM colocate
+    mode, CUDA with vllm installed). `auto`: vllm where it runs, else tunesmith (measured faster on
+    the CPU: bench/rollouts.py)."""
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _names_are_rewards(cls, value: Any) -> Any:
+        """`rewards: [metric, format]` is each with weight 1."""
+        if isinstance(value, list):
+            return [{"fn": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, value: list[RewardSpec]) -> list[RewardSpec]:
+        if not value:
+            raise ValueError("give one or more rewards (format, metric, reasoning_format or module:function)")
+        for spec in value:
+            if spec.fn not in BUILT_IN_REWARDS and ":" not in spec.fn:
+                raise ValueError(f"reward {spec.fn!r}: not one of {', '.join(BUILT_IN_REWARDS)}, nor a "
+                                 "user function written module:function")
+        return value
+
+
 class EarlyStoppingConfig(_Section):
     patience: int | None = Field(None, gt=0)
     """Stop after this many validation checks without improvement; None turns it off."""
@@ -61,12 +124,15 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "qlora", "full", "dpo", "kto"] = "lora"
+    method: Literal["lora", "qlora", "full", "dpo", "kto", "grpo"] = "lora"
     """`lora`: train small adapter matrices on demonstrations (default); `qlora`: the same adapters
     on a base stored in 4-bit NF4 with double quantization (bitsandbytes; about a quarter of the
     base's bf16 memory), dequantized to merge, evaluate and serve; `full`: update every weight;
     `dpo` / `kto`: a LoRA adapter trained on preference data with TRL's DPO or KTO trainer (DPO:
-    chosen/rejected pairs; KTO: answers labelled desirable or not, pairs split in two)."""
+    chosen/rejected pairs; KTO: answers labelled desirable or not, pairs split in two); `grpo`: a
+    LoRA adapter trained from rewards on its own sampled answers (TRL's GRPOTrainer; train.rl)."""
+    rl: RLConfig = Field(default_factory=RLConfig)
+    """grpo: rollouts, rewards, KL (train.rl.*)."""
     beta: float = Field(0.1, gt=0)
     """dpo / kto: how far the tuned model may move from the reference (higher: stays closer)."""
     init_adapter: str | None = None
@@ -176,13 +242,26 @@ class TrainConfig(_Section):
 
     @property
     def adapter(self) -> Literal["lora", "full"]:
-        """What the run's model directory holds: a LoRA adapter (lora, qlora, dpo, kto) or full
+        """What the run's model directory holds: a LoRA adapter (lora, qlora, dpo, kto, grpo) or full
         weights."""
         return "full" if self.method == "full" else "lora"
 
     @property
     def preference(self) -> bool:
         return self.method in ("dpo", "kto")
+
+    @property
+    def weights(self) -> Literal["full", "lora", "qlora"]:
+        """What the run trains: full weights, a LoRA adapter, or one on a 4-bit NF4 base (qlora, or
+        grpo with rl.qlora), which is how its base is loaded to train, evaluate, serve and merge."""
+        if self.method == "qlora" or (self.method == "grpo" and self.rl.qlora):
+            return "qlora"
+        return self.adapter
+
+    @property
+    def learns_from_answers(self) -> bool:
+        """dpo, kto, grpo: TRL's trainers on judged answers, not the demonstrations' token loss."""
+        return self.preference or self.method == "grpo"
 
 
 class ParamSpace(_Section):

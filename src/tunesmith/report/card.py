@@ -302,4 +302,12 @@ def build_card(run_dir: RunDir) -> str:
         license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
         guards=guards_text(recipe), human_review=summary_text(reviewed),
         judge=judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
-        comparison=comparison_text(run_dir), **_evaluation_texts(run.evaluation))
+        comparison=comparison_text(run_dir), rewards=_rewards(run), **_evaluation_texts(run.evaluation))
+
+
+def _rewards(run: RunRecord) -> dict[str, Any] | None:
+    """A GRPO run's rewards (report/rewards.py): the table's rows and a line on the rest."""
+    from tunesmith.report.rewards import reward_log, reward_rows, reward_text
+
+    log = reward_log(run.run_dir, run.recipe)
+    return {"rows": reward_rows(log), "text": reward_text(log, run.recipe)} if log else None

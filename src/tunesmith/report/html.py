@@ -93,7 +93,18 @@ def _figures(run: RunRecord) -> dict[str, Any]:
             r.per_group for r in evaluation.bias.dimensions.values()) else None,
         "tune": [(f, base64.b64encode(p.read_bytes()).decode()) for f, p in tune_pngs if p.exists()],
         "curve": _curve_figure(run.curve) if run.curve else None,
+        "rewards": _rewards(run),
     }
+
+
+def _rewards(run: RunRecord) -> dict[str, Any] | None:
+    """A GRPO run's rewards per step (figure), the table and a line on the rest."""
+    from tunesmith.report.rewards import reward_figure, reward_log, reward_rows, reward_text
+
+    log = reward_log(run.run_dir, run.recipe)
+    if log is None:
+        return None
+    return {"png": reward_figure(log), "rows": reward_rows(log), "text": reward_text(log, run.recipe)}
 
 
 def _curve_figure(curve: Any) -> str:

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunesmith.evaluate.metrics import parse_json_object
+from tunesmith.answer_scores import has_format
 from tunesmith.events import event
 from tunesmith.models.generation import Engine, GenRequest, GenResult
 from tunesmith.serve.batcher import QueueFull
@@ -35,10 +35,7 @@ def output_check(served: Served, json_object: bool) -> Callable[[str], bool] | N
         return None
     fields = served.recipe.eval.json_fields if kind == "json_fields" else []
 
-    def ok(text: str) -> bool:
-        parsed = parse_json_object(text)
-        return parsed is not None and all(f in parsed for f in fields)
-    return ok
+    return lambda text: has_format(text, fields)
 
 
 async def _generate(served: Served, make: MakeRequests, timeout: float,

@@ -35,7 +35,7 @@ def builtin(recipe: Recipe, model_dir: Path | None, name: str) -> HFEngine:
     family, device = family_for(recipe.model), resolve_device(recipe.model)
     bf16 = _precision(recipe, device)
     if model_dir is not None:
-        run_model = load_run_model(recipe.model, recipe.train.method, model_dir)
+        run_model = load_run_model(recipe.model, recipe.train.weights, model_dir)
         model, tokenizer, as_base = run_model.model, run_model.tokenizer, run_model.as_base
         if _merge(recipe, bf16):
             model, as_base = model.merge_and_unload(), _no_base

@@ -13,7 +13,10 @@ weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
                     table of backends
     sft_backend.py  the decoder SFT backend: Trainer + the measured speed levers (the default)
     trl_backend.py  TRL's SFTTrainer, used as-is (train.backend: trl)
+    rows.py         the rows a backend trains on, per method and family
     preference.py   DPO / KTO: TRL's preference trainers
+    grpo.py         GRPO: TRL's GRPOTrainer, learning from rewards (rewards.py) on its own
+                    rollouts (rollouts.py: the batched engine, or TRL's generate / vLLM)
     hf_backend.py   transformers' Trainer: encoders (class weights) and encoder-decoders
     classifier.py   an encoder's rows (text, label index) and class weights
     callbacks.py    the Trainer side: progress and log.jsonl, guards, the eval-loss hook
@@ -24,7 +27,6 @@ weights) and tokenizer to `model/`, `train/log.jsonl` and `train/summary.json`.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import time
@@ -37,9 +39,8 @@ from typing import TYPE_CHECKING, Any
 from tunesmith import track
 from tunesmith.artifacts import GuardEvent, TrainSummary, save
 from tunesmith.data import load_splits
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError
 from tunesmith.files import write_json, write_text
-from tunesmith.models.chat import training_rows
 from tunesmith.models.device import compute_dtype, mixed_precision, peak_memory, resolve_device
 from tunesmith.models.families import Family, family_for
 from tunesmith.models.loading import load_model, load_tokenizer, model_location
@@ -50,13 +51,15 @@ from tunesmith.train.backend import Backend, Fitted, TrainJob
 from tunesmith.train.checkpoints import check_resumable, last_complete_checkpoint, trim_log
 from tunesmith.train.fit import fit_to_memory, packs, world_size
 from tunesmith.train.guards import OverfittingGuards
+from tunesmith.train.rows import seq2seq_dataset, tokenized_dataset, training_sets
 from tunesmith.train.sharding import placement, prepare
 from tunesmith.train.trainer import backend_for
 
 if TYPE_CHECKING:
     from tunesmith.train.distributed import Launch
 
-__all__ = ["Backend", "TrainResult", "check_resumable", "run", "tokenized_dataset", "train_here"]
+__all__ = ["Backend", "TrainResult", "check_resumable", "run", "seq2seq_dataset", "tokenized_dataset",
+           "train_here"]
 
 
 @dataclass
@@ -70,51 +73,11 @@ class TrainResult:
     guards: list[GuardEvent] | None = None
 
 
-def preference_dataset(records: list[dict], recipe: Recipe) -> Any:
-    from tunesmith.train.preference import preference_dataset as build
-
-    return build(records, recipe)
-
-
-def tokenized_dataset(tokenizer: Any, records: list[dict], recipe: Recipe, pack: bool = False) -> Any:
-    """A `datasets.Dataset` of input_ids + assistant_masks; rows with nothing to learn dropped;
-    with `pack`, those rows packed into rows of up to train.max_length tokens (packing.py)."""
-    import datasets
-
-    rows = training_rows(tokenizer, records, recipe.train, recipe.data.system_prompt)
-    if any(r.get("meta", {}).get("weight", 1.0) != 1.0 for r in records):  # data.bias.mitigate: reweight
-        for row, record in zip(rows, records, strict=True):
-            row["weight"] = float(record["meta"].get("weight", 1.0))
-    kept = [row for row in rows if any(row["assistant_masks"])]
-    if not kept:
-        raise DataError(
-            f"no example keeps an answer token within train.max_length={recipe.train.max_length}; "
-            "raise train.max_length."
-        )
-    if pack:
-        from tunesmith.train.packing import pack_rows
-
-        kept = pack_rows(kept, recipe.train.max_length)
-    return datasets.Dataset.from_list(kept)
-
-
-def seq2seq_dataset(tokenizer: Any, records: list[dict], recipe: Recipe) -> Any:
-    """An encoder-decoder's rows: the prompt's input_ids, the answer's tokens as labels."""
-    import datasets
-
-    from tunesmith.models.chat import prompt_and_reference
-    from tunesmith.models.families.seq2seq import tokenize_pair
-
-    system, limit = recipe.data.system_prompt, recipe.train.max_length
-    rows = [tokenize_pair(tokenizer, *prompt_and_reference(r, system), limit) for r in records]
-    return datasets.Dataset.from_list(rows)
-
-
 def _wrap_lora(model: Any, recipe: Recipe, family: Family) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    if recipe.train.method == "qlora":
+    if recipe.train.weights == "qlora":
         # PEFT's k-bit preparation: the unquantized weights (norms, embeddings, head) in fp32 and
         # frozen, the input embeddings' output requiring a gradient (so that checkpointed layers
         # pass one back), checkpointing switched on as the recipe says
@@ -183,23 +146,8 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     device = placed.device.split(":")[0]
     pack = packs(recipe, device)
     tokenizer = load_tokenizer(recipe.model, location)
-    from tunesmith.train.classifier import class_weights, classification_dataset, labels_for
-
-    head: dict[str, Any] = {}
-    if recipe.train.preference:
-        dataset: Callable[[list[dict], Recipe], Any] = preference_dataset
-    elif not family.generates:  # a classifier: labels from the training split, index order
-        labels = labels_for(splits["train"], recipe)
-        dataset = functools.partial(classification_dataset, tokenizer, labels=labels)
-        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {name: i for i, name in enumerate(labels)}}
-    elif family.name == "seq2seq":
-        dataset = functools.partial(seq2seq_dataset, tokenizer)
-    else:
-        dataset = functools.partial(tokenized_dataset, tokenizer)
-    train_set = (tokenized_dataset(tokenizer, splits["train"], recipe, pack=True) if pack
-                 else dataset(splits["train"], recipe))
-    val_set = dataset(splits["val"], recipe) if splits.get("val") else None  # never packed: comparable
+    sets = training_sets(recipe, tokenizer, family, splits, pack)
+    train_set = sets.train
     longest = max((len(ids) for ids in train_set["input_ids"]), default=None) \
         if "input_ids" in train_set.column_names else None
     # before any weight is loaded or downloaded, for the longest row (length grouping trains the
@@ -212,19 +160,19 @@ def _job(recipe: Recipe, run_dir: RunDir, splits: dict[str, list[dict]], resume_
     # depend on what ran before it in the process (a tune trial replayed from best.yaml, say)
     transformers.set_seed(recipe.train.seed)
     precision = mixed_precision(recipe, device)
-    quantize = compute_dtype(precision) if recipe.train.method == "qlora" else None
+    quantize = compute_dtype(precision) if recipe.train.weights == "qlora" else None
     model = load_model(recipe.model, location, placed.device, dropout=recipe.train.model_dropout,
-                       quantize=quantize, move=placed.moves, skeleton=placed.skeleton, **head)
+                       quantize=quantize, move=placed.moves, skeleton=placed.skeleton, **sets.head)
     del keep_alive  # ZeRO-3 partitioned the weights as they loaded; Trainer holds its own config
     if recipe.train.init_adapter:
         model = _continue_lora(model, recipe.train.init_adapter)
     elif recipe.train.adapter == "lora":
         model = _wrap_lora(model, recipe, family)
-    return TrainJob(recipe, model, tokenizer, family, train_set, val_set, device,
+    return TrainJob(recipe, model, tokenizer, family, train_set, sets.val, device,
                     precision, run_dir.checkpoints, resume_from,
                     run_dir.log_in_progress,
                     OverfittingGuards(recipe.train), on_eval_loss,
-                    class_weights(splits["train"], recipe, labels) if head else None, tracking)
+                    sets.class_weights, tracking)
 
 
 def _save(job: TrainJob, fitted: Fitted, run_dir: RunDir) -> None:
@@ -253,7 +201,7 @@ def merge(recipe: Recipe, run_dir: RunDir) -> None:
         return
     from tunesmith.models.loading import load_run_model
 
-    run_model = load_run_model(recipe.model, recipe.train.method, run_dir.model)
+    run_model = load_run_model(recipe.model, recipe.train.weights, run_dir.model)
     merged = run_model.model.merge_and_unload()
     merged.save_pretrained(str(run_dir.merged_model), safe_serialization=True)
     run_model.tokenizer.save_pretrained(str(run_dir.merged_model))

@@ -88,9 +88,9 @@ def step_for(recipe: Recipe, entry: CatalogEntry, device: str, seq: int | None =
     else:
         stored = "fp32" if precision == "no" else "autocast"
     length = cfg.max_length if seq is None or packs(recipe, device) else min(seq, cfg.max_length)
-    fused = recipe.model.family == "causal_lm" and not cfg.preference and cfg.backend == "tunesmith"
+    fused = recipe.model.family == "causal_lm" and not cfg.learns_from_answers and cfg.backend == "tunesmith"
     rows = length * cfg.batch_size * (2 if cfg.method == "dpo" else 1)
-    method = "full" if cfg.method == "full" else ("qlora" if cfg.method == "qlora" else "lora")
+    method = cfg.weights
     return Step(method=method, seq=length, batch=cfg.batch_size * (2 if cfg.method == "dpo" else 1),
                 precision=stored, optimizer=cfg.optimizer, device=device, rank=cfg.lora.r,
                 checkpointing=cfg.gradient_checkpointing, lora_dropout=cfg.lora.dropout, fused_head=fused,
@@ -103,7 +103,8 @@ def packs(recipe: Recipe, device: str) -> bool:
 
     choice = recipe.train.packing
     if choice == "auto":
-        return (recipe.model.family == "causal_lm" and not recipe.train.preference and device == "cuda"
+        return (recipe.model.family == "causal_lm" and not recipe.train.learns_from_answers
+                and device == "cuda"
                 and attention_implementation(recipe.model, device) == "flash_attention_2")
     return bool(choice)
 

@@ -27,6 +27,7 @@ BACKENDS = {
     "tunesmith": ("tunesmith.train.sft_backend", "SFTBackend"),
     "trl": ("tunesmith.train.trl_backend", "TRLBackend"),
     "preference": ("tunesmith.train.preference", "PreferenceBackend"),
+    "grpo": ("tunesmith.train.grpo", "GRPOBackend"),
     "transformers": ("tunesmith.train.hf_backend", "TrainerBackend"),
 }
 """Backend name -> (module, class); imported only when chosen, so the default path never loads
@@ -35,10 +36,13 @@ TRL. lora, qlora and full train on the same backends: QLoRA differs in how the m
 
 
 def backend_name(job: TrainJob) -> str:
-    """dpo / kto: TRL's preference trainers; encoders and encoder-decoders: transformers' Trainer;
-    decoders: train.backend (tunesmith's SFT loop by default, or TRL's SFTTrainer)."""
+    """dpo / kto: TRL's preference trainers; grpo: TRL's GRPOTrainer; encoders and encoder-decoders:
+    transformers' Trainer; decoders: train.backend (tunesmith's SFT loop by default, or TRL's
+    SFTTrainer)."""
     if job.recipe.train.preference:
         return "preference"
+    if job.recipe.train.method == "grpo":
+        return "grpo"
     if job.family.name != "causal_lm":  # TRL's SFTTrainer and the answer-only loss are for decoders
         return "transformers"
     return job.recipe.train.backend

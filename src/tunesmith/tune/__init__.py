@@ -55,6 +55,10 @@ def run(recipe: Recipe, run_dir: RunDir, storage: str | None = None, study_name:
     import optuna
 
     cfg = recipe.tune
+    if recipe.train.method == "grpo":
+        raise ConfigError("tune scores trials by validation loss, which train.method grpo does not compute "
+                          "(its validation would be sampling); tune the SFT run it starts from, then GRPO "
+                          "with train.init_adapter.")
     if not cfg.space:
         raise ConfigError("tune.space is empty: add the recipe keys to search, e.g. "
                           "tune.space: {train.lr: {type: float, low: 1e-5, high: 1e-3, log: true}}")
