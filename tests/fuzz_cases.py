@@ -698,7 +698,10 @@ def _grpo_cases() -> list[Case]:
                    ("train.rl.rollouts: vllm runs on CUDA", "train.rl.rollouts: auto")),
         Case("recipe", "grpo-tuned", lambda w: ["tune", str(w.recipe_file()), "train.method=grpo"],
              lambda w: ("train.method grpo does not compute", "train.init_adapter")),
-        _grpo_case("metric-reward-without-metric", lambda w: ["eval.metric=none"],
+        _grpo_case("no-reward-to-derive", lambda w: ["eval.metric=none"],
+                   ("train.rl.rewards is empty and the task gives none", "[mymodule:score]")),
+        _grpo_case("metric-reward-without-metric",
+                   lambda w: ["train.rl.rewards=[metric]", "eval.metric=none"],
                    ("metric scores answers with eval.metric, which is none", "set eval.metric")),
     ]
 

@@ -80,7 +80,7 @@ def test_user_reward_errors_name_the_row():
 
 def test_recipe_refuses_rewards_it_cannot_compute():
     with pytest.raises(ConfigError, match="metric scores answers with eval.metric, which is none"):
-        _recipe("eval.metric=none")
+        _recipe("train.rl.rewards=[metric]", "eval.metric=none")
     with pytest.raises(
         ConfigError, match="reasoning_format rewards a <think> block, but train.reasoning is drop"
     ):
@@ -239,3 +239,56 @@ def test_grpo_trains_the_tiny_model_from_the_cli(tiny_model_dir, tmp_path):
     card, report = (run / "README.md").read_text(), (run / "report.html").read_text()
     assert "GRPO" in card and "brevity.fewer_letters" in card
     assert "reward" in report and "brevity.fewer_letters" in report
+
+
+def test_grpo_on_a_4bit_base(tiny_model_dir, tmp_path, monkeypatch):
+    """train.rl.qlora: the base loads in NF4 (as train.method qlora) and the adapter trains on it; the
+    rollouts leave the 4-bit weights unmerged."""
+    import bitsandbytes as bnb
+
+    import tunesmith.train as train_stage
+    from tunesmith import pipeline
+
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        loaded.append(any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()))
+        return model
+
+    load_model = train_stage.load_model
+    monkeypatch.setattr(train_stage, "load_model", spy)
+    files = colour_codes(tmp_path)
+    recipe = load_recipe(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.train={files['train']}",
+            "data.val_fraction=0",
+            "train.method=grpo",
+            "train.rl.qlora=true",
+            "train.max_steps=2",
+            "train.batch_size=4",
+            "train.rl.max_completion_length=4",
+            f"output.dir={tmp_path / 'runs'}",
+            "name=q",
+        ],
+    )
+    assert recipe.train.weights == "qlora"
+    result = pipeline.fine_tune(recipe)
+    assert result.steps == 2 and loaded == [True]
+    assert (recipe.run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_default_rewards_come_from_the_task():
+    from tunesmith.train.rewards import reward_specs
+
+    def names(recipe, references):
+        return [spec.fn for spec in reward_specs(recipe, references)]
+
+    assert names(_recipe(), ['{"category": "billing"}']) == ["metric", "format"]  # JSON answers: a format
+    assert names(_recipe(), ["RE", "BL"]) == ["metric"]
+    assert names(_recipe("serve.output_check=json"), ["RE"]) == ["metric", "format"]
+    assert names(_recipe("eval.metric=none"), ['{"a": 1}']) == ["format"]
+    with pytest.raises(ConfigError, match="train.rl.rewards is empty and the task gives none"):
+        reward_specs(_recipe("eval.metric=none"), ["RE"])

@@ -39,7 +39,8 @@ def arms(run: Path, seed: int) -> dict[str, list[str]]:
               f"train.seed={seed}", "train.eval_steps=null", f"train.save_steps={STEPS}", *QUICK_EVAL]
     return {
         "grpo": [f"name={run.name}-rl-s{seed}", *shared, "train.method=grpo", "train.batch_size=8",
-                 "train.rl.num_generations=4", "train.rl.rewards=[metric, format]", "train.logging_steps=1"],
+                 "train.rl.num_generations=4", "train.rl.rewards=[metric, format]",
+                 "train.logging_steps=1"],
         "sft_more": [f"name={run.name}-sft-more-s{seed}", *shared],
     }
 
@@ -96,26 +97,30 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
 
+COMPARISONS = {"grpo_vs_sft": "GRPO - SFT", "grpo_vs_sft_more": "GRPO - (SFT + steps)",
+               "sft_more_vs_sft": "(SFT + steps) - SFT"}
+
+
 def show(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"GRPO vs SFT, {summary['steps']} extra steps from runs/demo: exact match, points "
-                        "(paired 95% CI; * excludes 0)")
-    for column in ("seed", "GRPO ood", "GRPO test", "- SFT: ood", "test", "- SFT+steps: ood", "test",
-                   "SFT+steps - SFT: ood", "test"):
-        table.add_column(column)
     seeds = summary["seeds"]
-    for r in seeds:
-        g = r["grpo_vs_sft"]
-        table.add_row(str(r["seed"]), f"{100 * g['ood']['after']:.1f}", f"{100 * g['test']['after']:.1f}",
-                      *(_delta(r[k][s]) for k in ("grpo_vs_sft", "grpo_vs_sft_more", "sft_more_vs_sft")
-                        for s in ("ood", "test")))
-    spread = [_spread([100 * (r[k][s]["after"] - r[k][s]["before"]) for r in seeds])
-              for k in ("grpo_vs_sft", "grpo_vs_sft_more", "sft_more_vs_sft") for s in ("ood", "test")]
-    table.add_row("mean [min, max]", "", "", *spread)
+    table = Table(title=f"exact match after {summary['steps']} extra steps from runs/demo, points "
+                        "(paired 95% CI; * excludes 0)")
+    for column in ("comparison", "set", *(f"seed {r['seed']}" for r in seeds), "mean [min, max]"):
+        table.add_column(column)
+    for key, label in COMPARISONS.items():
+        for name in ("ood", "test"):
+            deltas = [100 * (r[key][name]["after"] - r[key][name]["before"]) for r in seeds]
+            table.add_row(label, name, *(_delta(r[key][name]) for r in seeds), _spread(deltas))
     out.print(table)
-    grpo = [r["seconds"]["grpo"] for r in seeds]
-    sft = [r["seconds"]["sft_more"] for r in seeds]
-    total = summary.get("seconds", sum(grpo) + sum(sft))
-    out.print(f"wall time: GRPO {statistics.fmean(grpo):.0f} s a seed, SFT+steps {statistics.fmean(sft):.0f} "
-              f"s (each with its evaluation); all {total} s")
+    for name in ("ood", "test"):
+        first = seeds[0]["grpo_vs_sft"][name]["before"]
+        grpo = ", ".join(f"{100 * r['grpo_vs_sft'][name]['after']:.1f}" for r in seeds)
+        more = ", ".join(f"{100 * r['sft_more_vs_sft'][name]['after']:.1f}" for r in seeds)
+        out.print(f"{name}: SFT {100 * first:.1f}; GRPO {grpo}; SFT + steps {more} (%, by seed)")
+    grpo_s = [r["seconds"]["grpo"] for r in seeds]
+    sft_s = [r["seconds"]["sft_more"] for r in seeds]
+    total = summary.get("seconds", sum(grpo_s) + sum(sft_s))
+    out.print(f"wall time: GRPO {statistics.fmean(grpo_s):.0f} s a seed, SFT + steps "
+              f"{statistics.fmean(sft_s):.0f} s (each with its data stage and evaluation); all {total} s")

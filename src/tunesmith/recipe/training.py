@@ -83,9 +83,10 @@ class RLConfig(_Section):
     """KL coefficient (TRL's beta) toward the reference: the base model, or with
     train.init_adapter the adapter training started from. 0 (TRL's default) skips the reference's
     forward pass."""
-    rewards: list[RewardSpec] = Field(
-        default_factory=lambda: [RewardSpec(fn="metric"), RewardSpec(fn="format")])
-    """The rewards and their weights; a string is a reward of weight 1."""
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    """The rewards and their weights; a string is a reward of weight 1. Empty (the default): derived
+    from the task, each of weight 1: `metric` (unless eval.metric is none), and `format` when the
+    task has one (serve.output_check set, or training answers that are all JSON objects)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the rewards' std in the group (GRPO), the batch, or not at all (Dr. GRPO)."""
     qlora: bool = False
@@ -107,8 +108,6 @@ class RLConfig(_Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, value: list[RewardSpec]) -> list[RewardSpec]:
-        if not value:
-            raise ValueError("give one or more rewards (format, metric, reasoning_format or module:function)")
         for spec in value:
             if spec.fn not in BUILT_IN_REWARDS and ":" not in spec.fn:
                 raise ValueError(f"reward {spec.fn!r}: not one of {', '.join(BUILT_IN_REWARDS)}, nor a "

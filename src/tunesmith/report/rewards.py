@@ -45,7 +45,8 @@ def reward_log(run_dir: RunDir, recipe: Any) -> RewardLog | None:
     kept = ("frac_reward_zero_std", "kl", "completions/mean_length", "rollout/tokens_per_second")
     keys = sorted({k for e in entries for k in e if k == "reward" or k in kept
                    or k.startswith(("rewards/", "reward_"))})
-    weights = {spec.fn.replace(":", "."): spec.weight for spec in recipe.train.rl.rewards}
+    weights = {spec.fn.replace(":", "."): spec.weight for spec in recipe.train.rl.rewards} or {
+        k.split("/")[1]: 1.0 for k in keys if k.startswith("rewards/") and k.endswith("/mean")}  # derived
     series = {k: [e[k] for e in entries if k in e] for k in keys}
     return RewardLog([e["step"] for e in entries], series, weights)
 

@@ -1,6 +1,7 @@
 """GRPO's rewards (`train.rl.rewards`): what an answer the model sampled is worth.
 
-Built in, derived from the task the recipe already describes:
+Built in, derived from the task the recipe already describes (with train.rl.rewards empty, the
+default, metric and, where the task has a format, format):
     format            1 when the answer has the task's format: serve.output_check (json: a JSON
                       object; json_fields: with eval.json_fields), or a JSON object when the training
                       answers are JSON; else 0
@@ -31,6 +32,7 @@ from typing import Any
 from tunesmith.answer_scores import has_format, score
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.recipe import Recipe
+from tunesmith.recipe.training import RewardSpec
 from tunesmith.records import THINK_CLOSE, parse_json_object, split_reasoning
 
 Score = Callable[[list[Any], list[str], list[dict]], list[Any]]
@@ -108,12 +110,29 @@ def user_function(spec: str) -> Score:
     return function
 
 
+def reward_specs(recipe: Recipe, references: list[str]) -> list[RewardSpec]:
+    """train.rl.rewards, or when it is empty the task's own: metric (unless eval.metric is none) and
+    format where the task has one (serve.output_check, or JSON answers)."""
+    if recipe.train.rl.rewards:
+        return recipe.train.rl.rewards
+    has_format = recipe.serve.output_check != "none" or (
+        references and all(parse_json_object(r) is not None for r in references))
+    derived = [name for name, applies in (("metric", recipe.eval.metric != "none"), ("format", has_format))
+               if applies]
+    if not derived:
+        raise ConfigError("train.rl.rewards is empty and the task gives none: eval.metric is none and the "
+                          "answers have no format to check. Name the rewards, e.g. train.rl.rewards: "
+                          "[mymodule:score] (a function in mymodule.py).")
+    return [RewardSpec(fn=name) for name in derived]
+
+
 def rewards_for(recipe: Recipe, references: list[str], opened: bool) -> list[Reward]:
     """The recipe's rewards, each checked (built-ins: that the task has what they need; user
     functions: that they import) before any weight is loaded."""
     def made(fn: str) -> Score:
         return user_function(fn) if ":" in fn else built_in(fn, recipe, references, opened)
-    return [Reward(spec.fn.replace(":", "."), spec.weight, made(spec.fn)) for spec in recipe.train.rl.rewards]
+    return [Reward(spec.fn.replace(":", "."), spec.weight, made(spec.fn))
+            for spec in reward_specs(recipe, references)]
 
 
 def checked(reward: Reward, prompts: list[Any], texts: list[str], rows: list[dict]) -> list[float | None]:
