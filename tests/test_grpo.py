@@ -292,3 +292,21 @@ def test_default_rewards_come_from_the_task():
     assert names(_recipe("eval.metric=none"), ['{"a": 1}']) == ["format"]
     with pytest.raises(ConfigError, match="train.rl.rewards is empty and the task gives none"):
         reward_specs(_recipe("eval.metric=none"), ["RE"])
+
+
+def test_rows_without_what_the_rewards_need_are_refused():
+    from tunesmith.errors import DataError
+    from tunesmith.train.grpo import grpo_rows
+
+    meta = {"source": "t.jsonl", "line": 7}
+    empty = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}],
+        "meta": meta,
+    }
+    with pytest.raises(DataError, match=r"t.jsonl:7: the metric reward compares .* reference answer"):
+        grpo_rows([empty], _recipe("train.rl.rewards=[metric]"))
+    assert grpo_rows([empty], _recipe("train.rl.rewards=[mod:fn]"))[0]["prompt"][-1]["content"] == "hi"
+    with pytest.raises(DataError, match=r"t.jsonl:7: a preference row, .* dpo or kto"):
+        grpo_rows([{"prompt": [], "chosen": "a", "rejected": "b", "meta": meta}], _recipe())
+    with pytest.raises(DataError, match=r"t.jsonl:7: train.method grpo needs chat rows"):
+        grpo_rows([{"text": "plain", "meta": meta}], _recipe())
