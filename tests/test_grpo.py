@@ -103,7 +103,7 @@ def test_advantages_of_a_hand_made_group(tiny_model_dir, tmp_path):
     from tunesmith.models.loading import load_model, load_tokenizer
     from tunesmith.train import _wrap_lora
     from tunesmith.train.backend import TrainJob
-    from tunesmith.train.grpo import _trainer_class, grpo_config, prompt_dataset
+    from tunesmith.train.grpo import MeasuredGRPOTrainer, grpo_config, prompt_dataset
     from tunesmith.train.guards import OverfittingGuards
     from tunesmith.train.rewards import for_trl
 
@@ -156,7 +156,7 @@ def test_advantages_of_a_hand_made_group(tiny_model_dir, tmp_path):
             "logprobs": None,
         }
 
-    trainer = _trainer_class()(
+    trainer = MeasuredGRPOTrainer(
         model=model,
         reward_funcs=[for_trl(r, [{**record, "reference": "RE"}]) for r in rewards],
         args=grpo_config(job, rewards, "tunesmith"),

@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import nanstd
+
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.chat import opens_thinking, prompt_and_reference
 from tunesmith.recipe import Recipe
@@ -83,39 +86,31 @@ def _whole_groups(recipe: Recipe) -> None:
         )
 
 
-def _trainer_class() -> type:
-    from trl import GRPOTrainer
-    from trl.trainer.utils import nanstd
+class MeasuredGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that also logs the rewards' spread within groups and the rollouts' speed."""
 
-    class MeasuredGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer that also logs the rewards' spread within groups and the rollouts' speed."""
+    def _generate(self, prompts: list) -> Any:
+        started = time.perf_counter()
+        generated = super()._generate(prompts)
+        seconds = time.perf_counter() - started
+        mode = "train" if self.model.training else "eval"
+        tokens = sum(len(ids) for ids in generated[1])
+        self._metrics[mode]["rollout/seconds"].append(seconds)
+        self._metrics[mode]["rollout/tokens_per_second"].append(tokens / max(seconds, 1e-9))
+        return generated
 
-        def _generate(self, prompts: list) -> Any:
-            started = time.perf_counter()
-            generated = super()._generate(prompts)
-            seconds = time.perf_counter() - started
-            mode = "train" if self.model.training else "eval"
-            tokens = sum(len(ids) for ids in generated[1])
-            self._metrics[mode]["rollout/seconds"].append(seconds)
-            self._metrics[mode]["rollout/tokens_per_second"].append(tokens / max(seconds, 1e-9))
-            return generated
-
-        def _calculate_rewards(
-            self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
-        ) -> Any:
-            per_function = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-            mode = "train" if self.model.training else "eval"
-            groups = (per_function * self.reward_weights.to(per_function.device)).nansum(dim=1)
-            groups = groups.view(-1, self.num_generations)
-            self._metrics[mode]["reward_group_std"].append(nanstd(groups, dim=1).mean().item())
-            return per_function
-
-    return MeasuredGRPOTrainer
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> Any:
+        per_function = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        groups = (per_function * self.reward_weights.to(per_function.device)).nansum(dim=1)
+        groups = groups.view(-1, self.num_generations)
+        self._metrics[mode]["reward_group_std"].append(nanstd(groups, dim=1).mean().item())
+        return per_function
 
 
 def grpo_config(job: TrainJob, rewards: list[Reward], engine: str) -> Any:
-    from trl import GRPOConfig
-
     rl = job.recipe.train.rl
     return GRPOConfig(
         **trainer_args(job),
@@ -156,7 +151,7 @@ class GRPOBackend:
                 merge=recipe.train.weights == "lora",
             )
         hooks, progress = callbacks(job)
-        trainer = _trainer_class()(
+        trainer = MeasuredGRPOTrainer(
             model=job.model,
             reward_funcs=[for_trl(r, rows) for r in rewards],
             args=args,
