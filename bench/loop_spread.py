@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ def main() -> None:
 
     from tunesmith.console import out
     from tunesmith.demo.loop import measure, retrain
+    from tunesmith.demo.rl import delta_text, spread_text
     from tunesmith.monitor.export import export
     from tunesmith.recipe import load_recipe
     from tunesmith.rundir import RunDir
@@ -74,27 +74,15 @@ def main() -> None:
     for column in ("variant", "sft rows", "seed", "thermostat (held out)", "in-domain test"):
         table.add_column(column)
     for r in results:
-        table.add_row(r["variant"], str(r["sft_rows"]), str(r["seed"]), _delta(r["ood"]), _delta(r["test"]))
+        table.add_row(r["variant"], str(r["sft_rows"]), str(r["seed"]), delta_text(r["ood"]),
+                      delta_text(r["test"]))
     for name in args.variant:
         mine = [r for r in results if r["variant"] == name]
         if mine:
             ood = [100 * (r["ood"]["after"] - r["ood"]["before"]) for r in mine]
             test = [100 * (r["test"]["after"] - r["test"]["before"]) for r in mine]
-            table.add_row(name, "", "mean [min, max]", _spread(ood), _spread(test))
+            table.add_row(name, "", "mean [min, max]", spread_text(ood), spread_text(test))
     out.print(table)
-
-
-def _delta(entry: dict) -> str:
-    paired = entry["paired"]
-    text = f"{100 * (entry['after'] - entry['before']):+.1f}"
-    if paired:
-        text += f" [{100 * paired['ci_low']:+.1f}, {100 * paired['ci_high']:+.1f}]"
-        text += " *" if paired["significant"] else ""
-    return text
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,42 @@ def test_rows_without_what_the_rewards_need_are_refused():
         grpo_rows([{"prompt": [], "chosen": "a", "rejected": "b", "meta": meta}], _recipe())
     with pytest.raises(DataError, match=r"t.jsonl:7: train.method grpo needs chat rows"):
         grpo_rows([{"text": "plain", "meta": meta}], _recipe())
+
+
+def test_demo_rl_compares_grpo_with_more_sft(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`tunesmith demo --rl`'s machinery on the tiny model: two continuations of the demo's run per
+    seed, compared paired on test and ood, the table printed and runs/demo-rl.json written."""
+    from importlib.resources import files
+
+    from tunesmith import pipeline
+    from tunesmith.demo import rl, tickets
+
+    monkeypatch.chdir(tmp_path)
+    tickets.write("data/demo")
+    quick = [
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.max_length=1024",
+        "train.compile=false",
+        "eval.max_new_tokens=4",
+        "eval.forgetting_probe=false",
+        "eval.bias.enabled=false",
+    ]
+    pipeline.run(
+        load_recipe(str(files("tunesmith.demo") / "recipe.yaml"), [f"model.name={tiny_model_dir}", *quick])
+    )
+    monkeypatch.setattr(rl, "STEPS", 2)
+    summary = rl.run_rl(Path("."), (3,))
+    (seed,) = summary["seeds"]
+    assert set(seed["runs"]) == {"grpo", "sft_more"} and Path(seed["runs"]["grpo"]).name == "demo-rl-s3"
+    grpo = json.loads((Path(seed["runs"]["grpo"]) / "train" / "summary.json").read_text())
+    more = json.loads((Path(seed["runs"]["sft_more"]) / "train" / "summary.json").read_text())
+    assert (grpo["method"], grpo["steps"], more["method"], more["steps"]) == ("grpo", 2, "lora", 2)
+    for key in ("grpo_vs_sft", "grpo_vs_sft_more", "sft_more_vs_sft"):
+        assert set(seed[key]) == {"test", "ood"} and seed[key]["ood"]["paired"] is not None
+    assert (
+        seed["grpo_vs_sft"]["ood"]["after"] == seed["grpo_vs_sft_more"]["ood"]["after"]
+    )  # the same GRPO run
+    assert json.loads(Path("runs/demo-rl.json").read_text())["seeds"][0]["seed"] == 3
+    printed = capsys.readouterr().out
+    assert "GRPO - (SFT + steps)" in printed and "seed 3" in printed and "wall time" in printed

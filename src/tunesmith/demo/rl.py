@@ -45,19 +45,9 @@ def arms(run: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-def _paired(first: Path, second: Path) -> dict[str, Any]:
-    """Each set's exact match of both runs, the second's paired delta against the first."""
-    from tunesmith.report.compare import compare
-
-    sets = {}
-    for name, (before, after) in compare([first, second]).sets.items():
-        sets[name] = {"before": before.value, "after": after.value,
-                      "paired": after.paired.model_dump() if after.paired else None}
-    return sets
-
-
 def run_rl(root: Path = Path("."), seeds: tuple[int, ...] = SEEDS) -> dict[str, Any]:
     from tunesmith import pipeline
+    from tunesmith.demo.loop import measure
     from tunesmith.recipe import load_recipe
 
     run = root / "runs" / "demo"
@@ -74,9 +64,9 @@ def run_rl(root: Path = Path("."), seeds: tuple[int, ...] = SEEDS) -> dict[str, 
             pipeline.run(recipe)
             runs[arm], seconds[arm] = recipe.run_dir, round(time.time() - began)
         results.append({"seed": seed, "seconds": seconds, "runs": {k: str(v) for k, v in runs.items()},
-                        "grpo_vs_sft": _paired(run, runs["grpo"]),
-                        "grpo_vs_sft_more": _paired(runs["sft_more"], runs["grpo"]),
-                        "sft_more_vs_sft": _paired(run, runs["sft_more"])})
+                        "grpo_vs_sft": measure(run, runs["grpo"]),
+                        "grpo_vs_sft_more": measure(runs["sft_more"], runs["grpo"]),
+                        "sft_more_vs_sft": measure(run, runs["sft_more"])})
         write_json(root / "runs" / "demo-rl.json", {"seeds": results, "steps": STEPS, "lr": LR})  # as it goes
     summary = {"seeds": results, "steps": STEPS, "lr": LR, "seconds": round(time.time() - started)}
     write_json(root / "runs" / "demo-rl.json", summary)
@@ -84,7 +74,8 @@ def run_rl(root: Path = Path("."), seeds: tuple[int, ...] = SEEDS) -> dict[str, 
     return summary
 
 
-def _delta(entry: dict[str, Any]) -> str:
+def delta_text(entry: dict[str, Any]) -> str:
+    """A paired delta in points with its CI (`loop.measure`'s entry), * when the CI excludes 0."""
     paired = entry["paired"]
     text = f"{100 * (entry['after'] - entry['before']):+.1f}"
     if paired:
@@ -93,7 +84,8 @@ def _delta(entry: dict[str, Any]) -> str:
     return text
 
 
-def _spread(values: list[float]) -> str:
+def spread_text(values: list[float]) -> str:
+    """Deltas over seeds as mean [min, max]."""
     return f"{statistics.fmean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
 
@@ -112,7 +104,7 @@ def show(summary: dict[str, Any]) -> None:
     for key, label in COMPARISONS.items():
         for name in ("ood", "test"):
             deltas = [100 * (r[key][name]["after"] - r[key][name]["before"]) for r in seeds]
-            table.add_row(label, name, *(_delta(r[key][name]) for r in seeds), _spread(deltas))
+            table.add_row(label, name, *(delta_text(r[key][name]) for r in seeds), spread_text(deltas))
     out.print(table)
     for name in ("ood", "test"):
         first = seeds[0]["grpo_vs_sft"][name]["before"]
@@ -123,4 +115,5 @@ def show(summary: dict[str, Any]) -> None:
     sft_s = [r["seconds"]["sft_more"] for r in seeds]
     total = summary.get("seconds", sum(grpo_s) + sum(sft_s))
     out.print(f"wall time: GRPO {statistics.fmean(grpo_s):.0f} s a seed, SFT + steps "
-              f"{statistics.fmean(sft_s):.0f} s (each with its data stage and evaluation); all {total} s")
+              f"{statistics.fmean(sft_s):.0f} s (each with its data stage and evaluation); "
+              f"all {total} s")
