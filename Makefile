@@ -46,8 +46,8 @@ lint: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
-# bench/loop_spread.py and bench/families.py read the runs of `tunesmith demo --loop` and
-# `tunesmith demo --family encoder`: run them by hand after those
+# bench/loop_spread.py, bench/families.py and bench/rollouts.py read the runs of `tunesmith demo
+# --loop`, `tunesmith demo --family encoder` and `tunesmith demo`: run them by hand after those
 BENCHES = bench/dedup.py bench/hpo.py bench/precision.py bench/memory.py bench/train_throughput.py bench/qlora.py bench/serve.py
 
 bench: $(STAMP)

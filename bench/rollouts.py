@@ -3,7 +3,10 @@ batched engine (train.rl.rollouts: trl / tunesmith), in one run of this script, 
 adapter and training tickets, with the recipe `tunesmith demo --rl` trains (2 tickets x 4 answers
 a step, up to 24 new tokens, temperature 1).
 
-    .venv/bin/python bench/rollouts.py [--run runs/demo] [--steps 4]
+    .venv/bin/python bench/rollouts.py [--run runs/demo] [--steps 4] [--engines trl,tunesmith]
+
+On CUDA with vllm installed, `--engines trl,tunesmith,vllm` adds TRL's vLLM colocate mode (not run
+here: no GPU).
 
 Each engine trains `--steps` GRPO steps from the same adapter and seed in a fresh process; printed
 per engine, from train/log.jsonl (the first step left out: it warms the kernels): the rollouts'
@@ -22,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ENGINES = ("trl", "tunesmith")
+ENGINES = ("trl", "tunesmith", "vllm")
 
 
 def measure(run: Path, engine: str, steps: int, out: Path) -> list[dict]:
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--engines", default="trl,tunesmith", help="rollouts to measure, comma-separated")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # one engine, in a child
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -51,7 +55,7 @@ def main() -> None:
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in ENGINES:  # each in a fresh process: neither warms the other's caches
+        for engine in args.engines.split(","):  # each in a fresh process: none warms another's caches
             command = [sys.executable, __file__, "--run", str(args.run), "--steps", str(args.steps),
                        "--engine", engine, "--out", tmp]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -64,9 +68,12 @@ def main() -> None:
         rates[engine] = rate
         print(f"{engine:10} rollouts {rate:6.1f} tokens/s, {100 * share:4.1f}% of the step "
               f"({statistics.fmean(s['step_time'] for s in kept):.1f} s a step)")
-    print(f"tunesmith / trl: {rates['tunesmith'] / rates['trl']:.2f}x")
-    same = [a["reward"] for a in results["trl"]] == [b["reward"] for b in results["tunesmith"]]
-    print("same rewards per step:", "yes" if same else "no (the engines sampled differently)")
+    if "trl" in rates:
+        for engine in rates.keys() - {"trl"}:
+            print(f"{engine} / trl: {rates[engine] / rates['trl']:.2f}x")
+    if {"trl", "tunesmith"} <= results.keys():
+        same = [a["reward"] for a in results["trl"]] == [b["reward"] for b in results["tunesmith"]]
+        print("same rewards per step (trl, tunesmith):", "yes" if same else "no (they sampled differently)")
 
 
 if __name__ == "__main__":
