@@ -13,6 +13,9 @@ per engine, from train/log.jsonl (the first step left out: it warms the kernels)
 tokens/s (answer tokens over the time in rollouts), the rollouts' share of the step time, and the
 ratio tunesmith / trl. Both sample the same answers (the same seed and the same sampling), so the
 rewards per step agree, which the script checks.
+
+Measured (2-core CPU, fp32, `--steps 8`, steps 2-8): trl 30.1 tokens/s, 39.0% of a 9.1 s step;
+tunesmith 36.6 tokens/s (1.21x), 33.2% of an 8.8 s step; the same rewards at every step.
 """
 
 from __future__ import annotations
