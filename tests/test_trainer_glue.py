@@ -23,9 +23,11 @@ def test_one_table_says_which_backend_trains_what():
     assert backend_name(_job("train.method=full")) == "tunesmith"
     assert backend_name(_job("train.backend=trl")) == "trl"
     assert backend_name(_job("train.method=dpo")) == "preference"
+    assert backend_name(_job("train.method=grpo")) == "grpo"
+    assert backend_name(_job("train.method=grpo", "train.backend=trl")) == "grpo"  # backend: SFT's engine
     assert backend_name(_job(family="encoder")) == "transformers"
     assert backend_name(_job(family="seq2seq")) == "transformers"
-    assert set(BACKENDS) == {"tunesmith", "trl", "preference", "transformers"}
+    assert set(BACKENDS) == {"tunesmith", "trl", "preference", "grpo", "transformers"}
 
 
 def test_the_default_path_trains_without_importing_trl(tmp_path, tiny_model_dir, chat_files):
