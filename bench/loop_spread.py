@@ -30,7 +30,6 @@ VARIANTS = {
     "corrections+approved": (True, []),
 }
 """name -> (approved answers in sft.jsonl, overrides on top of the loop's retraining recipe)."""
-QUICK_EVAL = ["eval.baseline=false", "eval.forgetting_probe=false", "eval.bias.enabled=false"]
 DEADLINE_SECONDS = 4 * 3600
 
 
@@ -39,7 +38,7 @@ def main() -> None:
 
     from tunesmith.console import out
     from tunesmith.demo.loop import measure, retrain
-    from tunesmith.demo.rl import delta_text, spread_text
+    from tunesmith.demo.rl import QUICK_EVAL, delta_text, spread_text
     from tunesmith.monitor.export import export
     from tunesmith.recipe import load_recipe
     from tunesmith.rundir import RunDir

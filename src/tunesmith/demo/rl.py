@@ -31,6 +31,7 @@ STEPS = 30
 LR = 2e-4
 """The loop demo's continuation rate (demo/loop.py), for both arms."""
 QUICK_EVAL = ["eval.baseline=false", "eval.forgetting_probe=false", "eval.bias.enabled=false"]
+"""A continuation's evaluation: the sets only (its "before" is the first run's); bench/loop_spread.py too."""
 
 
 def arms(run: Path, seed: int) -> dict[str, list[str]]:

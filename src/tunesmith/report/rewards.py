@@ -5,11 +5,11 @@ reference, the answers' length and the rollouts' speed."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.artifacts import LogEntry, load_rows
 from tunesmith.formatting import number
 from tunesmith.rundir import RunDir
 
@@ -38,8 +38,8 @@ def reward_log(run_dir: RunDir, recipe: Any) -> RewardLog | None:
     """None unless the run trained with GRPO and logged its rewards."""
     if recipe.train.method != "grpo" or not run_dir.train_log.is_file():
         return None
-    lines = run_dir.train_log.read_text(encoding="utf-8").splitlines()
-    entries = [e for e in (json.loads(line) for line in lines if line) if "reward" in e]
+    logged = (entry.model_dump(exclude_none=True) for entry in load_rows(LogEntry, run_dir.train_log))
+    entries = [e for e in logged if "reward" in e]
     if not entries:
         return None
     kept = ("frac_reward_zero_std", "kl", "completions/mean_length", "rollout/tokens_per_second")
