@@ -247,8 +247,8 @@ RECIPES: list[tuple[str, Callable[[Workspace], str | bytes], tuple[str, ...]]] =
      ("the tokenizer has no chat template", "model.chat_template: chatml")),
     ("non-commercial-base-for-commercial-use", lambda w: yaml.safe_dump({**w.recipe, "model": {
         "name": str(_non_commercial_model(w)), "intended_use": "commercial"}}),
-     ("its license cc-by-nc-4.0 does not allow commercial use",
-      "tunesmith models recommend --license commercial", "model.accept_license: cc-by-nc-4.0")),
+     ("its license CC-BY-NC-4.0 does not allow commercial use",
+      "tunesmith models recommend --license commercial", "model.accept_license: CC-BY-NC-4.0")),
 ]
 
 

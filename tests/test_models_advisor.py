@@ -41,7 +41,7 @@ def test_lora_parameters_match_peft_on_a_real_model():
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     entry = CatalogEntry(hub_id="tiny", family="causal_lm", arch="llama", params=1e5, layers=3, hidden=32,
                          kv_dim=16, intermediate=80, vocab=64, context=128, languages=["en"],
-                         license="Apache-2.0", commercial="yes", gated=False)
+                         license="Apache-2.0", gated=False)
     assert lora_parameters(entry, rank=4) == trained  # q, k, v, o, gate, up, down: r x (in + out)
 
 
@@ -91,7 +91,7 @@ def test_license_terms_come_from_the_catalog_then_the_models_card(tmp_path):
     assert llama.commercial == "conditions" and llama.gated and "700 million" in llama.conditions
     (tmp_path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# a local model\n")
     local = license_terms(str(tmp_path))
-    assert (local.license, local.commercial) == ("cc-by-nc-4.0", "no")
+    assert (local.license, local.commercial) == ("CC-BY-NC-4.0", "no")  # the table's spelling
     assert license_terms(str(tmp_path / "nowhere")).license == "unknown"
 
 

@@ -447,6 +447,32 @@ class FileReport(Schema):
     non_text_parts_dropped: dict[str, int] | None = None
 
 
+class FileLicense(Schema):
+    """One data file's license (data/licenses.py): what it is, where that was found, and how much
+    of the file the run kept."""
+    path: str
+    role: str
+    """train, val, test, or `eval set <name>`."""
+    license: str
+    """An id of tunesmith/licenses.py's table (or an expression, A AND B), or unknown."""
+    declared_in: str
+    """data.licenses['<key>'], a dataset card's path, a dataset_info.json, or nowhere."""
+    source: str | None = None
+    attribution: str | None = None
+    consent: str | None = None
+    """Feedback exported from a served model: its users' consent (monitor.consent)."""
+    sha256: str | None = None
+    rows_kept: int | None = None
+    """The file's rows in the split it feeds, after cleaning, filters and duplicate removal."""
+
+
+class DataLicenses(Schema):
+    files: list[FileLicense] = Field(default_factory=list)
+    intended_use: str = "unspecified"
+    accepted: list[str] = Field(default_factory=list)
+    """data.accept_license: ids trained on despite the declared use (a separate agreement)."""
+
+
 class Dedup(Schema):
     exact_removed: int = 0
     near_removed: int = 0
@@ -520,6 +546,8 @@ class DataReport(Schema):
     augment: Augment | None = None
     bias: dict[str, Any] | None = None
     """The training split's group x answer-class audit and mitigation (data/bias.py)."""
+    licenses: DataLicenses | None = None
+    """Every data file's license, source and attribution (data/licenses.py)."""
     splits: dict[str, int] = Field(default_factory=dict)
     describe: dict[str, Any] = Field(default_factory=dict)
 

@@ -26,6 +26,7 @@ from tunesmith.train.distributed import Launch
 
 
 def prepare(recipe: Recipe) -> data.DataResult:
+    check_license(recipe)
     run_dir = open_run(recipe)
     with run_dir.transaction(recipe, ("data",)) as view:
         result = data.run(recipe, view)
@@ -34,13 +35,15 @@ def prepare(recipe: Recipe) -> data.DataResult:
 
 
 def check_license(recipe: Recipe) -> None:
-    """Before any training: the base model's license against model.intended_use."""
+    """Before any work: the base model's license and each training file's (data/licenses.py)
+    against model.intended_use; a conflict stops here, terms to heed warn once each."""
     from tunesmith.console import warn
+    from tunesmith.data.licenses import check, resolve
     from tunesmith.models.license import check_use
 
     warning = check_use(recipe.model)
-    if warning:
-        warn(warning)
+    for line in ([warning] if warning else []) + check(recipe, resolve(recipe.data)):
+        warn(line)
 
 
 class _NotThisMachine(Exception):

@@ -16,6 +16,7 @@ in its own module, whose section goes into data/report.json as it is:
     balance.run       rebalance train                              -> Balance
     augment.run       extra training rows (opt-in)                 -> Augment
     bias.run          group x answer-class audit, mitigation       -> the bias section
+    licenses          each file's license, source, hash, rows kept -> the licenses section
 
 It writes `data/<split>.jsonl`, `data/report.json` and `data/report.html`. It loads a tokenizer
 (for token lengths) but no model, so bad data fails in seconds. `analyse` is the same without
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.artifacts import DataReport, FileReport, dump, save
-from tunesmith.data import augment, balance, bias, duplicates, filters, leakage, privacy, split
+from tunesmith.data import augment, balance, bias, duplicates, filters, leakage, licenses, privacy, split
 from tunesmith.data.load import LoadedFile
 from tunesmith.data.report import LengthCounter, describe, print_report_summary, write_html
 from tunesmith.data.rows import load, match_text, near_params, read_options, where
@@ -106,6 +107,7 @@ def analyse(recipe: Recipe, tokenizer: Any = None, objective: bool = True) -> Da
     ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
     report.splits = {name: len(rows) for name, rows in ordered.items()}
     report.describe = {name: describe(rows, length) for name, rows in ordered.items() if rows}
+    report.licenses = licenses.report_section(recipe, licenses.resolve(cfg), ordered)
     return DataResult(ordered, inputs.kind, report, inputs.files, length)
 
 

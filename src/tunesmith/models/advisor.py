@@ -141,7 +141,8 @@ def _reasons(entry: CatalogEntry, need: Need, setup: Setup, memory: Memory, hour
                f"~{hours:.1f} h per epoch of {need.tokens:,.0f} tokens"
                + ("" if hours <= need.max_hours else f" (over {need.max_hours:g} h)")]
     terms = {"yes": "commercial use allowed", "no": "non-commercial only",
-             "conditions": f"commercial use with conditions: {entry.conditions}"}[entry.commercial]
+             "conditions": f"commercial use with conditions: {entry.conditions}",
+             "unknown": "commercial use unknown: read the model's own card"}[entry.commercial]
     gated = "; gated: accept its terms on the hub first" if entry.gated else ""
     reasons.append(f"{entry.license}: {terms}{gated}")
     return reasons

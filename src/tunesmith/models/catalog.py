@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunesmith.licenses import Terms, license_terms
+
 Family = Literal["causal_lm", "encoder", "seq2seq"]
 TASK_FAMILIES: dict[str, tuple[str, ...]] = {
     "generation": ("causal_lm",),
@@ -43,9 +45,8 @@ class CatalogEntry(BaseModel):
     context: int = Field(gt=0)
     languages: list[str]
     license: str
-    commercial: Literal["yes", "no", "conditions"]
+    """An id of tunesmith/licenses.py's table, which says what it allows."""
     gated: bool
-    conditions: str | None = None
     embedded: str | None = None
     """The `model.name` that ships offline with tunesmith, if any."""
     source: str = ""
@@ -53,6 +54,19 @@ class CatalogEntry(BaseModel):
     @property
     def name(self) -> str:
         return self.embedded or self.hub_id
+
+    @property
+    def terms(self) -> Terms:
+        return license_terms(self.license, strict=False)
+
+    @property
+    def commercial(self) -> str:
+        """yes, no, conditions or unknown (from the license table)."""
+        return self.terms.commercial
+
+    @property
+    def conditions(self) -> str | None:
+        return self.terms.conditions
 
     @property
     def attention_heads(self) -> int:
@@ -91,5 +105,4 @@ def entry_from_config(name: str, family: Family, config: dict, params: float) ->
                         vocab=config["vocab_size"],
                         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
                         context=config.get("max_position_embeddings") or 512,
-                        languages=["unknown"], license="unknown", commercial="conditions", gated=False,
-                        conditions="the license is not in tunesmith's catalog: read the model's own card")
+                        languages=["unknown"], license="unknown", gated=False)

@@ -1,9 +1,11 @@
-"""License lineage: what a base model's license allows, and whether the recipe's declared use
-(`model.intended_use`) is allowed by it. Facts come from tunesmith's catalog (`catalog.yaml`, each
-with its source), else from a local model's own card (its `license:`), else they are unknown.
+"""License lineage of the base model: what its license allows, and whether the recipe's declared
+use (`model.intended_use`) is allowed by it. The license id comes from tunesmith's catalog
+(`catalog.yaml`, each with its source), else from a local model's own card (its `license:`), else
+it is unknown; what the id allows comes from the one table of license terms (tunesmith/licenses.py),
+which the training data's licenses (data/licenses.py) are judged by too.
 
     terms = license_terms("meta-llama/Llama-3.2-1B-Instruct")   # llama3.2, commercial: conditions
-    warning = check_use(recipe)      # raises ConfigError on a conflict; a warning for conditions
+    warning = check_use(recipe.model)    # raises ConfigError on a conflict; a warning for conditions
 
 A non-commercial license with `intended_use: commercial` stops the run before training, unless
 the recipe names that license in `model.accept_license` (you hold a separate agreement).
@@ -11,18 +13,13 @@ the recipe names that license in `model.accept_license` (you hold a separate agr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from tunesmith.errors import ConfigError
+from tunesmith.licenses import CardError, Terms, card_license, card_metadata, card_terms
 from tunesmith.models.catalog import find
 from tunesmith.recipe import ModelConfig
-
-NON_COMMERCIAL = re.compile(r"(^|[-_ ])(nc|non-?commercial|research)([-_ ]|$)", re.IGNORECASE)
-"""License ids that say non-commercial in their name (cc-by-nc-4.0, qwen-research, ...)."""
 
 
 @dataclass(frozen=True)
@@ -36,15 +33,16 @@ class LicenseTerms:
     gated: bool = False
     source: str = ""
     """Where the facts come from: the catalog's source, the model's card, or nothing."""
+    terms: Terms | None = None
+    """The license table's entry (None: unknown)."""
 
 
 def _card_license(path: Path) -> str | None:
     readme = path / "README.md"
-    if not readme.is_file():
-        return None
-    match = re.match(r"---\n(.*?)\n---", readme.read_text(encoding="utf-8"), re.DOTALL)
-    meta = yaml.safe_load(match.group(1)) if match else None
-    return str(meta["license"]) if isinstance(meta, dict) and meta.get("license") else None
+    try:
+        return card_license(card_metadata(readme), readme)
+    except CardError:
+        return None  # a broken card says nothing: the license is unknown, and the check says so
 
 
 def license_terms(model_name: str) -> LicenseTerms:
@@ -56,11 +54,12 @@ def license_terms(model_name: str) -> LicenseTerms:
     entry = find(model_name) or find(hub_id)
     if entry is not None:
         return LicenseTerms(hub_id, entry.license, entry.commercial, entry.conditions, entry.gated,
-                            entry.source or "tunesmith's catalog")
+                            entry.source or "tunesmith's catalog", entry.terms)
     found = _card_license(Path(model_name))
     if found:
-        commercial = "no" if NON_COMMERCIAL.search(found) else "unknown"
-        return LicenseTerms(model_name, found, commercial, source=f"{model_name}/README.md")
+        terms = card_terms(found)
+        return LicenseTerms(model_name, terms.id, terms.commercial, terms.conditions,
+                            source=f"{model_name}/README.md", terms=terms)
     return LicenseTerms(model_name, "unknown", "unknown")
 
 

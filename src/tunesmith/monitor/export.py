@@ -14,7 +14,11 @@ writes, from the request log's rated answers:
   desirable answer (KTO: prompt, completion, label);
 - `dpo.jsonl`: pairs that share a prompt: a correction (chosen) against the answer it
   corrected (rejected), and a +1 answer against a -1 answer to the same conversation;
-- `export.json`: how many rows of each, and how many were dropped and why.
+- `export.json`: how many rows of each, and how many were dropped and why;
+- `README.md`: a dataset card (Hub front matter) with the license the served model is under
+  (its base model's and training data's terms, as its own card states them) and the users'
+  consent (`monitor.consent`), so that a run that trains on these files inherits both
+  (data/licenses.py reads the card). With `monitor.consent: none` nothing is exported.
 
 Every file goes through the data stage's duplicate removal (exact and near) and its leakage
 check against the run's test set, so feedback on a test prompt never trains the next run.
@@ -28,11 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunesmith.data import match_text, near_params
 from tunesmith.data.dedup import exact_duplicate_groups, near_duplicate_clusters, normalise_for_match
 from tunesmith.data.leakage import cross_duplicates
+from tunesmith.data.licenses import model_license
 from tunesmith.errors import ConfigError
-from tunesmith.files import read_jsonl, write_json, write_jsonl
+from tunesmith.files import read_json, read_jsonl, write_json, write_jsonl, write_text
+from tunesmith.models.license import license_terms
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir
@@ -130,8 +138,43 @@ def clean(rows: list[dict[str, Any]], test_prompts: list[str], recipe: Recipe) -
     return out, {"exact_duplicates": len(drop), "near_duplicates": len(near), "test_leakage": len(leaked)}
 
 
+def check_consent(run: RunDir, recipe: Recipe) -> None:
+    if recipe.monitor.consent == "none":
+        raise ConfigError(f"{run.root}: monitor.consent is none: the served model's users did not agree that "
+                          "their conversations train models, and feedback export writes training data. "
+                          "Export nothing; if your terms of use say otherwise, set monitor.consent: training "
+                          f"in {run.root / 'recipe.yaml'}.")
+
+
+def _served_license(run: RunDir, recipe: Recipe) -> tuple[str, str | None]:
+    """The license the served model is under: its base's, bound further by its training data."""
+    from tunesmith.artifacts import DataReport
+
+    section = None
+    if run.data_report.is_file():
+        section = DataReport.model_validate(read_json(run.data_report)).licenses
+    return model_license(license_terms(recipe.model.name).license, section)
+
+
+def dataset_card(run: RunDir, recipe: Recipe, rows: dict[str, int]) -> str:
+    """README.md for the export: the Hub's front matter, and tunesmith's own (source, consent)."""
+    license_id, license_name = _served_license(run, recipe)
+    consent = recipe.monitor.consent
+    front = {"license": license_id, **({"license_name": license_name} if license_name else {}),
+             "pretty_name": f"feedback on {recipe.name}",
+             "tunesmith": {"source": f"feedback from the users of {run.root}", "consent": consent,
+                           "run": str(run.root), "files": [f"{n}.jsonl" for n in rows]}}
+    body = (f"# Feedback on {recipe.name}\n\nRated and corrected answers of the model served from "
+            f"`{run.root}` (`tunesmith feedback export`): " + ", ".join(f"{n}.jsonl {c} rows" for n, c in
+                                                                       rows.items()) + ".\n\n"
+            f"License: {license_name or license_id}, the served model's (its base model and training data). "
+            f"Users' consent to training (monitor.consent): {consent}.\n")
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
 def export(run: RunDir, recipe: Recipe, out: Path, store_url: str | None = None,
            approved: bool = True) -> ExportResult:
+    check_consent(run, recipe)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file. Give a directory for sft.jsonl, kto.jsonl and dpo.jsonl.")
     store = Store.open_existing(store_url or recipe.monitor.store or run.monitor_db,
@@ -151,5 +194,7 @@ def export(run: RunDir, recipe: Recipe, out: Path, store_url: str | None = None,
         result.rows[name], result.dropped[name] = len(kept), dropped
     sft_kinds = Counter(r["meta"]["kind"] for r in read_jsonl(out / "sft.jsonl"))
     write_json(out / "export.json", {"run": str(run.root), "rated": result.rated, "rows": result.rows,
-                                     "sft_rows": dict(sft_kinds), "dropped": result.dropped})
+                                     "sft_rows": dict(sft_kinds), "dropped": result.dropped,
+                                     "consent": recipe.monitor.consent})
+    write_text(out / "README.md", dataset_card(run, recipe, result.rows))
     return result

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunesmith.licenses import LicenseIdError, canonical
 from tunesmith.recipe.base import FormatName, _Section, _terms_given
 
 
@@ -137,6 +138,24 @@ class DataBiasConfig(_Section):
         return _terms_given(value)
 
 
+class DataLicense(_Section):
+    license: str
+    """An SPDX id (CC-BY-NC-4.0, Apache-2.0, CC0-1.0, ...), `A AND B`, `proprietary` (yours),
+    `LicenseRef-<name>`, or `unknown`."""
+    source: str | None = None
+    """Where the data comes from: a URL, a Hub dataset id, or words."""
+    attribution: str | None = None
+    """The credit its license asks for (CC BY and the like), as it should be given."""
+
+    @field_validator("license")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            return canonical(value)
+        except LicenseIdError as error:
+            raise ValueError(str(error)) from None
+
+
 class DataConfig(_Section):
     train: list[str] = Field(default_factory=list)
     """Training file(s) or local HF `datasets` dirs: JSONL, JSON array, CSV, Parquet."""
@@ -177,6 +196,14 @@ class DataConfig(_Section):
     documents (`"\\n"`: one a line, as LLaMA-Factory's wiki_demo.txt; `"\\n\\n"`: paragraphs). The
     escapes \\n, \\t and \\r mean what they say also where YAML keeps them as written (single quotes,
     or `data.text_separator='\\n'` on the command line)."""
+    licenses: dict[str, DataLicense] = Field(default_factory=dict)
+    """The license of each data file, by path or glob (`data/*.jsonl`; a pattern without a `/`
+    matches the file's name): `{path: CC-BY-NC-4.0}` or `{path: {license, source, attribution}}`.
+    A file without one takes the license of the dataset card beside it (README.md's front matter)
+    or of a saved HF datasets directory; else it is unknown."""
+    accept_license: list[str] = Field(default_factory=list)
+    """License ids to train on despite model.intended_use (you hold a separate agreement); the
+    model card records it."""
     seed: int = 42
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Text and chat-shape normalisation.")
@@ -198,6 +225,26 @@ class DataConfig(_Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("licenses", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"license": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("accept_license", mode="before")
+    @classmethod
+    def _one_or_many_ids(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("accept_license")
+    @classmethod
+    def _accepted_known(cls, value: list[str]) -> list[str]:
+        try:
+            return [canonical(v) for v in value]
+        except LicenseIdError as error:
+            raise ValueError(str(error)) from None
 
     @field_validator("text_separator")
     @classmethod

@@ -182,6 +182,11 @@ class MonitorConfig(_Section):
     (monitor/requests.db); a postgresql:// URL shares one store between replicas."""
     store_prompts: bool = True
     """Keep prompts and answers in the store (feedback export needs them); off: sizes and timings only."""
+    consent: Literal["unknown", "training", "none"] = "unknown"
+    """What the served model's users agreed their prompts, answers and ratings may be used for:
+    `training` (later models may learn from them), `none` (they may not: `feedback export`
+    refuses), or `unknown` (exported, and every run that trains on them warns). The export's
+    dataset card carries it, with the served model's license."""
     scrub_pii: bool = False
     """Replace e-mails, phone and card numbers, IPs in stored prompts and answers (data stage's rules)."""
     retention_days: float = Field(30.0, gt=0)

@@ -34,8 +34,9 @@ class ModelConfig(_Section):
     """Jinja chat template overriding the tokenizer's (needed if the tokenizer has none), or
     `chatml` for the ChatML template (`<|im_start|>role ... <|im_end|>`)."""
     intended_use: Literal["unspecified", "commercial", "research"] = "unspecified"
-    """How the fine-tuned model will be used. `commercial` stops a run whose base model's license
-    forbids commercial use (and warns on conditions); the model card records the lineage."""
+    """How the fine-tuned model will be used. `commercial` stops a run whose base model's license,
+    or a training file's (data.licenses), forbids commercial use, and warns on conditions; the
+    model card records the lineage of both."""
     accept_license: str | None = None
     """A license id to accept despite a conflict with intended_use (a separate agreement)."""
 

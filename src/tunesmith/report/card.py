@@ -3,17 +3,22 @@ directory alone (resolved recipe, manifest, data report, train summary, eval sum
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tunesmith.artifacts import Bias, DataReport, EvalSummary
-from tunesmith.files import sha256_file
 from tunesmith.formatting import delta, gap_text, interval, number, pct
 from tunesmith.models.families import family_for
-from tunesmith.models.license import license_terms
 from tunesmith.render import render
+from tunesmith.report.lineage import (
+    base_model_and_license,
+    card_license,
+    data_file_rows,
+    datasets_field,
+    inherited_lines,
+    lineage,
+)
 from tunesmith.report.review import judge_trust_text, summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
@@ -27,30 +32,6 @@ LIMITATIONS = [
     "The bias lexicon covers a few dimensions and English terms; it cannot show the absence of "
     "bias, only gaps on the probes run.",
 ]
-
-
-def base_model_and_license(model_name: str) -> tuple[str, str]:
-    """The hub id to name as base_model, and its license (catalog, else the model's own card)."""
-    terms = license_terms(model_name)
-    return terms.base_model, terms.license
-
-
-def _lineage(recipe: Any) -> dict[str, Any]:
-    """The license lineage for the card: the base's terms, the declared use, and the check."""
-    terms = license_terms(recipe.model.name)
-    commercial = {"yes": "allowed", "no": "not allowed", "unknown": "unknown (read the model's own card)",
-                  "conditions": f"allowed with conditions: {terms.conditions}"}[terms.commercial]
-    use = recipe.model.intended_use
-    if use == "commercial" and recipe.model.accept_license and terms.commercial == "no":
-        declared = "commercial: accepted by model.accept_license despite the license (a separate agreement)"
-    else:
-        declared = {"unspecified": "not declared (model.intended_use); no check was made",
-                    "research": "research", "commercial": f"commercial: {commercial}"}[use]
-    derived = "a LoRA adapter on" if recipe.train.adapter == "lora" else "full weights derived from"
-    return {"lineage": {"base model": terms.base_model, "base model license": terms.license,
-                        "commercial use": commercial, "gated": "yes" if terms.gated else "no",
-                        "facts from": terms.source or "nowhere: unknown", "declared use": declared,
-                        "this model": f"{derived} {terms.base_model}, under {terms.license}"}}
 
 
 def _data_checks(report: DataReport) -> str:
@@ -131,7 +112,7 @@ def guards_text(recipe: Any) -> list[str]:
     return lines or ["None configured (serve.guards): add them before exposing the model to users."]
 
 
-def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files: list[dict]) -> str:
+def _front_matter(run: RunRecord, base_model: str, data_files: list[dict]) -> str:
     recipe, evaluation = run.recipe, run.evaluation
     tag = family_for(recipe.model).pipeline_tag
     sets = evaluation.sets if evaluation else {}
@@ -140,9 +121,11 @@ def _front_matter(run: RunRecord, base_model: str, license_name: str, data_files
         {"task": {"type": tag}, "dataset": {"name": name, "type": "custom"},
          "metrics": [{"type": metric, "value": round(row.finetuned.value or 0.0, 4)}]}
         for name, row in sets.items()] + _benchmark_index(evaluation, tag)}]
-    front = {"base_model": base_model, "license": license_name, "pipeline_tag": tag,
+    license_id, license_name = card_license(run)
+    named = {"license_name": license_name} if license_name else {}
+    front = {"base_model": base_model, "license": license_id, **named, "pipeline_tag": tag,
              "library_name": "peft" if recipe.train.adapter == "lora" else "transformers",
-             "datasets": [f["path"] for f in data_files], "tags": ["tunesmith", recipe.train.method, tag],
+             "datasets": datasets_field(data_files), "tags": ["tunesmith", recipe.train.method, tag],
              "model-index": model_index}
     return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
 
@@ -282,14 +265,13 @@ def comparison_text(run_dir: RunDir) -> str:
 def build_card(run_dir: RunDir) -> str:
     run = read_run(run_dir)
     recipe, data = run.recipe, run.data
-    base_model, license_name = base_model_and_license(recipe.model.name)
-    data_files = [{"path": path, **info.model_dump(), "sha256": sha256_file(Path(path))
-                   if Path(path).exists() else "(file no longer present)"}
-                  for path, info in (data.files.items() if data else [])]
+    base_model, base_license = base_model_and_license(recipe.model.name)
+    license_id, license_name = card_license(run)
+    data_files = data_file_rows(run)
     warnings = run.evaluation.warnings if run.evaluation else []
     reviewed = summarise(run)
     return render(
-        "model_card.md.j2", front_matter=_front_matter(run, base_model, license_name, data_files),
+        "model_card.md.j2", front_matter=_front_matter(run, base_model, data_files),
         name=recipe.name, description=recipe.description.strip(), base_model=base_model,
         method=recipe.train.method, train_rows=data.splits.get("train", "?") if data else "?",
         run_dir=run.shown_dir, intended_use=recipe.description or
@@ -299,7 +281,9 @@ def build_card(run_dir: RunDir) -> str:
         tune=run.tune.card_text if run.tune else None,
         metric=run.evaluation.metric if run.evaluation else recipe.eval.metric,
         limitations=LIMITATIONS + [f"Warning from evaluation: {w}" for w in warnings],
-        license=license_name, **_lineage(recipe), data_bias=data_bias_text(data.bias if data else None),
+        license=license_name or license_id, base_license=base_license, inherits=inherited_lines(run),
+        lineage=lineage(recipe, run, license_name or license_id),
+        data_bias=data_bias_text(data.bias if data else None),
         guards=guards_text(recipe), human_review=summary_text(reviewed),
         judge=judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
         comparison=comparison_text(run_dir), rewards=_rewards(run), **_evaluation_texts(run.evaluation))

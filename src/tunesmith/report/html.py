@@ -12,6 +12,7 @@ from tunesmith.artifacts import Bias, Confusion, Generalisation, SetResult
 from tunesmith.formatting import delta, gap_text, number, pct
 from tunesmith.render import figure_png, render
 from tunesmith.report.card import benchmark_rows, data_bias_text, forgetting_text, judge_lines
+from tunesmith.report.lineage import data_file_rows, inherited_lines
 from tunesmith.report.review import summarise, summary_text
 from tunesmith.report.sources import RunRecord, read_run
 from tunesmith.rundir import RunDir
@@ -152,7 +153,9 @@ def _tables(run: RunRecord) -> dict[str, Any]:
         "bias_rows": [[d, r.prompts, gap_text(r), f"{100 * r.changed_share:.0f}%",
                        "yes" if r.exceeds_max_gap else "no"]
                       for d, r in (bias.dimensions.items() if bias else [])],
-        "data_files": run.data.file_rows() if run.data else [],
+        "data_files": [[f["path"], f["role"] or "-", f["format"], f["valid_rows"], f["rows_kept"],
+                        f["license"], f["source"]] for f in data_file_rows(run)],
+        "inherits": inherited_lines(run) if run.data else [],
         "data_bias": data_bias_text(run.data.bias) if run.data and run.data.bias else "",
         "human_review": summary_text(reviewed),
         "judge": judge_lines(run.evaluation.judge if run.evaluation else None, (reviewed or {}).get("judge")),
