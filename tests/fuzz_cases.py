@@ -710,11 +710,60 @@ def _grpo_cases() -> list[Case]:
     ]
 
 
+def _carded_data(w: Workspace, front: str) -> Path:
+    """A training file beside a dataset card with the given front matter."""
+    w.write("carded/README.md", f"---\n{front}\n---\n# a dataset\n")
+    return w.rows("carded/train.jsonl", [GOOD] * 4)
+
+
+def _license_recipe(w: Workspace, **data: Any) -> list[str]:
+    changes = {f"data__{key}": value for key, value in data.items()}
+    return ["train", str(w.recipe_file(output__run_name="licensed", **changes))]
+
+
+def _no_consent_run(w: Workspace) -> Path:
+    recipe = yaml.safe_load((w.run / "recipe.yaml").read_text())
+    recipe.setdefault("monitor", {})["consent"] = "none"
+    return edited(w, "recipe.yaml", yaml.safe_dump(recipe))
+
+
+def _license_cases() -> list[Case]:
+    """Data licenses: unknown ids, patterns that match nothing, broken dataset cards, and a
+    commercial recipe on non-commercial data; feedback export without the users' consent."""
+    train = lambda w: w.recipe["data"]["train"]  # noqa: E731
+    return [
+        Case("recipe", "license-unknown-spdx-id",
+             lambda w: _license_recipe(w, licenses={train(w): "CC-BY-NC-5.0"}),
+             lambda w: ("data.licenses", "'CC-BY-NC-5.0' is not a license id tunesmith knows",
+                        "closest: CC-BY-NC-4.0")),
+        Case("recipe", "accept-license-unknown-id", lambda w: _license_recipe(w, accept_license="CC-BY-NC-9"),
+             lambda w: ("data.accept_license", "'CC-BY-NC-9' is not a license id")),
+        Case("recipe", "license-pattern-matches-nothing",
+             lambda w: _license_recipe(w, licenses={"nothing/*.csv": "MIT"}),
+             lambda w: ("data.licenses: 'nothing/*.csv' matches none of the data files", train(w),
+                        "Fix the path or pattern")),
+        Case("recipe", "commercial-use-of-non-commercial-data",
+             lambda w: [*_license_recipe(w, licenses={train(w): "CC-BY-NC-4.0"}),
+                        "model.intended_use=commercial"],
+             lambda w: (f"{train(w)}: license CC-BY-NC-4.0", "does not allow commercial use",
+                        "Drop the file from data.train", "data.accept_license: CC-BY-NC-4.0")),
+        Case("data file", "dataset-card-malformed-license",
+             lambda w: _license_recipe(w, train=str(_carded_data(w, "license:\n  id: mit"))),
+             lambda w: ("carded/README.md: license: {'id': 'mit'} is not a license id", "data.licenses")),
+        Case("data file", "dataset-card-broken-front-matter",
+             lambda w: _license_recipe(w, train=str(_carded_data(w, "license: [mit"))),
+             lambda w: ("carded/README.md:2: its YAML front matter is not valid YAML", "Fix the card")),
+        Case("run dir", "feedback-export-without-consent",
+             lambda w: ["feedback", "export", str(_no_consent_run(w)), "--out", str(w.dir / "fb")],
+             lambda w: ("monitor.consent is none", "set monitor.consent: training")),
+    ]
+
+
 def cases() -> list[Case]:
     found = ([_data_case(*row) for row in DATA_FILES] + _uncleaned_cases()
              + [_recipe_case(*row) for row in RECIPES]
              + [_override_case(*row) for row in OVERRIDES] + [_model_case(*row) for row in MODELS]
-             + _run_cases() + _signal_cases() + _share_cases() + _grpo_cases())
+             + _run_cases() + _signal_cases() + _share_cases() + _grpo_cases() + _license_cases())
     ids = [c.id for c in found]
     assert len(ids) == len(set(ids)), "case ids are unique"
     return found

@@ -1,9 +1,9 @@
 """The layering of DESIGN.md, checked on the source: a stage imports only what lies below it.
 
-Layers, lowest first: the shared base (errors and console; recipe, records and figures; per-answer scores;
-rundir; models), then the stages in the order they run (data; train; tune and evaluate, which
-must not import each other; monitor; report and serve), then what drives them (pipeline; the demo,
-which runs the pipeline and serves its run; cli). A module
+Layers, lowest first: the shared base (errors, console and the license table; recipe, records and
+figures; per-answer scores; rundir; models), then the stages in the order they run (data; train;
+tune and evaluate, which must not import each other; monitor; report and serve), then what drives
+them (pipeline; the demo, which runs the pipeline and serves its run; cli). A module
 may import its own package and anything in a lower layer; every `tunesmith.*` import counts,
 including those inside functions.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS = [
-    {"errors", "console", "files", "formatting", "events", "interrupts"},
+    {"errors", "console", "files", "formatting", "events", "interrupts", "licenses"},
     {"recipe", "records", "artifacts", "render"},
     {"answer_scores"},
     {"rundir"},

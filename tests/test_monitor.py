@@ -16,6 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from conftest import needs_pg
 from serve_helpers import running, scripted
@@ -338,6 +339,9 @@ def test_feedback_is_exported_and_trains_kto(monitored_run, tiny_model_dir, tmp_
     kto = [json.loads(line) for line in (out / "kto.jsonl").read_text().splitlines()]
     assert len(kto) == 6 and sum(r["label"] for r in kto) == 4  # 4 rated + 2 corrections, less the test's
     assert report["rows"]["dpo"] == 2  # each correction against the answer it corrected
+    card = yaml.safe_load((out / "README.md").read_text().split("---")[1])  # the served run's terms
+    assert card["license"] == "unknown" and card["tunesmith"]["consent"] == "unknown"
+    assert card["tunesmith"]["files"] == ["sft.jsonl", "kto.jsonl", "dpo.jsonl"]
 
     recipe = load_recipe(None, [f"model.name={tiny_model_dir}", f"data.train={out / 'kto.jsonl'}",
                                 "train.method=kto", "train.max_steps=3", "train.batch_size=4",
@@ -346,6 +350,19 @@ def test_feedback_is_exported_and_trains_kto(monitored_run, tiny_model_dir, tmp_
     pipeline.fine_tune(recipe)
     assert _lora_b_norm(recipe.run_dir / "model") > 0
     assert not (recipe.run_dir / "model" / "ref").exists()
+    licensed = json.loads((recipe.run_dir / "data" / "report.json").read_text())["licenses"]["files"][0]
+    assert (licensed["declared_in"], licensed["consent"]) == (str(out / "README.md"), "unknown")
+
+
+def test_feedback_is_not_exported_without_users_consent(monitored_run, tmp_path):
+    from tunesmith.errors import ConfigError
+    from tunesmith.monitor.export import export
+    from tunesmith.rundir import RunDir
+
+    recipe = load_recipe(monitored_run / "recipe.yaml", ["monitor.consent=none"])
+    with pytest.raises(ConfigError, match="monitor.consent is none: the served model's users did not agree"):
+        export(RunDir(monitored_run), recipe, tmp_path / "feedback")
+    assert not (tmp_path / "feedback").exists()
 
 
 def test_dpo_trains_on_a_public_preference_file(tiny_model_dir, tmp_path):

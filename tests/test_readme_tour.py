@@ -67,6 +67,9 @@ RULES = [
          ["alpaca (chat records)", "999 (999 valid, 0 invalid)", "tokens per row", "duplicates removed"]),
     Rule(r"tunesmith data prepare recipes/demo\.yaml$", TINY, ["splits: train"],
          files=["runs/demo/data/train.jsonl", "runs/demo/data/report.html"]),
+    Rule(r"tunesmith data prepare recipes/demo\.yaml data\.train=\S+alpaca_en_demo\.json "
+         r"model\.intended_use=commercial 'data\.licenses=\{alpaca_en_demo\.json: CC-BY-NC-4\.0\}'$", TINY,
+         ["does not allow commercial use", "data.accept_license: CC-BY-NC-4.0"], exit_code=2),
     Rule(r"tunesmith train recipes/demo\.yaml$", TINY, ["trained 2 steps"], files=["runs/demo/model"]),
     # run after a finished training there is nothing to resume: the documented answer, exit 2
     Rule(r"tunesmith train recipes/demo\.yaml --watch$", [*TINY, "--watch-port", "0"],
@@ -104,7 +107,7 @@ RULES = [
          env={"HF_TOKEN": "hf_tour_token", "HF_ENDPOINT": "{hub}"}),
     Rule(r"tunesmith monitor runs/demo$", [], ["window"]),
     Rule(r"tunesmith feedback export runs/demo --out feedback/$", [], ["kto"],
-         files=["feedback/kto.jsonl", "feedback/sft.jsonl"]),
+         files=["feedback/kto.jsonl", "feedback/sft.jsonl", "feedback/README.md"]),
     Rule(r"tunesmith train recipes/demo\.yaml train\.method=kto data\.train=feedback/kto\.jsonl "
          r"name=demo-kto$",
          TINY, ["trained 2 steps"], files=["runs/demo-kto/model"]),
