@@ -238,3 +238,19 @@ def test_accepted_and_mixed_licenses_reach_the_card(tiny_model_dir, tmp_path):
     train = [json.loads(line) for line in (tmp_path / "runs" / "mixed" / "data" / "train.jsonl").open()]
     assert sum(kept.values()) == len(train)  # every training row is counted against its file
     assert "data.accept_license: CC-BY-NC-4.0 (a separate agreement)" in card
+
+
+def test_an_adapter_continued_passes_on_the_terms_of_its_data(tmp_path):
+    earlier = tmp_path / "runs" / "first"
+    (earlier / "data").mkdir(parents=True)
+    first = _section("CC-BY-NC-4.0", "MIT")
+    (earlier / "data" / "report.json").write_text(json.dumps({"licenses": first.model_dump()}))
+    again = write_jsonl(tmp_path / "more.jsonl", [])
+    recipe = _recipe(f"data.train={again}", f"train.init_adapter={earlier / 'model'}",
+                     "data.licenses={more.jsonl: CC0-1.0}", "model.intended_use=commercial")
+    found = resolve(recipe.data, recipe.train.init_adapter)
+    assert [(f.path, f.license) for f in found] == [(str(again), "CC0-1.0"), ("d/0.jsonl", "CC-BY-NC-4.0"),
+                                                    ("d/1.jsonl", "MIT")]
+    assert found[1].declared_in == f"x, via train.init_adapter {earlier / 'model'}"
+    with pytest.raises(ConfigError, match="d/0.jsonl: license CC-BY-NC-4.0"):
+        check(recipe, found)  # the adapter learned from non-commercial data: so did this model

@@ -42,7 +42,8 @@ def check_license(recipe: Recipe) -> None:
     from tunesmith.models.license import check_use
 
     warning = check_use(recipe.model)
-    for line in ([warning] if warning else []) + check(recipe, resolve(recipe.data)):
+    data_terms = check(recipe, resolve(recipe.data, recipe.train.init_adapter))
+    for line in ([warning] if warning else []) + data_terms:
         warn(line)
 
 

@@ -107,7 +107,8 @@ def analyse(recipe: Recipe, tokenizer: Any = None, objective: bool = True) -> Da
     ordered = {"train": splits.pop("train"), "val": splits.pop("val", [])} | splits
     report.splits = {name: len(rows) for name, rows in ordered.items()}
     report.describe = {name: describe(rows, length) for name, rows in ordered.items() if rows}
-    report.licenses = licenses.report_section(recipe, licenses.resolve(cfg), ordered)
+    found = licenses.resolve(cfg, recipe.train.init_adapter)
+    report.licenses = licenses.report_section(recipe, found, ordered)
     return DataResult(ordered, inputs.kind, report, inputs.files, length)
 
 

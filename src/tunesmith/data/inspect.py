@@ -99,6 +99,11 @@ def print_report(report: InspectReport) -> None:
     if report.kind == "text":
         table.add_row("training", "continued pre-training: documents packed into train.max_length blocks, "
                       "EOS between them, loss on every token")
+    licensed = report.data_report.licenses.files[0] if report.data_report.licenses else None
+    if licensed:
+        table.add_row("license", f"{licensed.license}: no data.licenses entry and no dataset card "
+                      "(README.md) beside it" if licensed.declared_in == "nowhere" else
+                      f"{licensed.license} (from {licensed.declared_in})")
     table.add_row("tokens per row", "  ".join(f"{k} {v:.0f}" for k, v in report.tokens.items())
                   + f"  ({report.tokenizer}; {report.tokens_measure})")
     console.print(table)

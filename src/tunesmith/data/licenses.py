@@ -1,7 +1,7 @@
 """Data rights: the license of every data file, checked against the declared use before any work,
 and the terms a model trained on them inherits.
 
-    files = resolve(recipe.data)              # one FileLicense per data file, train files first
+    files = resolve(recipe.data, recipe.train.init_adapter)   # one FileLicense per data file
     warnings = check(recipe, files)           # ConfigError when a training file's license forbids the use
     section = report_section(recipe, files)   # data/report.json's `licenses`, read by the model card
 
@@ -12,9 +12,10 @@ Where a file's license comes from, first found:
    as `tunesmith feedback export` writes its own: the served run's license and users' consent, for
    the files it lists in `tunesmith.files`);
 3. a saved HF datasets directory's own `dataset_info.json` (its `license`);
-else it is `unknown`. What a license allows is tunesmith/licenses.py's table, which judges the base
-model's license too. Only training files pass their terms on to the model; the evaluation files
-are listed with theirs.
+else it is `unknown`. A run that continues an earlier run's adapter (`train.init_adapter`) also
+lists that run's training files: the model learned from them too. What a license allows is
+tunesmith/licenses.py's table, which judges the base model's license too. Only training files
+pass their terms on to the model; the evaluation files are listed with theirs.
 """
 
 from __future__ import annotations
@@ -118,9 +119,27 @@ def _unmatched(cfg: DataConfig) -> None:
                               "remove the entry.")
 
 
-def resolve(cfg: DataConfig) -> list[FileLicense]:
-    """Every data file's license (see the module's doc); ConfigError for a recipe entry that
-    matches no file, DataError for a dataset card whose license cannot be read."""
+def continued(init_adapter: str | None, paths: set[str]) -> list[FileLicense]:
+    """The training files of the run whose adapter this one continues (train.init_adapter: an
+    earlier run's model/, whose data/report.json lists them): the model learned from them too.
+    Files this run trains on again are left to this run's own entries."""
+    report = Path(init_adapter).parent / "data" / "report.json" if init_adapter else None
+    if report is None or not report.is_file():
+        return []
+    try:
+        section = json.loads(report.read_text(encoding="utf-8")).get("licenses") or {}
+        earlier = [FileLicense.model_validate(f) for f in section.get("files", [])]
+    except (ValueError, AttributeError):
+        return []  # an earlier run's report that cannot be read passes nothing on; the card says so
+    return [f.model_copy(update={"declared_in": f"{f.declared_in}, via train.init_adapter {init_adapter}",
+                                 "rows_kept": None})
+            for f in earlier if f.role == "train" and _absolute(f.path) not in paths]
+
+
+def resolve(cfg: DataConfig, init_adapter: str | None = None) -> list[FileLicense]:
+    """Every data file's license (see the module's doc), and those of the files an adapter it
+    continues was trained on; ConfigError for a recipe entry that matches no file, DataError for
+    a dataset card whose license cannot be read."""
     _unmatched(cfg)
     out = []
     for path, role in data_paths(cfg):
@@ -129,7 +148,7 @@ def resolve(cfg: DataConfig) -> list[FileLicense]:
         out.append(FileLicense(path=path, role=role, license=card_terms(found.license).id,
                                declared_in=found.declared_in,
                                source=found.source, attribution=found.attribution, consent=found.consent))
-    return out
+    return out + continued(init_adapter, {_absolute(p) for p, _ in data_paths(cfg)})
 
 
 def terms_of(entry: FileLicense) -> Terms:

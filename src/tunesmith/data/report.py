@@ -192,6 +192,9 @@ def write_html(report: DataReport, path: Path) -> None:
     write_text(path, render(
         "data_report.html.j2", report=report,
         files=report.file_rows(),
+        licenses=[[f.path, f.role, f.license, f.declared_in, f.source or "-", f.attribution or "-",
+                   "-" if f.rows_kept is None else f.rows_kept] for f in report.licenses.files]
+        if report.licenses else [],
         invalid=[[i["where"], i["error"]] for f in report.files.values() for i in f.invalid],
         splits=[[name, info["rows"], f"{info['length']['p50']:.0f}", f"{info['length']['p90']:.0f}",
                  f"{info['length']['max']:.0f}", f"{info['distinct_1']:.3f}", f"{info['distinct_2']:.3f}",

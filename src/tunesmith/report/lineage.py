@@ -40,24 +40,29 @@ def _sha(path: str, recorded: str | None) -> str:
     return sha256_file(Path(path)) if Path(path).is_file() else "(file no longer present)"
 
 
+def _row(path: str, info: dict[str, Any], entry: Any) -> dict[str, Any]:
+    earlier = entry is not None and "via train.init_adapter" in entry.declared_in
+    return {"path": path, **info, "role": "train, by the adapter continued" if earlier else
+            (entry.role if entry else ""),
+            "rows_kept": "-" if entry is None or entry.rows_kept is None else entry.rows_kept,
+            "sha256": _sha(path, entry.sha256 if entry else None),
+            "license": entry.license if entry else NOT_RECORDED,
+            "declared_in": entry.declared_in if entry else "",
+            "source": (entry.source if entry else None) or "-",
+            "attribution": (entry.attribution if entry else None) or "-"}
+
+
 def data_file_rows(run: RunRecord) -> list[dict[str, Any]]:
     """Every data file: format, rows (valid; kept in its split), role, sha256, license, source,
-    attribution. Runs prepared before data licenses say `not recorded`."""
+    attribution; then the files an adapter this run continued was trained on. Runs prepared
+    before data licenses say `not recorded`."""
     data = run.data
     if data is None:
         return []
     licensed = {f.path: f for f in (data.licenses.files if data.licenses else [])}
-    rows = []
-    for path, info in data.files.items():
-        entry = licensed.get(path)
-        rows.append({"path": path, **info.model_dump(), "role": entry.role if entry else "",
-                     "rows_kept": "-" if entry is None or entry.rows_kept is None else entry.rows_kept,
-                     "sha256": _sha(path, entry.sha256 if entry else None),
-                     "license": entry.license if entry else NOT_RECORDED,
-                     "declared_in": entry.declared_in if entry else "",
-                     "source": (entry.source if entry else None) or "-",
-                     "attribution": (entry.attribution if entry else None) or "-"})
-    return rows
+    rows = [_row(path, info.model_dump(), licensed.get(path)) for path, info in data.files.items()]
+    unread = {"format": "-", "valid_rows": "-", "invalid_rows": "-"}
+    return rows + [_row(path, unread, entry) for path, entry in licensed.items() if path not in data.files]
 
 
 def inherited_lines(run: RunRecord) -> list[str]:
