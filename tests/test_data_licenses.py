@@ -251,6 +251,15 @@ def test_an_adapter_continued_passes_on_the_terms_of_its_data(tmp_path):
     found = resolve(recipe.data, recipe.train.init_adapter)
     assert [(f.path, f.license) for f in found] == [(str(again), "CC0-1.0"), ("d/0.jsonl", "CC-BY-NC-4.0"),
                                                     ("d/1.jsonl", "MIT")]
-    assert found[1].declared_in == f"x, via train.init_adapter {earlier / 'model'}"
-    with pytest.raises(ConfigError, match="d/0.jsonl: license CC-BY-NC-4.0"):
+    assert found[1].via == str(earlier / "model") and found[0].via is None
+    with pytest.raises(ConfigError, match="d/0.jsonl: license CC-BY-NC-4.0, from x, learned by the adapter .*"
+                                          "start from a fresh adapter"):
         check(recipe, found)  # the adapter learned from non-commercial data: so did this model
+    from tunesmith.data.licenses import report_section
+
+    research = _recipe(f"data.train={again}", f"train.init_adapter={earlier / 'model'}",
+                       "data.licenses={more.jsonl: CC0-1.0}", "model.intended_use=research")
+    section = report_section(research, resolve(research.data, research.train.init_adapter))
+    assert section.files[1].sha256 is None and section.files[1].rows_kept is None  # recorded there
+    assert inherited(section)[0] == ("non-commercial: trained on CC BY-NC 4.0 data (`0.jsonl` via the "
+                                     f"adapter {earlier / 'model'})")

@@ -461,6 +461,8 @@ class FileLicense(Schema):
     attribution: str | None = None
     consent: str | None = None
     """Feedback exported from a served model: its users' consent (monitor.consent)."""
+    via: str | None = None
+    """A file an earlier run trained on: the adapter (train.init_adapter) that passes it on."""
     sha256: str | None = None
     rows_kept: int | None = None
     """The file's rows in the split it feeds, after cleaning, filters and duplicate removal."""

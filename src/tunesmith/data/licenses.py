@@ -131,8 +131,7 @@ def continued(init_adapter: str | None, paths: set[str]) -> list[FileLicense]:
         earlier = [FileLicense.model_validate(f) for f in section.get("files", [])]
     except (ValueError, AttributeError):
         return []  # an earlier run's report that cannot be read passes nothing on; the card says so
-    return [f.model_copy(update={"declared_in": f"{f.declared_in}, via train.init_adapter {init_adapter}",
-                                 "rows_kept": None})
+    return [f.model_copy(update={"via": f.via or init_adapter, "rows_kept": None})
             for f in earlier if f.role == "train" and _absolute(f.path) not in paths]
 
 
@@ -160,7 +159,8 @@ def _refusal(recipe: Recipe, entry: FileLicense) -> str | None:
         return (f"{entry.path}: its users did not agree that their conversations train models "
                 f"(monitor.consent: none, {entry.declared_in})")
     why, _ = verdict(terms_of(entry), recipe.model.intended_use, recipe.data.accept_license)
-    return f"{entry.path}: license {entry.license}, from {entry.declared_in}: {why}" if why else None
+    via = f", learned by the adapter {entry.via} (train.init_adapter)" if entry.via else ""
+    return f"{entry.path}: license {entry.license}, from {entry.declared_in}{via}: {why}" if why else None
 
 
 def _warning(recipe: Recipe, entry: FileLicense) -> str | None:
@@ -178,15 +178,18 @@ def check(recipe: Recipe, files: list[FileLicense]) -> list[str]:
     """The training files' licenses against model.intended_use: ConfigError naming every file
     whose license forbids it, with the fix; else one warning per file with terms to heed."""
     training = [f for f in files if f.role == "train"]
-    refused = [why for f in training if (why := _refusal(recipe, f))]
+    refused = [(f, why) for f in training if (why := _refusal(recipe, f))]
     if refused:
-        use = recipe.model.intended_use
-        ids = sorted({f.license for f in training if _refusal(recipe, f) and f.consent != "none"})
-        fix = (f", or, if you hold a separate agreement, set data.accept_license: {ids[0]}"
-               if len(ids) == 1 else f", or list the licenses you hold agreements for in data.accept_license "
-               f"({', '.join(ids)})" if ids else "")
-        raise ConfigError(f"data.train: {'; '.join(refused)}; model.intended_use is {use}. Drop the "
-                          f"file from data.train{fix}.")
+        ids = sorted({f.license for f, _ in refused if f.consent != "none"})
+        use = f"; model.intended_use is {recipe.model.intended_use}" if ids else ""
+        fix = "Drop the file from data.train" + (
+            " (or, for a file the adapter in train.init_adapter learned, start from a fresh adapter)"
+            if any(f.via for f, _ in refused) else "")
+        if len(ids) == 1:
+            fix += f", or, if you hold a separate agreement, set data.accept_license: {ids[0]}"
+        elif ids:
+            fix += f", or list the licenses you hold agreements for in data.accept_license ({', '.join(ids)})"
+        raise ConfigError(f"data.train: {'; '.join(why for _, why in refused)}{use}. {fix}.")
     return [w for f in training if (w := _warning(recipe, f))]
 
 
@@ -206,6 +209,8 @@ def report_section(recipe: Recipe, files: list[FileLicense],
                    splits: dict[str, list[dict]] | None = None) -> DataLicenses:
     """data/report.json's `licenses`: each file with its hash and the rows it kept."""
     for entry in files:
+        if entry.via:
+            continue  # an earlier run's file: its hash was recorded there, and no row of it is here
         path = Path(entry.path)
         entry.sha256 = sha256_file(path) if path.is_file() else None
         entry.rows_kept = _rows_kept(entry, splits or {})
@@ -216,7 +221,8 @@ def report_section(recipe: Recipe, files: list[FileLicense],
 # -- what the model inherits -----------------------------------------------------------------
 
 def _names(entries: list[FileLicense]) -> str:
-    return ", ".join(f"`{Path(e.path).name}`" for e in entries)
+    return ", ".join(f"`{Path(e.path).name}`" + (f" via the adapter {e.via}" if e.via else "")
+                     for e in entries)
 
 
 def _grouped(entries: list[FileLicense]) -> dict[str, list[FileLicense]]:

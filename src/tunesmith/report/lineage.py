@@ -41,8 +41,8 @@ def _sha(path: str, recorded: str | None) -> str:
 
 
 def _row(path: str, info: dict[str, Any], entry: Any) -> dict[str, Any]:
-    earlier = entry is not None and "via train.init_adapter" in entry.declared_in
-    return {"path": path, **info, "role": "train, by the adapter continued" if earlier else
+    earlier = entry is not None and entry.via
+    return {"path": path, **info, "role": f"train, by the adapter {entry.via}" if earlier else
             (entry.role if entry else ""),
             "rows_kept": "-" if entry is None or entry.rows_kept is None else entry.rows_kept,
             "sha256": _sha(path, entry.sha256 if entry else None),
