@@ -1,5 +1,6 @@
 """User mistakes end in one located line and exit code 2, never a traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -89,3 +90,64 @@ def test_usage_mistakes_are_click_messages_not_internal_errors(capsys):
         err = capsys.readouterr().err
         assert done.value.code == 2 and expected in err, err
         assert "internal error" not in err and "Traceback" not in err
+
+
+# --- the README's error examples are what the commands print ---------------------------------
+
+def _readme_errors() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Errors, interrupts"):]
+    block = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    return [line for line in block.splitlines() if line.startswith("error: ")]
+
+
+def _readme_project(root, tiny_model_dir):
+    """The README's project (/home/me/project): a good training file, a recipe, one of each mistake."""
+    (root / "data").mkdir(parents=True)
+    (root / "recipes").mkdir()
+    (root / "models").mkdir()  # models/mine is then a local path, not a hub id
+    good = [{"instruction": f"question {i} about the product", "output": f"answer {i}"} for i in range(16)]
+    write_jsonl(root / "data" / "good.jsonl", good)
+    rows = [json.dumps(r) for r in good] + ['{"instruction": "' + "a" * 22 + '" "output": "x"}']
+    (root / "data" / "train.jsonl").write_text("\n".join(rows) + "\n")
+    export = [json.dumps(r) for r in good[:2]] + ['{"output": "Caf\u00e9 au lait", "instruction": "what?"}']
+    (root / "data" / "export.jsonl").write_bytes(("\n".join(export) + "\n").encode("cp1252"))
+    chat = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]}
+    write_jsonl(root / "data" / "chats.jsonl", [chat])
+    (root / "recipes" / "my.yaml").write_text("train:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 3.0e-4\nmodel:\n"
+                                              f"  name: {tiny_model_dir}\n")
+    (root / "r.yaml").write_text(f"model:\n  name: {tiny_model_dir}\ndata:\n  train: data/good.jsonl\n")
+
+
+README_COMMANDS = {
+    "data/train.jsonl:17": ["data", "prepare", "r.yaml", "data.train=data/train.jsonl"],
+    "override train.lrr=1": ["train", "r.yaml", "train.lrr=1"],
+    "recipes/my.yaml:4:3": ["train", "recipes/my.yaml"],
+    "data/export.jsonl:3": ["data", "prepare", "r.yaml", "data.train=data/export.jsonl"],
+    "model.name models/mine": ["train", "r.yaml", "model.name=models/mine"],
+    "data.eval_sets.ood": ["data", "prepare", "r.yaml", "data.eval_sets.ood=data/other.jsonl"],
+    "data/chats.jsonl:1": ["data", "prepare", "r.yaml", "data.train=data/chats.jsonl", "data.format=alpaca"],
+    "override train.epochs=.inf": ["train", "r.yaml", "train.epochs=.inf"],
+    "--train.lr": ["train", "r.yaml", "--train.lr=1"],
+}
+"""The command behind each README example, by how the example starts; the one about a run's
+artifacts made with other recipe values needs a trained run (tests/test_rundir.py has it)."""
+
+
+def test_the_readme_error_examples_are_what_users_see(tmp_path, tiny_model_dir):
+    project = tmp_path / "home" / "me" / "project"
+    _readme_project(project, tiny_model_dir)
+    checked = 0
+    for line in _readme_errors():
+        key = next((k for k in README_COMMANDS if line.startswith(f"error: {k}")), None)
+        if key is None:
+            assert "artifacts were made with other recipe values" in line, f"no command for {line!r}"
+            continue
+        result = tunesmith(*README_COMMANDS[key], cwd=project)
+        assert_clean_error(result)
+        printed = [" ".join(out.split()) for out in result.stderr.split("\n") if out.startswith("error: ")]
+        assert printed == [line.replace("/home/me/project", str(project))], (line, result.stderr)
+        checked += 1
+    assert checked == len(README_COMMANDS)

@@ -97,7 +97,7 @@ def test_json_array_rows_know_their_lines(tmp_path):
 def test_csv_missing_column_and_mapping(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("question,answer\nWhat is 2+2?,4\n\"multi\nline\",ok\n")
-    with pytest.raises(DataError, match="cannot detect the data format"):
+    with pytest.raises(DataError, match="match no format tunesmith reads"):
         load_file(path)
     loaded = load_file(path, columns={"prompt": "question", "completion": "answer"})
     assert loaded.format == "prompt_completion"

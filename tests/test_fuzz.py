@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,12 @@ def _workspace(tmp_path: Path, template: tuple[Path, dict], tiny_model_dir: Path
     return Workspace(tmp_path, tiny_model_dir, {**recipe, "output": {"dir": str(tmp_path / "runs")}})
 
 
+NOT_OURS = ("Input should be", "Value error,", ".staging/", "pydantic", "Traceback")
+"""Library text and internal paths: never in an error line."""
+LIBRARY_NAMES = re.compile(r"\b[A-Z]\w*(Config|Spec|Error|Exception)\b")
+"""A pydantic model's or an exception's class name (TrainConfig, JSONDecodeError ...)."""
+
+
 def _one_line(stderr: str, label: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith(f"{label}:")]
     assert len(lines) == 1, f"expected one '{label}:' line, got:\n{stderr[-3000:]}"
@@ -102,6 +109,9 @@ def test_bad_input_gets_one_located_line_and_changes_nothing(case: Case, tmp_pat
     line = _one_line(err, "error")
     for piece in case.expect(workspace):
         assert piece in line, f"{piece!r} not in {line!r}"
+    for piece in (*case.absent, *NOT_OURS):
+        assert piece not in line, f"{piece!r} in {line!r}"
+    assert case.user_exception or not LIBRARY_NAMES.search(line), f"a library's class name in {line!r}"
     assert "s3cret" not in out + err, "a password in a URL is never printed"
     assert snapshot(workspace.dir / "runs") == before, "the failed command changed a run"
     assert not list((workspace.dir / "runs").glob("*/.staging")), "staging left behind"

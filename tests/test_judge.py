@@ -128,5 +128,6 @@ def test_judge_replies_are_parsed_or_counted_and_an_absent_judge_is_a_clear_erro
     assert judge.parse_verdict("neither") is None
     overrides = ["eval.judge.url=http://127.0.0.1:9/v1", "eval.judge.timeout_seconds=2"]
     cfg = load_recipe(None, overrides).eval.judge
-    with pytest.raises(ConfigError, match="eval.judge.url http://127.0.0.1:9/v1: ConnectError"):
+    refused = "eval.judge.url http://127.0.0.1:9/v1: nothing listens at that host and port"
+    with pytest.raises(ConfigError, match=refused):
         judge.JudgeClient(cfg).ask("hello")

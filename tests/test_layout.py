@@ -15,7 +15,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 LAYERS = [
-    {"errors", "console", "files", "formatting", "events", "interrupts", "licenses"},
+    {"errors", "console", "files", "formatting", "events", "interrupts", "licenses", "explain"},
     {"recipe", "records", "artifacts", "render"},
     {"answer_scores"},
     {"rundir"},

@@ -111,7 +111,7 @@ def test_rows_are_judged_after_cleaning(tmp_path):
                           {"role": "user", "content": "unanswered"}]}]
     loaded = data.load(recipe_for(), str(write_jsonl(tmp_path / "c.jsonl", rows)), on_invalid="skip")
     errors = [i.error for i in loaded.invalid]
-    assert "messages[0] is a assistant turn with no user turn before it" in errors[0]
+    assert "messages[0] is an assistant turn with no user turn before it" in errors[0]
     assert "no user turn before it" in errors[1]  # the user turn was only control characters
     assert len(loaded.records) == 1 and loaded.records[0]["messages"][-1]["content"] == "a"
 

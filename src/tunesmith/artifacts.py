@@ -19,12 +19,14 @@ a missing or mistyped field is a clear error naming the file and the field.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunesmith.errors import ConfigError
+from tunesmith.explain import validation_problem, words
 from tunesmith.files import write_text
 
 
@@ -624,8 +626,11 @@ T = TypeVar("T", bound=Schema)
 def _problem(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    more = f"; and {error.error_count() - 1} more" if error.error_count() > 1 else ""
+    if first["type"] == "json_invalid":
+        at = re.search(r"line (\d+) column (\d+)", str(first.get("ctx", {}).get("error", "")))
+        return "not valid JSON" + (f" at line {at.group(1)}, column {at.group(2)}" if at else "")
+    return f"{where}: {validation_problem(first)}{more}"
 
 
 def load(schema: type[T], path: Path) -> T:
@@ -633,7 +638,7 @@ def load(schema: type[T], path: Path) -> T:
     try:
         return schema.model_validate_json(path.read_bytes())
     except ValidationError as error:
-        raise ConfigError(f"{path}: not a valid {schema.__name__} ({_problem(error)}). The file was "
+        raise ConfigError(f"{path}: not a valid {words(schema.__name__)} ({_problem(error)}). The file was "
                           "edited or written by another tunesmith version; run the stage that writes "
                           "it again.") from None
 
@@ -652,7 +657,7 @@ def load_rows(schema: type[T], path: Path) -> list[T]:
             try:
                 rows.append(schema.model_validate_json(line))
             except ValidationError as error:
-                raise ConfigError(f"{path}:{number}: not a valid {schema.__name__} "
+                raise ConfigError(f"{path}:{number}: not a valid {words(schema.__name__)} "
                                   f"({_problem(error)}).") from None
     return rows
 

@@ -225,8 +225,11 @@ def review_command(
 
     from tunesmith.errors import ConfigError
     from tunesmith.report.review_page import create_review_app
-    from tunesmith.rundir import RunDir
+    from tunesmith.rundir import RunDir, location_problem
 
+    problem = location_problem(run_dir)
+    if problem:
+        raise ConfigError(f"{problem}.")
     run = RunDir(Path(run_dir))
     if not run.recipe.is_file() or not run.predictions.is_file():
         raise ConfigError(f"{run_dir}: not an evaluated run directory (needs recipe.yaml and "
@@ -531,9 +534,20 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _dashed_override(usage: ClickException) -> str | None:
+    """`--train.lr=1` is an override written as an option: say so, instead of click's usage."""
+    name = getattr(usage, "option_name", "") or ""  # click's NoSuchOption (typer vendors click)
+    if type(usage).__name__ != "NoSuchOption" or "." not in name:
+        return None
+    key = name.lstrip("-")
+    return (f"{name}: no such option; overrides are written without dashes, after the recipe: {key}=VALUE "
+            f"(e.g. tunesmith train recipes/demo.yaml {key}=...)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and enforce the error contract (see errors.py); exits with its code."""
     from tunesmith.errors import QualityGateError, TunesmithError
+    from tunesmith.explain import scrub
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers 5 renames (gradient -> activation checkpointing) that the user cannot act on
@@ -548,7 +562,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as done:
         code = done.exit_code
     except ClickException as usage:  # wrong arguments: click's own usage message
-        usage.show()
+        dashed = _dashed_override(usage)
+        if dashed:
+            problem("error", dashed)
+        else:
+            usage.show()
         code = usage.exit_code
     except (KeyboardInterrupt, typer.Abort):
         for number in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second signal during
@@ -557,17 +575,17 @@ def main(argv: list[str] | None = None) -> None:
                 "(an interrupted training resumes with --resume).", style="bold yellow")
         code = 130
     except QualityGateError as error:
-        problem("failed", str(error))
+        problem("failed", scrub(str(error)))
         code = 1
     except TunesmithError as error:
-        problem("error", str(error))
+        problem("error", scrub(str(error)))
         code = 2
     except MemoryError:
         problem("error", "out of memory. Lower train.batch_size, train.max_length or eval.batch_size, "
                 "or turn on train.gradient_checkpointing.")
         code = 2
     except OSError as error:  # the machine, not the input: disk full, permissions, a vanished file
-        where = f"{error.filename}: " if error.filename else ""
+        where = f"{scrub(str(error.filename))}: " if error.filename else ""
         problem("error", f"{where}{error.strerror or error}. Check that path, its permissions and the "
                 "free disk space.")
         code = 2

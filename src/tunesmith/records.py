@@ -60,8 +60,9 @@ def check_chat(messages: list[dict[str, Any]], key: str) -> None:
         raise RowError(f'"{key}" has no user or assistant turn')
     first, message = turns[0]
     if message["role"] != "user":
-        raise RowError(f"{key}[{first}] is a {message['role']} turn with no user turn before it: nothing "
-                       "prompts it. Start the conversation with a user turn")
+        article = "an" if message["role"][0] in "aeiou" else "a"
+        raise RowError(f"{key}[{first}] is {article} {message['role']} turn with no user turn before it: "
+                       "nothing prompts it. Start the conversation with a user turn")
     for (_, previous), (i, message) in zip(turns, turns[1:], strict=False):
         if message["role"] == "tool" and not (previous.get("tool_calls") or previous["role"] == "tool"):
             raise RowError(f"{key}[{i}] is a tool result with no tool call before it")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
+from tunesmith.explain import shown_path
 from tunesmith.files import read_json, sha256_file, write_json, write_text
 from tunesmith.recipe import Recipe, dump_recipe
 
@@ -290,6 +291,17 @@ def open_run(recipe: Recipe) -> RunDir:
     """The recipe's run dir. Nothing is written until a stage commits; a commit that a killed
     process left half done is completed first."""
     return open_run_dir(recipe.run_dir)
+
+
+def location_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be a run directory before anything is read in it: it does not exist, or
+    it is a file (None when it is a directory)."""
+    path = Path(path)
+    if not path.exists():
+        return f"{shown_path(path)}: no such directory. Give the directory of a run, e.g. runs/demo"
+    if not path.is_dir():
+        return f"{path}: a file, not a run directory. Give the directory of a run, e.g. runs/demo"
+    return None
 
 
 def open_run_dir(path: Path | str) -> RunDir:

@@ -129,7 +129,7 @@ def _load_inputs(recipe: Recipe, objective: bool = True) -> _Inputs:
     files: dict[str, LoadedFile] = {}
     train: list[dict] = []
     for path in cfg.train:
-        files[path] = load(recipe, path)
+        files[path] = load(recipe, path, given_as="data.train")
         train += files[path].records
     kinds = {f.kind for f in files.values()}
     if len(kinds) > 1:
@@ -138,10 +138,12 @@ def _load_inputs(recipe: Recipe, objective: bool = True) -> _Inputs:
     if objective:
         _check_objective(kind, recipe, cfg.train[0], next(iter(files.values())).format)
     given: dict[str, list[dict]] = {}
-    for name, path in (("val", cfg.val), ("test", cfg.test), *cfg.eval_sets.items()):
+    named = [("val", cfg.val), ("test", cfg.test), *((f"eval_sets.{k}", p) for k, p in cfg.eval_sets.items())]
+    for name, path in named:
         if not path:
             continue
-        files[path] = load(recipe, path)
+        files[path] = load(recipe, path, given_as=f"data.{name}")
+        name = name.removeprefix("eval_sets.")
         allowed = {kind} | ({"chat"} if kind == "preference" and name != "val" else set())
         if files[path].kind not in allowed:
             raise DataError(f"{path}: {files[path].kind} records, but train is {kind}; use "

@@ -94,15 +94,23 @@ def detect_format(rows: list[Any], source: str) -> str:
                 break
     if votes:
         return votes.most_common(1)[0][0]
-    seen = sorted(keys_seen)
+    raise DataError(_undetected(sorted(keys_seen), source))
+
+
+def _undetected(seen: list[str], source: str) -> str:
+    """Why no format fits: the closest one when the rows share a column with it, else every
+    format with its columns (a guess from nothing in common would send the user the wrong way)."""
     candidates = [f for f in FORMATS if f.required]
-    best = max(candidates, key=lambda f: sum(k in keys_seen for k in f.required) / len(f.required))
-    closest, missing = best.name, [k for k in best.required if k not in keys_seen]
-    raise DataError(
-        f"{source}: cannot detect the data format from columns {seen}; closest is {closest} "
-        f"(missing {', '.join(repr(m) for m in missing)}). Rename columns with data.columns "
-        f"(e.g. {{{missing[0]}: your_column}}) or set data.format."
-    )
+    best = max(candidates, key=lambda f: sum(k in seen for k in f.required) / len(f.required))
+    missing = [k for k in best.required if k not in seen]
+    if len(missing) < len(best.required):
+        return (f"{source}: cannot detect the data format from columns {seen}; closest is {best.name} "
+                f"(missing {', '.join(repr(m) for m in missing)}). Rename columns with data.columns "
+                f"(e.g. {{{missing[0]}: your_column}}) or set data.format.")
+    known = "; ".join(f"{f.name} ({', '.join(f.required)})" for f in candidates)
+    return (f"{source}: its columns {seen} match no format tunesmith reads: {known}. Map your columns to "
+            "a format's with data.columns, e.g. data.columns: {instruction: <your prompt column>, output: "
+            "<your answer column>}.")
 
 
 def map_columns(row: Any, columns: dict[str, str]) -> Any:

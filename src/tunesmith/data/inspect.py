@@ -27,7 +27,9 @@ TOKENS_MEASURE = {"chat": "the conversation as the chat template renders it",
 def inspect_file(path: str, recipe: Recipe, tokenizer: Any | None = None, examples: int = 3) -> InspectReport:
     """A report on one file. `tokenizer=None` loads the recipe model's tokenizer."""
     from tunesmith import data
+    from tunesmith.data.rows import check_readable
 
+    check_readable(path, "`tunesmith data inspect`")
     if tokenizer is None:
         from tunesmith.models.loading import load_tokenizer
 

@@ -105,7 +105,8 @@ def run(splits: dict[str, list[dict]], recipe: Any, load: Callable[..., Any]
         section.sets[name] = LeakageSet.model_validate(entry)
     splits["train"] = [r for i, r in enumerate(train) if i not in dropped]
     for path in cfg.benchmark_files:
-        bench = [match_text(r) for r in load(recipe, path, fmt="auto", on_invalid="skip").records]
+        bench = [match_text(r) for r in load(recipe, path, fmt="auto", on_invalid="skip",
+                                                 given_as="data.leakage.benchmark_files").records]
         train_texts = [match_text(r) for r in splits["train"]]
         pairs = cross_duplicates(train_texts, bench, near_params(recipe))
         contaminated = {i for i, _, _ in pairs}

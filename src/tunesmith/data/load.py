@@ -64,8 +64,10 @@ def load_file(
         if on_invalid == "error":
             raise DataError(f"{first.where}: {first.error}. {SKIP_HINT}")
         raise DataError(f"{path}: every row is invalid (first: {first.where}: {first.error}). Fix the file.")
+    readable = [v for r, v in zip(raw_rows, values, strict=True) if r.error is None]
+    hint = _format_hint(readable, fmt, str(path))
     if fmt == "auto":
-        fmt = detect_format([v for r, v in zip(raw_rows, values, strict=True) if r.error is None], str(path))
+        fmt = detect_format(readable, str(path))
     loaded = LoadedFile(str(path), fmt, [])
     for raw, value in zip(raw_rows, values, strict=True):
         error = raw.error
@@ -79,12 +81,30 @@ def load_file(
                 loaded.records.append(record)
                 continue
         if on_invalid == "error":
-            raise DataError(f"{raw.where}: {error}. {SKIP_HINT}")
+            raise DataError(f"{raw.where}: {error}. {hint or SKIP_HINT}")
         loaded.invalid.append(InvalidRow(raw.where, error))
     if not loaded.records:
+        fix = hint or ("Check data.columns, which renamed the columns before they were read." if columns
+                       else "Fix the rows (each error names the field and what it needs).")
         raise DataError(f"{path}: every row is invalid (first: {loaded.invalid[0].where}: "
-                        f"{loaded.invalid[0].error}). Check data.format and data.columns.")
+                        f"{loaded.invalid[0].error}). {fix}")
     return loaded
+
+
+def _format_hint(rows: list[Any], fmt: str, source: str) -> str | None:
+    """When the recipe names a format (data.format) that the rows are not in, but they are in
+    another: the fix is data.format, not the rows."""
+    if fmt == "auto" or not rows:
+        return None
+    try:
+        found = detect_format(rows, source)
+    except DataError:
+        return None
+    if found == fmt:
+        return None
+    columns = ", ".join(FORMAT[found].required)
+    return (f"The rows are {found} ({columns}), not {fmt}: set data.format: {found}, or leave it auto "
+            "to detect it.")
 
 
 def check_unicode(record: dict[str, Any]) -> None:
@@ -111,13 +131,52 @@ def _strings(value: Any, key: str = "row") -> Any:
             yield from _strings(item, f"{key}[{number}]")
 
 
+ROLES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+"""ShareGPT's speakers under their chat roles."""
+
+
+def _raw_turns(value: Any) -> tuple[str, list[tuple[str, Any]]] | None:
+    """A chat row's turns as written (role, content), before cleaning drops the empty ones."""
+    for key, role_key, text_key in (("messages", "role", "content"), ("conversations", "from", "value")):
+        turns = value.get(key) if isinstance(value, dict) else None
+        if isinstance(turns, list):
+            roles = [str(t.get(role_key)).lower() for t in turns if isinstance(t, dict)]
+            texts = [t.get(text_key) for t in turns if isinstance(t, dict)]
+            return key, [(ROLES.get(r, r), text) for r, text in zip(roles, texts, strict=True)]
+    return None
+
+
+def chat_cause(value: Any) -> str | None:
+    """What cleaning hides when it leaves a chat row with nothing to learn: a user turn with no
+    content before the answer, or no answer at all."""
+    found = _raw_turns(value)
+    if found is None:
+        return None
+    key, turns = found
+    spoken = [(i, role, text) for i, (role, text) in enumerate(turns) if role != "system"]
+    for i, role, text in spoken:
+        if role == "assistant":
+            break
+        if role == "user" and not (isinstance(text, str) and text.strip()):
+            what = "null" if text is None else "empty" if isinstance(text, str) else type(text).__name__
+            return (f"{key}[{i}] is a user turn whose content is {what}: nothing prompts the answer after "
+                    "it. Give it the user's text, or drop the row")
+    if spoken and not any(role == "assistant" for _, role, _ in spoken):
+        return (f"{key} has no answer: {len(spoken)} user turn(s) and no assistant turn after them. Add the "
+                "assistant's answer, or drop the row")
+    return None
+
+
 def _judged(value: Any, fmt: str, clean: Callable | None, loaded: LoadedFile) -> dict[str, Any]:
     """Convert, clean, then check the row as it will be trained (counts only for valid rows)."""
     record = convert_row(value, fmt)
     counts: Counter = Counter()
     if clean is not None and FORMAT[fmt].kind != "preference":
         record = clean(record, counts)
-    check_record(record)
+    try:
+        check_record(record)
+    except RowError as problem:
+        raise RowError(chat_cause(value) or str(problem)) from None
     check_unicode(record)
     loaded.clean_counts.update(counts)
     loaded.non_text_parts.update(record["meta"].get("non_text_parts", {}))

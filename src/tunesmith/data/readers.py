@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError
+from tunesmith.explain import json_problem, path_problem
 from tunesmith.recipe import DataConfig
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
@@ -58,8 +59,10 @@ def read_rows(path: str | Path, max_rows: int | None = None,
     """Yield the rows of one file or dataset dir, in order."""
     options = options or ReadOptions()
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found. Check the path in the recipe (data.train/val/test).")
+    problem = path_problem(path)
+    if problem:
+        what, fix = problem
+        raise DataError(f"{what}. {fix or 'Check the path.'}")
     if path.is_dir():
         reader = _read_hf_dir
     else:
@@ -166,17 +169,44 @@ def _read_text(path: Path, options: ReadOptions) -> str:
         raise _decode_error(path, raw, error, encoding) from None
 
 
+class UniqueKeys:
+    """json's object_pairs_hook that notes a key given twice in one object (JSON lets the last one
+    win without a word; recipes refuse it, and so do rows)."""
+
+    def __init__(self) -> None:
+        self.repeated: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                self.repeated.append(key)
+            seen.add(key)
+        return dict(pairs)
+
+    def problem(self) -> str | None:
+        """The first repeated key of the row just parsed, as a row error; then forgets it."""
+        if not self.repeated:
+            return None
+        key, self.repeated = self.repeated[0], []
+        return f"key {key!r} appears twice in one object (JSON would keep the last silently); keep one"
+
+
 def _row_value(text: str, options: ReadOptions) -> tuple[Any, str | None]:
     """Parse one JSON row within the size and depth limits: (value, None) or (None, error)."""
     if len(text) > options.max_row_chars:
         return None, (f"row is {len(text):,} characters, over data.max_row_chars "
                       f"({options.max_row_chars:,}); split it, or raise the limit")
+    unique = UniqueKeys()
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as error:
-        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+        return None, json_problem(error)
     except RecursionError:
         return None, f"nested too deeply to parse (data.max_depth is {options.max_depth})"
+    repeated = unique.problem()
+    if repeated:
+        return None, repeated
     depth = nesting_depth(value, options.max_depth)
     if depth > options.max_depth:
         return None, f"nested more than data.max_depth ({options.max_depth}) levels deep"
@@ -248,11 +278,15 @@ def _read_json(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] != "[":
         # Either one JSON object holding a list of rows, or JSON Lines saved as .json.
+        unique = UniqueKeys()
         try:
-            whole = json.loads(text)
+            whole = json.loads(text, object_pairs_hook=unique)
         except (json.JSONDecodeError, RecursionError):
             yield from _read_jsonl(path, options)
             return
+        repeated = unique.problem()
+        if repeated:
+            raise DataError(f"{path}: {repeated}. Fix the file.")
         rows = _single_list_value(whole)
         if rows is None:
             raise DataError(
@@ -282,7 +316,8 @@ def _single_list_value(whole: Any) -> list | None:
 
 def _scan_json_array(path: Path, text: str, pos: int, options: ReadOptions) -> Iterator[RawRow]:
     """Decode array elements one by one, so each row knows its line number."""
-    decoder = json.JSONDecoder()
+    unique = UniqueKeys()
+    decoder = json.JSONDecoder(object_pairs_hook=unique)
     line, counted_to, index = 1, 0, 0
     length = len(text)
     while True:
@@ -298,16 +333,19 @@ def _scan_json_array(path: Path, text: str, pos: int, options: ReadOptions) -> I
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno}). "
+                f"{path}:{error.lineno}: {json_problem(error)}. "
                 "Fix the file; a broken JSON array cannot be read past this point."
             ) from None
         except RecursionError:
             raise DataError(f"{path}:{line}: a row nested too deeply to parse (data.max_depth is "
                             f"{options.max_depth}). Fix or remove that row.") from None
+        repeated = unique.problem()
         if end - pos > options.max_row_chars:
             yield RawRow(str(path), index, line, error=(
                 f"row is {end - pos:,} characters, over data.max_row_chars ({options.max_row_chars:,}); "
                 "split it, or raise the limit"))
+        elif repeated:
+            yield RawRow(str(path), index, line, error=repeated)
         else:
             yield _checked(RawRow(str(path), index, line, value), options)
         index += 1
@@ -322,6 +360,7 @@ def _read_csv(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     try:
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV (no header row). The first line must name the columns.")
+        _separator_matches(path, reader.fieldnames, delimiter)
         start_line = reader.line_num + 1
         for index, record in enumerate(reader):
             extra = record.pop(None, None)
@@ -335,6 +374,18 @@ def _read_csv(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     except csv.Error as error:
         raise DataError(f"{path}:{reader.line_num}: not valid CSV ({error}). Fix that line (a field over "
                         "data.max_row_chars, or an unclosed quote).") from None
+
+
+def _separator_matches(path: Path, header: list[str], delimiter: str) -> None:
+    """A header read as one column that holds the other separator: the file's name says the wrong
+    separator (a tab-separated export named .csv, the commonest)."""
+    other, names = ("\t", ("tab", "tab-separated", ".tsv")) if delimiter == "," else (",", (
+        "comma", "comma-separated", ".csv"))
+    if len(header) == 1 and other in header[0]:
+        sep, kind, suffix = names
+        raise DataError(f"{path}:1: the header is one column with {header[0].count(other)} {sep}(s) in it: "
+                        f"the file is {kind}, but a {path.suffix} file is read as "
+                        f"{'comma' if delimiter == ',' else 'tab'}-separated. Rename it {path.stem}{suffix}.")
 
 
 def _maybe_json_cell(cell: str | None) -> Any:
@@ -356,7 +407,11 @@ def _read_parquet(path: Path, options: ReadOptions) -> Iterator[RawRow]:
     try:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: cannot read Parquet ({error}).") from None
+        cause = ("no Parquet footer: the file is cut short (an interrupted download or copy) or is not "
+                 "Parquet at all" if "magic bytes" in str(error) else
+                 "its Parquet structure is damaged, or written with a feature pyarrow cannot read")
+        raise DataError(f"{path}: cannot read it as Parquet ({cause}). Re-export or re-download the "
+                        "file.") from None
     for index, value in enumerate(table.to_pylist()):
         yield _checked(RawRow(str(path), index, None, value), options)
 

@@ -3,12 +3,15 @@ location, the near-duplicate parameters and how the recipe reads one file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tunesmith.data.clean import normalise_record
 from tunesmith.data.dedup import NearDupParams
 from tunesmith.data.load import LoadedFile, load_file
 from tunesmith.data.readers import ReadOptions
+from tunesmith.errors import DataError
+from tunesmith.explain import path_problem
 from tunesmith.recipe import Recipe
 from tunesmith.records import preference_texts, turn_text
 
@@ -36,8 +39,24 @@ def read_options(recipe: Recipe) -> ReadOptions:
     return ReadOptions(cfg.encoding, cfg.max_row_chars, cfg.max_depth, cfg.text_separator)
 
 
-def load(recipe: Recipe, path: str, fmt: str | None = None, on_invalid: str | None = None) -> LoadedFile:
+def check_readable(path: str, given_as: str) -> None:
+    """DataError when `path` cannot be read, saying why and where the path was given: a recipe
+    key (`data.eval_sets.ood`), or a command's argument."""
+    problem = path_problem(path)
+    if problem is None:
+        return
+    what, fix = problem
+    key = given_as.startswith("data.")
+    if fix is None:
+        fix = (f"Check {given_as} in the recipe (a relative path is read from the working directory, "
+               f"{Path.cwd()})." if key else f"Check the path given to {given_as}.")
+    raise DataError(f"{given_as + ': ' if key else ''}{what}. {fix}")
+
+
+def load(recipe: Recipe, path: str, fmt: str | None = None, on_invalid: str | None = None,
+         given_as: str = "data.train") -> LoadedFile:
     """One file as the recipe reads it: format, columns, limits, cleaning, validation."""
+    check_readable(path, given_as)
     cfg = recipe.data
     return load_file(path, fmt or cfg.format, cfg.columns, on_invalid or cfg.on_invalid, cfg.max_rows,
                      read_options(recipe), normalise_record if cfg.clean.enabled else None)

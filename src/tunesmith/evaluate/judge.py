@@ -27,6 +27,7 @@ from tunesmith.artifacts import Interval, Judge, JudgeGrade, JudgeSet, Paired, P
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.scoring import interval
 from tunesmith.evaluate.stats import cohen_kappa, kappa_ci, paired_bootstrap
+from tunesmith.explain import connection_problem
 
 GRADE = ("{rubric}\n\nPROMPT:\n{prompt}\n\nREFERENCE:\n{reference}\n\nANSWER:\n{answer}\n\n"
          "Reply with the grade only: one integer from 1 to {scale}.")
@@ -85,7 +86,7 @@ def check_reachable(cfg: Any) -> None:
 
 
 def unreachable(cfg: Any, error: Exception) -> ConfigError:
-    return ConfigError(f"eval.judge.url {cfg.url}: {type(error).__name__}: {error}. Start the judge there, "
+    return ConfigError(f"eval.judge.url {cfg.url}: {connection_problem(error)}. Start the judge there, "
                        "or fix the URL (the base of an OpenAI-compatible API, ending /v1).")
 
 

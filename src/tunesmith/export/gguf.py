@@ -97,13 +97,24 @@ def _fetch_sources(version: str, home: Path) -> None:
         staging.rename(home)
 
 
+def _arch(merged: Path) -> str:
+    try:
+        return ", ".join(json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])
+    except (OSError, ValueError):
+        return "?"
+
+
 def convert(merged: Path, out_file: Path, name: str) -> None:
     """llama.cpp's converter: the merged model directory -> an f16 GGUF."""
     done = subprocess.run([sys.executable, str(converter()), str(merged), "--outfile", str(out_file),
                            "--outtype", "f16", "--model-name", name], capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        last = lines[-1] if lines else ""
+        reason = ("it does not know this model's tokenizer (its pre-tokenizer is not in llama.cpp's list)"
+                  if "pre-tokenizer was not recognized" in last else
+                  f"it does not support the architecture {_arch(merged)}" if "not supported" in last.lower()
+                  else f"it stopped with exit code {done.returncode}")
         raise ConfigError(f"llama.cpp's converter could not convert this model: {reason}. Its architecture "
                           "and tokenizer must be ones llama.cpp supports (python convert_hf_to_gguf.py "
                           "--print-supported-models); the merged model for vLLM / TGI is `--format hf`.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -131,12 +132,33 @@ def model_location(cfg: ModelConfig) -> str:
                 f"{path}: no .safetensors weights. tunesmith never loads pickle (.bin/.pt) files; "
                 "convert them with `model.save_pretrained(dir, safe_serialization=True)`."
             )
+        _check_json_files(cfg.name, path)
         return str(path)
     if _looks_local(cfg.name):
         raise ModelError(f"model.name {cfg.name}: directory not found ({path.resolve()}). Check the path; "
                          "a hub id has the form org/name.")
     _check_hub(cfg)
     return cfg.name  # a hub id
+
+
+JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "generation_config.json",
+              "special_tokens_map.json")
+"""A model directory's JSON files: a broken one is named, not blamed on whatever reads it first."""
+
+
+def _check_json_files(name: str, path: Path) -> None:
+    for file in JSON_FILES:
+        target = path / file
+        if not target.is_file():
+            continue
+        try:
+            json.loads(target.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ModelError(f"model.name {name}: {target} is not UTF-8 text. Re-download the model, or "
+                             "restore the file.") from None
+        except json.JSONDecodeError as error:
+            raise ModelError(f"model.name {name}: {target} is not valid JSON (broken at line {error.lineno}, "
+                             f"column {error.colno}). Re-download the model, or restore the file.") from None
 
 
 def _looks_local(name: str) -> bool:

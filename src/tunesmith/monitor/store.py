@@ -35,11 +35,11 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from tunesmith.errors import ConfigError
 from tunesmith.events import event
+from tunesmith.explain import connection_problem
 from tunesmith.monitor.threads import background_priority
 
 metadata = MetaData()
@@ -103,12 +103,9 @@ class UnknownRequest(LookupError):
 
 def _unusable(url: str, error: Exception) -> ConfigError:
     """A store that cannot be opened, said without its password."""
-    password = make_url(url).password if "://" in url else None
-    detail = str(error).splitlines()[0][:200]
-    if password:
-        detail = detail.replace(str(password), "***")
-    return ConfigError(f"monitor store ...@{url.split('@')[-1]}: cannot connect ({type(error).__name__}: "
-                       f"{detail}). Check the URL (monitor.store or --store); PostgreSQL needs "
+    shown = url.split("@")[-1]
+    return ConfigError(f"monitor store ...@{shown}: cannot connect ({connection_problem(error)}). "
+                       "Check the URL (monitor.store or --store); PostgreSQL needs "
                        "`pip install 'tunesmith[distributed]'` and a reachable server.")
 
 

@@ -19,7 +19,8 @@ CHATML_TEMPLATE = (
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True,
+                              allow_inf_nan=False)
 
 
 def _terms_given(lexicon: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:

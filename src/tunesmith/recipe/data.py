@@ -204,7 +204,7 @@ class DataConfig(_Section):
     accept_license: list[str] = Field(default_factory=list)
     """License ids to train on despite model.intended_use (you hold a separate agreement); the
     model card records it."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seed of the train/val/test split: the same recipe and seed give the same split."""
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Text and chat-shape normalisation.")
     filters: FilterConfig = Field(default_factory=FilterConfig,

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.errors import ConfigError
+from tunesmith.explain import validation_problem
 from tunesmith.recipe.root import Recipe
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -32,9 +33,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _field_at(path: list[str]) -> tuple[str, Any] | None:
+    """The first key of `path` that the schema says holds a value, not a section: (its dotted
+    name, its annotation); None when every key but the last is a section (or free-form)."""
+    model: Any = Recipe
+    for depth, part in enumerate(path[:-1]):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None  # an unknown key: validation names it, with the close ones
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        if getattr(annotation, "__origin__", None) is dict:
+            return None  # a free-form mapping (data.licenses, eval_sets, columns ...) takes any key
+        return ".".join(path[:depth + 1]), annotation
+    return None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
+        scalar = _field_at(path)
+        if scalar is not None:
+            raise ConfigError(f"override {text}: {scalar[0]} takes a value, not keys under it; write "
+                              f"{scalar[0]}=VALUE")
         node = raw
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -69,20 +92,25 @@ def _blame(key: str, source: str, overrides: list[str]) -> str:
     return source
 
 
+def _unknown_key(loc: tuple) -> str:
+    """`unknown key`, with the close one, else the keys that are valid there."""
+    known = _known_keys(Recipe, loc)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    where = "the recipe's sections are" if len(loc) == 1 else f"{'.'.join(map(str, loc[:-1]))} has"
+    return f"unknown key; {where} " + ", ".join(known) if known else "unknown key"
+
+
 def format_validation_error(error: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line a problem: who set the key (the file or an override), the key, what is wrong."""
     lines = []
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
         key = ".".join(str(p) for p in loc) or "(top level)"
         origin = _blame(key, source, overrides or [])
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), _known_keys(Recipe, loc), n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            lines.append(f"{origin}: {key}: unknown key{hint}")
-        else:
-            msg = item["msg"].removeprefix("Value error, ")
-            given = item.get("input")  # a whole section (a cross-key check) would bury the message
-            lines.append(f"{origin}: {key}: {msg}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+        problem = _unknown_key(loc) if item["type"] == "extra_forbidden" else validation_problem(item)
+        lines.append(f"{origin}: {key}: {problem}")
     return "\n".join(lines)
 
 
@@ -127,6 +155,12 @@ def read_yaml(path: Path) -> Any:
         problem = " ".join(str(error.problem or error.context or "").split())
         if "appears twice" in problem:
             raise ConfigError(f"{where}: {problem}.") from None
+        tag = re.search(r"constructor for the tag '([^']+)'", problem)
+        if tag:
+            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"{where}: the tag {shown} is not allowed: a recipe is plain YAML (keys, "
+                              "text, numbers, lists), and tunesmith never builds objects or runs code from "
+                              "one. Remove the tag.") from None
         raise ConfigError(f"{where}: not valid YAML ({problem}). {YAML_HINT}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())}). {YAML_HINT}") from None
@@ -142,7 +176,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "recipe not found"
             raise ConfigError(f"{path}: {what}. Pass the path of a YAML recipe, e.g. recipes/demo.yaml.")
-        raw = read_yaml(path) or {}
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(f"{path}: the recipe is empty (no keys: nothing, or only comments). Start from "
+                              "recipes/demo.yaml, or give at least data.train.")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a recipe is a YAML mapping (key: value), not a "
                               f"{type(raw).__name__}. Start from recipes/demo.yaml.")

@@ -215,7 +215,7 @@ class TrainConfig(_Section):
     """Dropout inside the model (attention/hidden, where its config has such fields); None keeps it."""
     merge: bool = False
     """Also write LoRA-merged full weights to `model/merged/` (for serving without PEFT)."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seed for weight init of the adapter and data order."""
     report_to: list[Literal["mlflow", "tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
     """Experiment trackers that follow the run (tunesmith.track): the resolved recipe as
@@ -337,7 +337,7 @@ class TuneConfig(_Section):
     """Workers beat this often; a trial whose worker stops beating is failed and retried."""
     retries: int = Field(1, ge=0)
     """How many times a failed (e.g. crashed worker's) trial is retried."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Sampler seed."""
 
     @field_validator("space")

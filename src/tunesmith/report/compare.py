@@ -9,6 +9,7 @@ marked unpaired and no significance is claimed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 from tunesmith.artifacts import Paired, Prediction
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.stats import paired_bootstrap, paired_gap
+from tunesmith.explain import json_problem
 from tunesmith.files import read_json, write_text
 from tunesmith.formatting import delta, number, pct, points
 from tunesmith.render import render
 from tunesmith.report.sources import RunRecord, read_run
-from tunesmith.rundir import RunDir, flatten
+from tunesmith.rundir import RunDir, flatten, location_problem
 
 IGNORED_PREFIXES = ("output.", "tune.")
 """Where a run is written and how a search was set up do not change what a run trained."""
@@ -51,6 +53,9 @@ class Comparison:
 
 
 def _load(path: Path) -> RunRecord:
+    problem = location_problem(path)
+    if problem:
+        raise ConfigError(f"{problem}.")
     run = RunDir(Path(path))
     if not run.recipe.exists() or not run.eval_summary.exists():
         raise ConfigError(f"{path}: not an evaluated run directory (needs recipe.yaml and "
@@ -177,9 +182,14 @@ def load_comparison(path: Path) -> Comparison | None:
         return None
     try:
         return from_json(read_json(path))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ConfigError(f"{path}: not a valid comparison ({type(error).__name__}: {error}). Make it "
-                          "again with `tunesmith report RUN --against OTHER`.") from None
+    except json.JSONDecodeError as error:
+        problem = json_problem(error)
+    except KeyError as error:
+        problem = f"the key {error.args[0]!r} is missing"
+    except (ValueError, TypeError, AttributeError):
+        problem = "a value of the wrong kind"
+    raise ConfigError(f"{path}: not a valid comparison ({problem}). Make it again with `tunesmith report RUN "
+                      "--against OTHER`.")
 
 
 def markdown(result: Comparison) -> str:

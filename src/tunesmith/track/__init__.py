@@ -24,6 +24,7 @@ from typing import Any
 
 from tunesmith.console import warn
 from tunesmith.errors import ConfigError
+from tunesmith.explain import connection_problem
 from tunesmith.files import read_json, write_json
 from tunesmith.recipe import Recipe
 from tunesmith.rundir import RunDir, flatten
@@ -112,8 +113,9 @@ def _open(recipe: Recipe, store: Path, name: str, resume: dict[str, str]) -> Tra
             sinks.append(SINKS[tracker](store, recipe.name, name, resume.get(tracker), None))
         except Exception as error:
             Tracking(sinks).finish("failed")
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ConfigError(f"train.report_to: {tracker} could not start a run ({reason[:300]}). "
+            said = " ".join(str(error).split())[:200]
+            reason = connection_problem(error, f"{tracker} said: {said}" if said else "no reason given")
+            raise ConfigError(f"train.report_to: {tracker} could not start a run ({reason}). "
                               f"Check {SETTINGS[tracker]}, or drop {tracker} from train.report_to.") from None
     return Tracking(sinks, store, recipe.name)
 

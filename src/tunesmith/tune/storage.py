@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunesmith.errors import ConfigError
+from tunesmith.explain import connection_problem
 from tunesmith.rundir import RunDir
 
 
 def open_storage(cfg: Any, run_dir: RunDir, url: str | None) -> Any:
     """The Optuna RDB storage: the recipe's or the given URL, else SQLite in the run's work area."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from sqlalchemy.engine import make_url
 
     url = url or cfg.storage or f"sqlite:///{run_dir.study_db.resolve()}"
     run_dir.work.mkdir(parents=True, exist_ok=True)
@@ -27,12 +27,8 @@ def open_storage(cfg: Any, run_dir: RunDir, url: str | None) -> Any:
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                   max_retry=cfg.retries))
     except Exception as error:  # SQLAlchemy, driver and Optuna errors all mean "cannot use it"
-        password = make_url(url).password if "://" in url else None
-        detail = str(error).splitlines()[0][:200]
-        if password:  # never print credentials
-            detail = detail.replace(str(password), "***")
-        shown = url.split("@")[-1]
-        raise ConfigError(f"tune storage ...@{shown}: cannot connect ({type(error).__name__}: {detail}). "
+        shown = url.split("@")[-1]  # never the credentials
+        raise ConfigError(f"tune storage ...@{shown}: cannot connect ({connection_problem(error)}). "
                           "Check the URL, that the server runs, and the driver "
                           "(pip install 'tunesmith[distributed]' for PostgreSQL).") from None
 
