@@ -95,6 +95,7 @@ def test_errors_have_openais_shape(monkeypatch):
         assert _post(url, CHAT, **key).status_code == 200
         error = _error(_post(url, {**CHAT, "temperature": 3}, **key), 422, "invalid_request")
         assert error["param"] == "temperature"
+        assert error["message"] == "temperature: must be at most 2 (got 3)"  # our words, not pydantic's
         _error(_post(url, {**CHAT, "messages": []}, **key), 422, "invalid_request")
         error = _error(_post(url, {**CHAT, "max_tokens": 100}, **key), 400, "context_length_exceeded")
         assert "context is 64 tokens" in error["message"] and "max_tokens asks for 100" in error["message"]

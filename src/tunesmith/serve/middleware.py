@@ -15,6 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from tunesmith.events import event
+from tunesmith.explain import validation_problem
 from tunesmith.monitor.live import Observation
 from tunesmith.serve.access import note
 from tunesmith.serve.errors import ServeError, record
@@ -105,9 +106,9 @@ def add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        first = error.errors()[0] if error.errors() else {"loc": (), "type": "", "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(ServeError(422, f"{param or 'body'}: {first['msg']}", "input",
+        return error_response(ServeError(422, f"{param or 'body'}: {validation_problem(first)}", "input",
                                           "invalid_request", param), request)
 
     @app.exception_handler(HTTPException)
