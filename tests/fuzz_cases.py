@@ -413,7 +413,7 @@ def _run_cases() -> list[Case]:
         Case("evaluation", "benchmark-task-file-not-yaml",
              lambda w: ["eval", str(w.recipe_file()),
                         f"eval.benchmarks.tasks=[{w.write('tasks/bad.yaml', 'task: [unclosed')}]"],
-             lambda w: ("tasks/bad.yaml: not valid YAML",)),
+             lambda w: ("tasks/bad.yaml:", "not valid YAML", "Check the indentation there")),
         Case("evaluation", "benchmark-task-file-without-name",
              lambda w: ["eval", str(w.recipe_file()),
                         f"eval.benchmarks.tasks=[{w.write('tasks/nameless.yaml', 'dataset_path: json')}]"],

@@ -63,7 +63,10 @@ def resolve(tasks: list[str]) -> tuple[list[str], list[str]]:
         try:
             spec = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskFileLoader)  # noqa: S506
         except yaml.YAMLError as error:
-            raise ConfigError(f"eval.benchmarks: {entry}: not valid YAML ({error})") from None
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            raise ConfigError(f"eval.benchmarks: {entry}{where}: not valid YAML. Check the indentation "
+                              "there, and quote values that contain ': '.") from None
         name = spec.get("task") if isinstance(spec, dict) else None
         if not isinstance(name, str):
             raise ConfigError(f"eval.benchmarks: {entry}: a task file names its task (`task: my_task`)")
