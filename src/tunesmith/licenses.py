@@ -210,6 +210,11 @@ def card_metadata(readme: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def card_text(meta: dict[str, Any], body: str) -> str:
+    """A README.md with YAML front matter, as the Hub writes cards (what card_metadata reads)."""
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
 def card_license(meta: dict[str, Any] | None, where: Path) -> str | None:
     """The license expression a card's front matter gives: `license` (one id or a list: all
     apply), or `license_name` when license is `other`; None when it gives none."""

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tunesmith.artifacts import DataReport, load_optional
 from tunesmith.data import match_text, near_params
 from tunesmith.data.dedup import exact_duplicate_groups, near_duplicate_clusters, normalise_for_match
 from tunesmith.data.leakage import cross_duplicates
 from tunesmith.data.licenses import model_license
 from tunesmith.errors import ConfigError
-from tunesmith.files import read_json, read_jsonl, write_json, write_jsonl, write_text
+from tunesmith.files import read_jsonl, write_json, write_jsonl, write_text
+from tunesmith.licenses import card_text
 from tunesmith.models.license import license_terms
 from tunesmith.monitor.store import Store
 from tunesmith.recipe import Recipe
@@ -148,12 +148,8 @@ def check_consent(run: RunDir, recipe: Recipe) -> None:
 
 def _served_license(run: RunDir, recipe: Recipe) -> tuple[str, str | None]:
     """The license the served model is under: its base's, bound further by its training data."""
-    from tunesmith.artifacts import DataReport
-
-    section = None
-    if run.data_report.is_file():
-        section = DataReport.model_validate(read_json(run.data_report)).licenses
-    return model_license(license_terms(recipe.model.name).license, section)
+    report = load_optional(DataReport, run.data_report)
+    return model_license(license_terms(recipe.model.name).license, report.licenses if report else None)
 
 
 def dataset_card(run: RunDir, recipe: Recipe, rows: dict[str, int]) -> str:
@@ -169,7 +165,7 @@ def dataset_card(run: RunDir, recipe: Recipe, rows: dict[str, int]) -> str:
                                                                        rows.items()) + ".\n\n"
             f"License: {license_name or license_id}, the served model's (its base model and training data). "
             f"Users' consent to training (monitor.consent): {consent}.\n")
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    return card_text(front, body)
 
 
 def export(run: RunDir, recipe: Recipe, out: Path, store_url: str | None = None,
